@@ -1,0 +1,122 @@
+"""Prometheus metrics of one gateway, in a registry of its own (several gateways can
+live in one process, e.g. in tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from raylm.gateway.routing import ReplicaTable
+from raylm.serve.state import ReplicaState
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class _ReplicaCollector(Collector):
+    """Replica states, in-flight counts and restarts, read from the table at scrape time."""
+
+    def __init__(self, table: ReplicaTable) -> None:
+        self._table = table
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "raylm_replica_state",
+            "1 for the state each replica is in (as reported by the controller).",
+            labels=["replica", "model", "node", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "raylm_replica_in_flight",
+            "Requests in flight per replica.",
+            labels=["replica", "model"],
+        )
+        restarts = CounterMetricFamily(
+            "raylm_replica_restarts",
+            "Times each replica was restarted (as reported by the controller).",
+            labels=["replica", "model"],
+        )
+        ready = GaugeMetricFamily(
+            "raylm_model_ready_replicas", "Routable replicas per model.", labels=["model"]
+        )
+        for r in self._table.replicas:
+            for s in ReplicaState:
+                state.add_metric([r.replica_id, r.model, r.node, s.value], float(r.state is s))
+            in_flight.add_metric([r.replica_id, r.model], self._table.in_flight(r.replica_id))
+            restarts.add_metric([r.replica_id, r.model], r.restarts)
+        for m in self._table.status():
+            ready.add_metric([m.model], m.ready)
+        yield from (state, in_flight, restarts, ready)
+
+
+class GatewayMetrics:
+    """Counters and histograms the request path updates."""
+
+    def __init__(self, table: ReplicaTable) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "raylm_requests", "Requests by route and HTTP status.", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "raylm_request_latency_seconds",
+            "Time from request to last byte of the answer.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "raylm_time_to_first_token_seconds",
+            "Streams: time from request to the first byte from the replica.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "raylm_requests_in_flight", "Requests being served by replicas now.", registry=r
+        )
+        self.prompt_tokens = Counter(
+            "raylm_prompt_tokens", "Prompt tokens, from `usage` in answers.", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "raylm_completion_tokens",
+            "Completion tokens, from `usage` in answers.",
+            ["model"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "raylm_retries",
+            "Requests retried on another replica after one failed before sending a byte.",
+            ["route"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "raylm_failovers",
+            "Times a replica failed a request before its first byte and was taken out of "
+            "rotation by the gateway.",
+            ["replica"],
+            registry=r,
+        )
+        self.stream_errors = Counter(
+            "raylm_stream_errors",
+            "Streams that ended with an error event because their replica failed mid-way.",
+            ["route"],
+            registry=r,
+        )
+        r.register(_ReplicaCollector(table))
+
+    def count_usage(self, model: str, usage: object) -> None:
+        """Add a response's `usage` object to the token counters, if it is well formed."""
+        if not isinstance(usage, dict):
+            return
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and prompt >= 0:
+            self.prompt_tokens.labels(model).inc(prompt)
+        if isinstance(completion, int) and completion >= 0:
+            self.completion_tokens.labels(model).inc(completion)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

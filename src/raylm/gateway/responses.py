@@ -1,0 +1,68 @@
+"""OpenAI-style error bodies and the JSON answers the gateway makes itself."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    body = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def error_body(
+    message: str, *, type: str, param: str | None = None, code: str | int | None = None
+) -> dict[str, Any]:
+    """`{"error": {"message", "type", "param", "code"}}` as OpenAI and vLLM send it."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | int | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return json_response(
+        error_body(message, type=type, param=param, code=code), status=status, headers=headers
+    )
+
+
+def unavailable(message: str, retry_after_s: int, code: str = "no_ready_replica") -> Response:
+    """503 with Retry-After: the request was fine, the serving side is not ready for it."""
+    return error_response(
+        503,
+        message,
+        type="service_unavailable",
+        code=code,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def error_message(body: bytes) -> str:
+    """The human message inside an upstream error body (vLLM's are OpenAI-style)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace").strip()[:500]
+    if isinstance(parsed, dict):
+        err = parsed.get("error", parsed)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(parsed.get("detail"), str):
+            return str(parsed["detail"])
+    return body.decode(errors="replace").strip()[:500]
+
+
+def sse_error_event(message: str, code: int = 502) -> bytes:
+    """The last event of a stream whose replica failed mid-way."""
+    body = error_body(message, type="upstream_error", code=code)
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"

@@ -1,0 +1,101 @@
+"""The replica table the gateway routes on, and the least-in-flight policy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from raylm.serve.state import ReplicaInfo, ReplicaState
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """How many replicas of one model exist and how many can take requests."""
+
+    model: str
+    ready: int
+    total: int
+
+
+class ReplicaTable:
+    """The latest snapshot of replicas plus what only the gateway knows: in-flight
+    counts and replicas it took out of rotation after a failed connection."""
+
+    def __init__(self, eject_s: float) -> None:
+        self._eject_s = eject_s
+        self._replicas: dict[str, ReplicaInfo] = {}
+        self._in_flight: dict[str, int] = {}
+        # replica_id -> (monotonic deadline, generation it applies to)
+        self._ejected: dict[str, tuple[float, int]] = {}
+        self._turn = 0
+
+    def update(self, replicas: list[ReplicaInfo]) -> None:
+        """Install a new snapshot; in-flight counts of surviving replicas are kept."""
+        self._replicas = {r.replica_id: r for r in replicas}
+        for rid, (_, generation) in list(self._ejected.items()):
+            current = self._replicas.get(rid)
+            # A restarted replica (new generation) deserves a fresh chance at once.
+            if current is None or current.generation != generation:
+                del self._ejected[rid]
+
+    @property
+    def replicas(self) -> list[ReplicaInfo]:
+        return list(self._replicas.values())
+
+    def get(self, replica_id: str) -> ReplicaInfo | None:
+        return self._replicas.get(replica_id)
+
+    def models(self) -> list[str]:
+        return sorted({r.model for r in self._replicas.values()})
+
+    def status(self) -> list[ModelStatus]:
+        out = []
+        for model in self.models():
+            reps = [r for r in self._replicas.values() if r.model == model]
+            ready = sum(1 for r in reps if self.is_routable(r))
+            out.append(ModelStatus(model=model, ready=ready, total=len(reps)))
+        return out
+
+    def in_flight(self, replica_id: str) -> int:
+        return self._in_flight.get(replica_id, 0)
+
+    def is_ejected(self, replica: ReplicaInfo) -> bool:
+        entry = self._ejected.get(replica.replica_id)
+        return entry is not None and entry[0] > time.monotonic()
+
+    def is_routable(self, replica: ReplicaInfo) -> bool:
+        return replica.state is ReplicaState.READY and not self.is_ejected(replica)
+
+    def pick(self, model: str, exclude: frozenset[str] = frozenset()) -> ReplicaInfo | None:
+        """The ready replica of `model` with the fewest requests in flight (ties take
+        turns). Replicas the gateway ejected are used only when nothing else is ready."""
+        ready = [
+            r
+            for r in self._replicas.values()
+            if r.model == model and r.state is ReplicaState.READY and r.replica_id not in exclude
+        ]
+        if not ready:
+            return None
+        healthy = [r for r in ready if not self.is_ejected(r)] or ready
+        least = min(self._in_flight.get(r.replica_id, 0) for r in healthy)
+        tied = [r for r in healthy if self._in_flight.get(r.replica_id, 0) == least]
+        self._turn += 1
+        return tied[self._turn % len(tied)]
+
+    def acquire(self, replica_id: str) -> None:
+        self._in_flight[replica_id] = self._in_flight.get(replica_id, 0) + 1
+
+    def release(self, replica_id: str) -> None:
+        left = self._in_flight.get(replica_id, 0) - 1
+        if left > 0:
+            self._in_flight[replica_id] = left
+        else:
+            self._in_flight.pop(replica_id, None)
+
+    def eject(self, replica: ReplicaInfo) -> bool:
+        """Skip `replica` for a while; True when it was not already ejected."""
+        if self._eject_s <= 0:
+            return False
+        fresh = not self.is_ejected(replica)
+        self._ejected[replica.replica_id] = (time.monotonic() + self._eject_s, replica.generation)
+        return fresh

@@ -1,0 +1,53 @@
+"""How the gateway behaves: auth, limits, timeouts, retries, drain."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class GatewaySettings(BaseModel):
+    """Settings of one gateway; every field has a safe default for local serving."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, every route but /health needs `Authorization: Bearer <key>`.",
+    )
+    max_batch_size: int = Field(
+        default=64, ge=1, description="Most prompts one POST /batch_generate may carry."
+    )
+    refresh_interval_s: float = Field(
+        default=0.5, gt=0, description="How often the replica table is refreshed from the source."
+    )
+    request_timeout_s: float = Field(
+        default=600.0, gt=0, description="Bound on one non-streaming upstream request."
+    )
+    connect_timeout_s: float = Field(
+        default=3.0, gt=0, description="Bound on opening a connection to a replica."
+    )
+    stream_idle_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A stream with no byte from its replica for this long ends with an "
+        "error event.",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="How long stop() waits for in-flight requests."
+    )
+    retry_on_failure: bool = Field(
+        default=True,
+        description="Retry once on another ready replica when one fails before sending a byte.",
+    )
+    eject_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a replica that refused a connection is skipped by routing, "
+        "unless the source reports a new generation of it sooner.",
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    retry_after_s: int = Field(
+        default=2, ge=1, description="Retry-After seconds sent with 503 answers."
+    )

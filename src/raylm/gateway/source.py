@@ -1,0 +1,30 @@
+"""Where the gateway learns which replicas exist and which are ready."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from raylm.serve.state import ReplicaInfo
+
+
+@runtime_checkable
+class ReplicaSource(Protocol):
+    """Anything that can list the replicas right now (the controller, or a fixed list)."""
+
+    async def snapshot(self) -> list[ReplicaInfo]:
+        """The current replicas, every state included."""
+        ...
+
+
+class StaticReplicaSource:
+    """A fixed (but replaceable) list of replicas, for tests and benchmarks."""
+
+    def __init__(self, replicas: list[ReplicaInfo]) -> None:
+        self._replicas = list(replicas)
+
+    def set(self, replicas: list[ReplicaInfo]) -> None:
+        """Replace the list, as a controller would after a state change."""
+        self._replicas = list(replicas)
+
+    async def snapshot(self) -> list[ReplicaInfo]:
+        return list(self._replicas)
