@@ -1,0 +1,98 @@
+"""Entry point of the `raylm` command: one Typer app, one module per command group.
+
+Errors raised on purpose (`RaylmError`) print as one line saying what failed, why and
+what to run next; `--debug` (or `RAYLM_DEBUG=1`) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from raylm import __version__
+from raylm.errors import RaylmError
+
+app = typer.Typer(
+    name="raylm",
+    help="vLLM on Ray, from a few servers to a verified OpenAI-compatible endpoint.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"raylm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """raylm plans, places, launches, watches, routes and verifies vLLM on Ray."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register() -> None:
+    # Imported here so `raylm --help` stays fast and one broken group cannot hide the others.
+    from raylm.cli import serve
+
+    serve.register(app)
+    from raylm.cli import cluster
+
+    cluster.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI and turn every failure into a clear message and a non-zero exit."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("RAYLM_DEBUG") == "1"
+    _register()
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="raylm", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("[red]Aborted.[/red]")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except RaylmError as e:
+        if debug:
+            err_console.print_exception()
+        err_console.print(f"[bold red]Error:[/bold red] {e.message()}", highlight=False)
+        if not debug:
+            err_console.print("[dim](run with --debug for the traceback)[/dim]")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        if debug:
+            err_console.print_exception()
+        else:
+            err_console.print(
+                f"[bold red]Error:[/bold red] unexpected {type(e).__name__}: {e}. "
+                "This is a bug in raylm; rerun with --debug and report the traceback.",
+                highlight=False,
+            )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The serve spec: what `raylm serve` is asked to run, from flags and an optional `raylm.toml`.
+
+Flags override the file; unknown keys in the file are errors. vLLM's own engine arguments
+are kept verbatim in `engine_args` and handed to `vllm serve` unchanged.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from raylm.errors import ConfigError
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16", "half", "float"]
+Executor = Literal["mp", "ray"]
+
+
+class ServeSpec(BaseModel):
+    """One deployment: a model, its layout, and the gateway in front of it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str | None = Field(
+        default=None,
+        description="A model directory, a store name, or None for the demo model.",
+    )
+    name: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,40}$",
+        description="Deployment name; its controller is Ray actor 'raylm-controller-<name>'.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the gateway listens on.")
+    replicas: int | None = Field(
+        default=None, ge=1, description="Number of replicas; None lets the planner decide."
+    )
+    tensor_parallel_size: int | None = Field(
+        default=None, ge=1, description="TP per replica; None lets the planner decide."
+    )
+    pipeline_parallel_size: int | None = Field(
+        default=None, ge=1, description="PP per replica; None lets the planner decide."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="Context length; None keeps the model's (or the plan's)."
+    )
+    dtype: Dtype = Field(
+        default="auto",
+        description="Weights/activation dtype; auto picks float32 on CPUs without AVX-512 BF16.",
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Name clients use in `model`; default: the store name."
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="Bearer key required on every route but /health."
+    )
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster ('auto' or host:port); None: RAY_ADDRESS, else a local one.",
+    )
+    executor: Executor = Field(
+        default="mp",
+        description="'mp': vLLM's multi-node mode (CPU and GPU); 'ray': vLLM's Ray executor (GPU).",
+    )
+    cpus_per_replica: int | None = Field(
+        default=None, ge=1, description="CPU cores per replica on CPU nodes; None: cores/replicas."
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments passed to `vllm serve` untouched (--key value).",
+    )
+    max_batch_size: int = Field(
+        default=64, ge=1, description="Most prompts one /batch_generate request may carry."
+    )
+    startup_timeout_s: float = Field(
+        default=900.0, gt=0, description="How long a replica may take to become ready."
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="How long shutdown waits for in-flight requests."
+    )
+    skip_verify: bool = Field(
+        default=False, description="Place replicas even where the model copy is unverified."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeSpec:
+        reserved = {"model", "host", "port", "tensor-parallel-size", "pipeline-parallel-size"}
+        clash = sorted(k for k in self.engine_args if k.replace("_", "-") in reserved)
+        if clash:
+            raise ValueError(
+                f"engine_args may not set {', '.join(clash)}: raylm owns them; "
+                "use --tp/--pp/--port/MODEL instead"
+            )
+        return self
+
+
+def parse_engine_arg(item: str) -> tuple[str, Any]:
+    """Parse one `--engine-arg KEY=VALUE` (a bare KEY means a true flag)."""
+    key, sep, value = item.partition("=")
+    key = key.strip().lstrip("-")
+    if not key:
+        raise ConfigError(
+            f"--engine-arg {item!r} has no key",
+            fix="Write it as KEY=VALUE, e.g. --engine-arg max-num-seqs=8",
+        )
+    if not sep:
+        return key, True
+    return key, value
+
+
+def load_spec(path: Path | None, overrides: dict[str, Any]) -> ServeSpec:
+    """Build a ServeSpec from an optional TOML file and flag overrides (None means unset)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"Spec file {path} does not exist", fix="Check the -f path") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"Spec file {path} is not valid TOML", why=str(e)) from None
+        data = data.get("serve", data)
+    engine_args = dict(data.pop("engine_args", {}) or {})
+    engine_args.update(overrides.pop("engine_args", {}) or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    data["engine_args"] = engine_args
+    try:
+        return ServeSpec(**data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in e.errors()
+        )
+        where = f"spec file {path}" if path else "the flags"
+        raise ConfigError(
+            f"Invalid serve spec in {where}",
+            why=problems,
+            fix="Fix the values named above; `raylm serve --help` lists every field",
+        ) from None

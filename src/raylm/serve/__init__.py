@@ -1,0 +1,1 @@
+"""Serving on Ray: the controller, the replica supervisors, and the vLLM launcher."""

@@ -1,0 +1,319 @@
+"""The controller: a detached, named Ray actor that holds the desired replicas and reconciles.
+
+Each replica is one or more supervisors (one per node it spans). The controller places
+them (replicas on distinct nodes where possible; one placement group over the nodes of a
+replica that spans several), wires rank 0's address into the others, watches every rank,
+and tears a replica down whole and recreates it with backoff when any rank dies or hangs,
+or its node leaves the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
+
+from raylm.serve.deployment import DeploymentConfig
+from raylm.serve.engine import RankLaunch
+from raylm.serve.state import ReplicaInfo, ReplicaState
+from raylm.serve.supervisor import ReplicaSupervisor
+
+logger = logging.getLogger(__name__)
+
+_STATUS_TIMEOUT_S = 10.0
+_PLACE_TIMEOUT_S = 60.0
+
+
+@dataclass
+class _Replica:
+    index: int
+    replica_id: str
+    state: ReplicaState = ReplicaState.PENDING
+    detail: str = "not started"
+    generation: int = 0
+    restarts: int = 0
+    failures: int = 0
+    supervisors: list[Any] = field(default_factory=list)
+    pg: PlacementGroup | None = None
+    node_ids: list[str] = field(default_factory=list)
+    node_ips: list[str] = field(default_factory=list)
+    slots: list[tuple[str, int]] = field(default_factory=list)
+    url: str = ""
+    log_path: str = ""
+    not_before: float = 0.0
+    missed_status: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class Controller:
+    """Reconciles `config.replicas` replicas of one model. Run as a detached named actor."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = DeploymentConfig(**config)
+        self.replicas = [
+            _Replica(i, f"{self.config.served_model_name}-{i}") for i in range(self.config.replicas)
+        ]
+        self._slots: dict[str, set[int]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ---- public methods (called by the driver and the gateway) ----
+
+    async def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_forever())
+
+    def ping(self) -> str:
+        return "ok"
+
+    def replica_infos(self) -> list[dict[str, Any]]:
+        return [
+            ReplicaInfo(
+                replica_id=r.replica_id,
+                model=self.config.served_model_name,
+                url=r.url,
+                node=r.node_ips[0] if r.node_ips else "",
+                nodes=list(r.node_ips),
+                state=r.state,
+                max_model_len=self.config.max_model_len,
+                restarts=r.restarts,
+                detail=r.detail,
+                log_path=r.log_path,
+                generation=r.generation,
+            ).model_dump(mode="json")
+            for r in self.replicas
+        ]
+
+    async def shutdown(self) -> None:
+        """Stop every replica (their vLLM process groups) and the reconcile loop."""
+        self._stopping = True
+        if self._loop_task:
+            self._loop_task.cancel()
+        for r in self.replicas:
+            if r.task:
+                r.task.cancel()
+        await asyncio.gather(*(self._teardown(r, "deployment stopped") for r in self.replicas))
+
+    # ---- reconciliation ----
+
+    async def _reconcile_forever(self) -> None:
+        while not self._stopping:
+            try:
+                await self._reconcile_once()
+            except Exception:
+                logger.exception("reconcile pass failed")
+            await asyncio.sleep(1.0)
+
+    async def _reconcile_once(self) -> None:
+        now = time.monotonic()
+        live = [r for r in self.replicas if r.supervisors and (r.task is None or r.task.done())]
+        await asyncio.gather(*(self._check(r) for r in live))
+        for r in self.replicas:
+            idle = not r.supervisors and (r.task is None or r.task.done())
+            if idle and now >= r.not_before:
+                r.task = asyncio.get_running_loop().create_task(self._start(r))
+
+    async def _check(self, r: _Replica) -> None:
+        refs = [s.status.remote() for s in r.supervisors]
+        try:
+            statuses = await asyncio.wait_for(asyncio.gather(*refs), _STATUS_TIMEOUT_S)
+        except TimeoutError:
+            # A node cut off the network answers nothing; give it one more pass.
+            r.missed_status += 1
+            if r.missed_status >= 2:
+                await self._fail(r, "a rank stopped answering (node unreachable?)")
+            return
+        except ray.exceptions.RayError as e:
+            await self._fail(r, f"a rank was lost: {type(e).__name__}")
+            return
+        r.missed_status = 0
+        dead = [s for s in statuses if s["state"] == ReplicaState.DEAD.value]
+        if dead:
+            s = dead[0]
+            await self._fail(r, f"rank on {s['node_ip']}: {s['detail']}")
+            return
+        head = statuses[0]
+        r.state = ReplicaState(head["state"])
+        r.detail = head["detail"]
+        if r.state is ReplicaState.READY:
+            r.failures = 0
+
+    async def _fail(self, r: _Replica, why: str) -> None:
+        logger.warning("replica %s failed: %s; restarting", r.replica_id, why)
+        await self._teardown(r, why)
+        r.state = ReplicaState.DEAD
+        r.detail = why
+        r.restarts += 1
+        r.failures += 1
+        delay = min(self.config.max_backoff_s, 2.0 ** (r.failures - 1))
+        r.not_before = time.monotonic() + delay
+
+    async def _teardown(self, r: _Replica, why: str) -> None:
+        sups, r.supervisors = r.supervisors, []
+        if sups:
+            r.state = ReplicaState.STOPPING
+            stops = [s.stop.remote() for s in sups]
+            try:
+                await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True), 30.0)
+            except TimeoutError:
+                logger.warning("replica %s: some ranks did not stop in time", r.replica_id)
+            for s in sups:
+                with contextlib.suppress(Exception):  # already gone with its node
+                    ray.kill(s, no_restart=True)
+        if r.pg is not None:
+            with contextlib.suppress(Exception):
+                remove_placement_group(r.pg)
+            r.pg = None
+        for node_id, slot in r.slots:
+            self._slots.get(node_id, set()).discard(slot)
+        r.slots = []
+        r.node_ids = []
+        r.url = ""
+        r.detail = why
+
+    # ---- placement and launch ----
+
+    def _need(self) -> dict[str, float]:
+        c = self.config
+        if c.device == "cuda":
+            return {"GPU": float(c.gpus_per_node)}
+        return {"CPU": float(c.cpus_per_node)}
+
+    def _pick_node(self, exclude: set[str]) -> str | None:
+        """The alive node with room for one more rank and the fewest of ours (spread)."""
+        need = self._need()
+        ours: dict[str, int] = {}
+        used: dict[str, float] = {}
+        for r in self.replicas:
+            for nid in r.node_ids:
+                ours[nid] = ours.get(nid, 0) + 1
+                for k, v in need.items():
+                    used[f"{nid}:{k}"] = used.get(f"{nid}:{k}", 0.0) + v
+        best: tuple[int, float, str] | None = None
+        for node in ray.nodes():
+            nid = node["NodeID"]
+            if not node["Alive"] or nid in exclude:
+                continue
+            res = node.get("Resources", {})
+            room = min(res.get(k, 0.0) - used.get(f"{nid}:{k}", 0.0) - v for k, v in need.items())
+            if room < 0:
+                continue
+            key = (ours.get(nid, 0), -room, nid)
+            if best is None or key < best:
+                best = key
+        return best[2] if best else None
+
+    def _alloc_slot(self, node_id: str) -> int:
+        used = self._slots.setdefault(node_id, set())
+        slot = next(i for i in range(len(used) + 1) if i not in used)
+        used.add(slot)
+        return slot
+
+    def _supervisor(self, r: _Replica, rank: int, strategy: Any) -> Any:
+        c = self.config
+        need = self._need()
+        actor = ray.remote(ReplicaSupervisor).options(
+            num_cpus=need.get("CPU", 0.0),
+            num_gpus=need.get("GPU", 0.0),
+            scheduling_strategy=strategy,
+            max_restarts=0,
+            name=None,
+        )
+        return actor.remote(
+            r.replica_id,
+            rank,
+            deployment=c.name,
+            cpus=int(need.get("CPU", 0)),
+            startup_timeout_s=c.startup_timeout_s,
+            probe_interval_s=c.probe_interval_s,
+            probe_timeout_s=c.probe_timeout_s,
+            probe_strikes=c.probe_strikes,
+        )
+
+    async def _place(self, r: _Replica) -> bool:
+        c = self.config
+        if c.nodes_per_replica == 1:
+            node_id = self._pick_node(exclude=set())
+            if node_id is None:
+                r.detail = f"waiting for a node with {self._need()} free"
+                return False
+            strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+            r.supervisors = [self._supervisor(r, 0, strategy)]
+            r.node_ids = [node_id]
+            return True
+        bundles = [self._need() for _ in range(c.nodes_per_replica)]
+        pg = placement_group(
+            bundles, strategy="STRICT_SPREAD", name=f"{r.replica_id}-{r.generation}"
+        )
+        try:
+            await asyncio.wait_for(pg.ready(), _PLACE_TIMEOUT_S)
+        except (TimeoutError, ray.exceptions.RayError):
+            remove_placement_group(pg)
+            r.detail = f"waiting for {c.nodes_per_replica} nodes with {self._need()} free each"
+            return False
+        r.pg = pg
+        r.supervisors = [
+            self._supervisor(
+                r, i, PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+            )
+            for i in range(c.nodes_per_replica)
+        ]
+        return True
+
+    async def _start(self, r: _Replica) -> None:
+        c = self.config
+        r.generation += 1
+        r.state, r.detail = ReplicaState.PENDING, "placing"
+        try:
+            if not await self._place(r):
+                r.supervisors = []
+                r.not_before = time.monotonic() + 5.0
+                return
+            infos = await asyncio.wait_for(
+                asyncio.gather(*(s.node_info.remote() for s in r.supervisors)), _PLACE_TIMEOUT_S
+            )
+            r.node_ids = [i["node_id"] for i in infos]
+            r.node_ips = [i["node_ip"] for i in infos]
+            r.slots = [(nid, self._alloc_slot(nid)) for nid in r.node_ids]
+            head = r.supervisors[0]
+            port = await head.reserve_port.remote(c.bind_host)
+            master_port = await head.reserve_port.remote(None) if c.nodes_per_replica > 1 else None
+            launches = []
+            for rank, sup in enumerate(r.supervisors):
+                spec = RankLaunch(
+                    model_path=c.model_path,
+                    served_model_name=c.served_model_name,
+                    host=c.bind_host or r.node_ips[0],
+                    port=port,
+                    tensor_parallel_size=c.tensor_parallel_size,
+                    pipeline_parallel_size=c.pipeline_parallel_size,
+                    nnodes=c.nodes_per_replica,
+                    node_rank=rank,
+                    master_addr=r.node_ips[0] if c.nodes_per_replica > 1 else None,
+                    master_port=master_port,
+                    dtype=c.dtype,
+                    max_model_len=c.max_model_len,
+                    executor=c.executor,
+                    device=c.device,
+                    engine_args=c.engine_args,
+                )
+                launches.append(sup.launch.remote(spec.model_dump(), r.slots[rank][1]))
+            results = await asyncio.gather(*launches)
+            r.url = f"http://{c.bind_host or r.node_ips[0]}:{port}"
+            r.log_path = results[0]["log_path"]
+            r.state, r.detail = ReplicaState.STARTING, "vLLM is loading"
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.warning("replica %s could not start: %s", r.replica_id, e)
+            await self._fail(r, f"could not start: {type(e).__name__}: {e}")

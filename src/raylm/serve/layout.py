@@ -1,0 +1,115 @@
+"""Turn a serve spec and the live cluster's nodes into the controller's deployment layout.
+
+The planner decides TP/PP/replicas for GPU clusters from memory; this module fits that
+decision (or the user's flags) onto the nodes Ray reports, and refuses layouts that
+cannot be placed before anything loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from raylm.errors import PlanError
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """One alive Ray node as the layout sees it."""
+
+    node_id: str
+    ip: str
+    cpus: int
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the replicas map onto nodes and devices."""
+
+    device: str
+    replicas: int
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    nodes_per_replica: int
+    cpus_per_node: int
+    gpus_per_node: int
+
+    def describe(self) -> str:
+        per = (
+            f"{self.gpus_per_node} GPU(s)"
+            if self.device == "cuda"
+            else f"{self.cpus_per_node} core(s)"
+        )
+        return (
+            f"{self.replicas} replica(s) x TP={self.tensor_parallel_size} "
+            f"PP={self.pipeline_parallel_size}, {self.nodes_per_replica} node(s) per replica, "
+            f"{per} per node"
+        )
+
+
+def fit_layout(
+    nodes: list[NodeResources],
+    *,
+    replicas: int,
+    tensor_parallel_size: int,
+    pipeline_parallel_size: int,
+    cpus_per_replica: int | None = None,
+) -> Layout:
+    """Fit replicas x TP x PP onto `nodes`; raise PlanError saying why when it cannot fit."""
+    if not nodes:
+        raise PlanError("The Ray cluster has no alive node", fix="Start one", command="raylm up")
+    tp, pp = tensor_parallel_size, pipeline_parallel_size
+    world = tp * pp
+    gpu_nodes = [n for n in nodes if n.gpus > 0]
+    if gpu_nodes:
+        per_node = min(n.gpus for n in gpu_nodes)
+        if world <= per_node:
+            span, per = 1, world
+        elif world % per_node == 0:
+            span, per = world // per_node, per_node
+        else:
+            raise PlanError(
+                f"TP={tp} x PP={pp} = {world} GPUs cannot be split evenly over nodes "
+                f"of {per_node} GPUs",
+                fix="Choose TP x PP as a multiple of the GPUs per node, or at most one node's GPUs",
+            )
+        total = sum(n.gpus // per for n in gpu_nodes)
+        if replicas * span > total:
+            raise PlanError(
+                f"{replicas} replica(s) of {span} node(s) x {per} GPU(s) do not fit",
+                why=f"the cluster has {len(gpu_nodes)} GPU node(s) with {per_node}+ GPUs each",
+                fix="Lower --replicas or --tp/--pp, or add nodes",
+                command="raylm status",
+            )
+        return Layout("cuda", replicas, tp, pp, span, 0, per)
+    if pp > 1:
+        raise PlanError(
+            f"PP={pp} is not supported on CPU nodes",
+            why="pipeline parallel crashed in vLLM's CPU build (0.32) when measured here",
+            fix="Use --tp to split the model, or --replicas for throughput",
+        )
+    max_cpus = max(n.cpus for n in nodes)
+    if tp <= max_cpus:
+        span = 1
+        share = max_cpus // max(1, math.ceil(replicas / len(nodes)))
+        per = cpus_per_replica or max(tp, share)
+    else:
+        span = next((k for k in range(2, tp + 1) if tp % k == 0 and tp // k <= max_cpus), 0)
+        if not span or span > len(nodes):
+            raise PlanError(
+                f"TP={tp} needs {tp} cores; no node has that many and it cannot be split "
+                f"over the {len(nodes)} node(s) of {max_cpus} core(s)",
+                fix="Lower --tp or add nodes",
+                command="raylm status",
+            )
+        per = tp // span
+    slots = sum(n.cpus // per for n in nodes if n.cpus >= per)
+    if replicas * span > slots:
+        raise PlanError(
+            f"{replicas} replica(s) x {span} node(s) x {per} core(s) do not fit on this cluster",
+            why=f"it has {len(nodes)} node(s) with {', '.join(str(n.cpus) for n in nodes)} cores",
+            fix="Lower --replicas, --tp or --cpus-per-replica, or add nodes",
+            command="raylm status",
+        )
+    return Layout("cpu", replicas, tp, pp, span, per, 0)

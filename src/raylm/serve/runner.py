@@ -1,0 +1,293 @@
+"""`raylm serve` end to end: model, cluster, layout, controller, gateway, drain and stop.
+
+The CLI hands in a spec and a Reporter (it prints); everything else happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from raylm.config import ServeSpec
+from raylm.errors import ConfigError, PlanError, ReplicaError
+from raylm.serve.deployment import CONTROLLER_NAMESPACE, DeploymentConfig
+from raylm.serve.engine import resolve_dtype
+from raylm.serve.layout import Layout, NodeResources, fit_layout
+from raylm.serve.state import ReplicaInfo, ReplicaState
+
+logger = logging.getLogger(__name__)
+
+# A replica that fails this many starts before it was ever ready is a configuration
+# problem (bad model, bad engine argument), not a transient one: stop and say so.
+_MAX_FAILED_STARTS = 3
+# Context length on CPU when none is asked for: the KV cache at the default memory share
+# holds ~5.9k float32 tokens of the demo model, less than its 8k native context.
+_CPU_DEFAULT_MAX_MODEL_LEN = 4096
+
+
+class Reporter(Protocol):
+    """What the runner tells whoever started it (the CLI prints these)."""
+
+    def phase(self, text: str) -> None: ...
+
+    def replicas(self, infos: list[ReplicaInfo]) -> None: ...
+
+    def ready(self, endpoint: str, model: str, layout: Layout, api_key_set: bool) -> None: ...
+
+    def stopping(self, text: str) -> None: ...
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast, before anything loads, when the gateway's port is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(
+                f"Cannot listen on {host}:{port}",
+                why=e.strerror or str(e),
+                fix="Stop what uses the port or pick another",
+                command=f"raylm serve --port {port + 1}",
+            ) from None
+
+
+def alive_nodes() -> list[NodeResources]:
+    import ray
+
+    return [
+        NodeResources(
+            node_id=n["NodeID"],
+            ip=n["NodeManagerAddress"],
+            cpus=int(n["Resources"].get("CPU", 0)),
+            gpus=int(n["Resources"].get("GPU", 0)),
+        )
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
+
+
+def _model_config(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((path / "config.json").read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def check_model_layout(path: Path, tp: int, pp: int) -> None:
+    """Refuse a TP/PP the model cannot take (e.g. heads not divisible), before loading."""
+    try:
+        from raylm.models.facts import read_model_facts
+        from raylm.planner import check_layout
+    except ImportError:  # planner not installed in this build
+        return
+    reasons = check_layout(read_model_facts(path), tp, pp)
+    if reasons:
+        raise PlanError(
+            f"TP={tp} PP={pp} cannot work for this model",
+            why="; ".join(reasons),
+            fix="Pick a TP that divides the attention heads; `raylm plan` lists valid layouts",
+            command=f"raylm plan {path}",
+        )
+
+
+def build_deployment(
+    spec: ServeSpec, model_path: Path, model_name: str, local: bool
+) -> tuple[DeploymentConfig, Layout]:
+    tp = spec.tensor_parallel_size or 1
+    pp = spec.pipeline_parallel_size or 1
+    layout = fit_layout(
+        alive_nodes(),
+        replicas=spec.replicas or 1,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        cpus_per_replica=spec.cpus_per_replica,
+    )
+    check_model_layout(model_path, tp, pp)
+    max_len = spec.max_model_len
+    if max_len is None and layout.device == "cpu" and "max-model-len" not in spec.engine_args:
+        native = int(_model_config(model_path).get("max_position_embeddings") or 0)
+        max_len = min(native, _CPU_DEFAULT_MAX_MODEL_LEN) if native else _CPU_DEFAULT_MAX_MODEL_LEN
+    config = DeploymentConfig(
+        name=spec.name,
+        model_path=str(model_path),
+        served_model_name=spec.served_model_name or model_name,
+        replicas=layout.replicas,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        nodes_per_replica=layout.nodes_per_replica,
+        device="cuda" if layout.device == "cuda" else "cpu",
+        gpus_per_node=layout.gpus_per_node,
+        cpus_per_node=layout.cpus_per_node,
+        dtype=resolve_dtype(spec.dtype, layout.device),
+        max_model_len=max_len,
+        executor=spec.executor,
+        engine_args=spec.engine_args,
+        startup_timeout_s=spec.startup_timeout_s,
+        bind_host="127.0.0.1" if local else None,
+    )
+    return config, layout
+
+
+def start_controller(config: DeploymentConfig) -> Any:
+    """Create the detached controller actor; refuse if this deployment already runs."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from raylm.serve.controller import Controller
+
+    try:
+        old = ray.get_actor(config.controller_name, namespace=CONTROLLER_NAMESPACE)
+    except ValueError:
+        old = None
+    if old is not None:
+        try:
+            ray.get(old.ping.remote(), timeout=5)
+        except Exception:
+            ray.kill(old)
+        else:
+            raise ConfigError(
+                f"A deployment named '{config.name}' already runs on this cluster",
+                fix="Stop it first, or give this one another name",
+                command=f"raylm serve --name {config.name}-2",
+            )
+    here = ray.get_runtime_context().get_node_id()
+    actor = (
+        ray.remote(Controller)
+        .options(
+            name=config.controller_name,
+            namespace=CONTROLLER_NAMESPACE,
+            lifetime="detached",
+            num_cpus=0,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True),
+        )
+        .remote(config.model_dump())
+    )
+    ray.get(actor.start.remote())
+    return actor
+
+
+async def wait_until_ready(
+    controller: Any, reporter: Reporter, stop: asyncio.Event
+) -> list[ReplicaInfo]:
+    """Wait for every replica to be ready; raise ReplicaError when one keeps failing."""
+    ever_ready: set[str] = set()
+    while not stop.is_set():
+        infos = [ReplicaInfo(**r) for r in await controller.replica_infos.remote()]
+        reporter.replicas(infos)
+        ever_ready |= {i.replica_id for i in infos if i.state is ReplicaState.READY}
+        for info in infos:
+            if info.replica_id not in ever_ready and info.restarts >= _MAX_FAILED_STARTS:
+                raise ReplicaError(
+                    f"Replica {info.replica_id} failed to start {info.restarts} times",
+                    replica=info.replica_id,
+                    log_path=info.log_path,
+                    why=info.detail,
+                    fix="Read the vLLM log for the cause (a bad --engine-arg, too little "
+                    "memory, a damaged model)",
+                    command=f"tail -n 60 {info.log_path}" if info.log_path else "raylm status",
+                )
+        if infos and all(i.state is ReplicaState.READY for i in infos):
+            return infos
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    return []
+
+
+@contextlib.contextmanager
+def _signals_to(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def serve(spec: ServeSpec, reporter: Reporter) -> None:
+    """Run a deployment in the foreground until SIGINT/SIGTERM, then drain and stop it all."""
+    import uvicorn
+
+    from raylm.cluster.connect import connect
+    from raylm.gateway import GatewaySettings, create_gateway
+    from raylm.models.store import ModelStore
+
+    check_port_free(spec.host, spec.port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    with _signals_to(loop, stop):
+        reporter.phase("resolving the model")
+        entry = await loop.run_in_executor(None, ModelStore().resolve, spec.model)
+        reporter.phase("connecting to Ray")
+        conn = await loop.run_in_executor(None, connect, spec.address)
+        controller = None
+        gateway = None
+        server: uvicorn.Server | None = None
+        server_task: asyncio.Task[None] | None = None
+        try:
+            config, layout = build_deployment(spec, Path(entry.path), entry.name, conn.started_here)
+            reporter.phase(f"starting {layout.describe()}")
+            controller = await loop.run_in_executor(None, start_controller, config)
+            from raylm.serve.source import ControllerReplicaSource
+
+            gateway = create_gateway(
+                ControllerReplicaSource(controller),
+                GatewaySettings(api_key=spec.api_key, max_batch_size=spec.max_batch_size),
+            )
+            await gateway.start()
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    gateway.app,
+                    host=spec.host,
+                    port=spec.port,
+                    log_level="warning",
+                    lifespan="off",
+                    access_log=False,
+                )
+            )
+            # The runner owns SIGINT/SIGTERM (drain first); uvicorn must not grab them.
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+            server_task = loop.create_task(server.serve())
+            if await wait_until_ready(controller, reporter, stop):
+                endpoint = f"http://{spec.host}:{spec.port}"
+                reporter.ready(endpoint, config.served_model_name, layout, spec.api_key is not None)
+            await stop.wait()
+        finally:
+            reporter.stopping("draining in-flight requests")
+            if gateway is not None:
+                with contextlib.suppress(Exception):
+                    await gateway.drain(spec.drain_timeout_s)
+            if server is not None:
+                server.should_exit = True
+            if server_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server_task, 10)
+            if gateway is not None:
+                with contextlib.suppress(Exception):
+                    await gateway.stop()
+            reporter.stopping("stopping replicas")
+            if controller is not None:
+                await _stop_controller(controller)
+            reporter.stopping("disconnecting from Ray" if not conn.started_here else "stopping Ray")
+            await loop.run_in_executor(None, conn.close)
+
+
+async def _stop_controller(controller: Any) -> None:
+    import ray
+
+    try:
+        await asyncio.wait_for(controller.shutdown.remote(), 60)
+    except Exception as e:
+        logger.warning("controller shutdown: %s", e)
+    with contextlib.suppress(Exception):
+        ray.kill(controller, no_restart=True)

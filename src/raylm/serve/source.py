@@ -1,0 +1,18 @@
+"""The gateway's view of the replicas, read from the controller actor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raylm.serve.state import ReplicaInfo
+
+
+class ControllerReplicaSource:
+    """Reads the replica table from a controller actor (an awaitable Ray call)."""
+
+    def __init__(self, controller: Any) -> None:
+        self._controller = controller
+
+    async def snapshot(self) -> list[ReplicaInfo]:
+        rows = await self._controller.replica_infos.remote()
+        return [ReplicaInfo(**row) for row in rows]

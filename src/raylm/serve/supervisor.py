@@ -1,0 +1,195 @@
+"""The replica supervisor: a Ray actor on one node that runs and watches one vLLM rank.
+
+It holds the devices Ray gave it (GPUs, or CPU cores on a CPU node) for as long as the
+rank lives, launches `vllm serve` as a child process, and on rank 0 decides readiness by
+real one-token generations (periodic, jittered, with a strike count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+from typing import Any
+
+import aiohttp
+import psutil
+
+from raylm.home import logs_dir
+from raylm.serve import engine
+from raylm.serve.probe import generate_one_token, http_ok
+from raylm.serve.process import EngineProcess
+from raylm.serve.state import ReplicaState
+
+logger = logging.getLogger(__name__)
+
+
+def free_port(host: str) -> int:
+    """A TCP port free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def iface_of(ip: str) -> str | None:
+    """The network interface that holds `ip` on this node."""
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == ip for a in addrs):
+            return str(name)
+    return None
+
+
+class ReplicaSupervisor:
+    """Runs one rank of one replica. Created by the controller with Ray resources attached."""
+
+    def __init__(
+        self,
+        replica_id: str,
+        rank: int,
+        *,
+        deployment: str,
+        cpus: int = 0,
+        startup_timeout_s: float = 900.0,
+        probe_interval_s: float = 5.0,
+        probe_timeout_s: float = 30.0,
+        probe_strikes: int = 3,
+    ) -> None:
+        import ray
+
+        self.replica_id = replica_id
+        self.rank = rank
+        self.deployment = deployment
+        self.node_ip = ray.util.get_node_ip_address()
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.cpu_slot = 0
+        self.cpus = cpus
+        self.startup_timeout_s = startup_timeout_s
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self.probe_strikes = probe_strikes
+        self.state = ReplicaState.PENDING
+        self.detail = "waiting to launch"
+        self.proc: EngineProcess | None = None
+        self.launch_spec: engine.RankLaunch | None = None
+        self.exit_code: int | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    def node_info(self) -> dict[str, Any]:
+        """Where this rank lives, so the controller can wire ranks together."""
+        return {"node_ip": self.node_ip, "node_id": self.node_id, "pid": os.getpid()}
+
+    def reserve_port(self, host: str | None = None) -> int:
+        return free_port(host or self.node_ip)
+
+    def _cpu_cores(self) -> list[int] | None:
+        if self.cpus <= 0:
+            return None
+        # Ray reserves a count, not core ids: take this slot's share of our affinity set,
+        # which a node started under taskset narrows to its own cores.
+        cores = sorted(os.sched_getaffinity(0))
+        start = (self.cpu_slot * self.cpus) % len(cores)
+        return [cores[(start + i) % len(cores)] for i in range(min(self.cpus, len(cores)))]
+
+    async def launch(self, launch: dict[str, Any], cpu_slot: int = 0) -> dict[str, Any]:
+        """Start vLLM with `launch` (a RankLaunch as dict) and begin watching it.
+
+        `cpu_slot` numbers this rank among raylm's ranks on the node, to pick its cores.
+        """
+        spec = engine.RankLaunch(**launch)
+        self.cpu_slot = cpu_slot
+        self.launch_spec = spec
+        iface = os.environ.get("GLOO_SOCKET_IFNAME") or iface_of(self.node_ip)
+        env = engine.rank_env(spec, node_ip=self.node_ip, iface=iface, cpu_cores=self._cpu_cores())
+        log_path = logs_dir() / self.deployment / f"{self.replica_id}-rank{self.rank}.log"
+        self.proc = EngineProcess(engine.command(spec), env, log_path)
+        self.state = ReplicaState.STARTING
+        self.detail = "vLLM is loading"
+        self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+        return {"pid": self.proc.pid, "log_path": str(log_path)}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "detail": self.detail,
+            "node_ip": self.node_ip,
+            "pid": self.proc.pid if self.proc else None,
+            "exit_code": self.exit_code,
+            "log_path": str(self.proc.log_path) if self.proc else "",
+            "log_tail": self.proc.tail() if self.proc and self.state is ReplicaState.DEAD else "",
+        }
+
+    def _dead(self, why: str) -> None:
+        self.state = ReplicaState.DEAD
+        self.detail = why
+        logger.warning("replica %s rank %d dead: %s", self.replica_id, self.rank, why)
+
+    async def _watch_loop(self) -> None:
+        assert self.proc is not None and self.launch_spec is not None
+        spec = self.launch_spec
+        base = f"http://{spec.host}:{spec.port}"
+        async with aiohttp.ClientSession() as session:
+            if self.rank == 0 and not await self._wait_ready(session, base, spec):
+                return
+            if self.rank > 0:
+                self.state = ReplicaState.READY
+                self.detail = "headless rank running"
+            strikes = 0
+            while True:
+                jitter = random.uniform(0.8, 1.2)
+                # Process exit is checked every second; probes run every interval.
+                deadline = time.monotonic() + self.probe_interval_s * jitter
+                while time.monotonic() < deadline:
+                    if (code := self.proc.poll()) is not None:
+                        self.exit_code = code
+                        self._dead(f"vLLM exited with code {code}")
+                        return
+                    await asyncio.sleep(1.0)
+                if self.rank > 0:
+                    continue
+                ok, why = await generate_one_token(
+                    session, base, spec.served_model_name, self.probe_timeout_s
+                )
+                if ok:
+                    strikes = 0
+                    self.state, self.detail = ReplicaState.READY, "last probe generated a token"
+                    continue
+                strikes += 1
+                if strikes >= self.probe_strikes:
+                    self._dead(f"{strikes} probes in a row failed; last: {why}")
+                    return
+                self.state = ReplicaState.UNHEALTHY
+                self.detail = f"probe strike {strikes}/{self.probe_strikes}: {why}"
+
+    async def _wait_ready(
+        self, session: aiohttp.ClientSession, base: str, spec: engine.RankLaunch
+    ) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if (code := self.proc.poll()) is not None:
+                self.exit_code = code
+                self._dead(f"vLLM exited with code {code} while starting")
+                return False
+            if await http_ok(session, f"{base}/health", 5.0):
+                ok, why = await generate_one_token(
+                    session, base, spec.served_model_name, self.probe_timeout_s
+                )
+                if ok:
+                    self.state, self.detail = ReplicaState.READY, "first generation succeeded"
+                    return True
+                self.detail = f"up, but {why}"
+            await asyncio.sleep(1.0)
+        self._dead(f"not ready within {self.startup_timeout_s:.0f} s")
+        return False
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop the vLLM process group; safe to call twice."""
+        self.state = ReplicaState.STOPPING
+        if self._watch:
+            self._watch.cancel()
+        if self.proc:
+            await asyncio.get_running_loop().run_in_executor(None, self.proc.stop, grace_s)
+        self.detail = "stopped"
