@@ -1,0 +1,467 @@
+"""The model store of one node: `$RAYLM_HOME/models`.
+
+Layout (the same on every node, so a model lands at the same path everywhere)::
+
+    <root>/<name>/                     the model directory handed to vLLM
+    <root>/.raylm/manifests/<name>.json every file, size, sha256 (written last)
+    <root>/.raylm/stamps/<name>.json   size + mtime of each file at the last full verify
+    <root>/.raylm/locks/<name>.lock    held while a model is imported, pulled or synced
+    <root>/.raylm/tmp/                 conversions and downloads in progress
+
+A model directory without a manifest is incomplete (a crash mid-import) and is redone on
+next use. A model registered in place (`import DIR`) keeps its files where they are; the
+store only holds its manifest, and `rm` never deletes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from raylm.errors import ModelError
+from raylm.home import models_dir
+from raylm.models.gguf import DEMO_NAME, convert_gguf, demo_gguf_path
+from raylm.models.manifest import (
+    Manifest,
+    VerifyResult,
+    build_manifest,
+    list_model_files,
+    sha256_file,
+    stat_stamp,
+    verify_dir,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+Source = Literal["gguf", "local", "hf", "modelscope"]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+LOCK_TIMEOUT_S = 1800.0
+
+
+class ModelEntry(BaseModel):
+    """A model as the rest of raylm sees it: where it is and whether it is intact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Name in the store (or the directory name of a bare path).")
+    path: Path = Field(description="The model directory to hand to vLLM.")
+    source: Source = Field(description="How it entered the store: gguf, local, hf or modelscope.")
+    repo: str | None = Field(default=None, description="Hub repository id, for pulled models.")
+    revision: str = Field(default="", description="Hub commit, or a content id for imports.")
+    size_bytes: int = Field(default=0, description="Total size of the model's files.")
+    verified: bool = Field(
+        default=False,
+        description="True when a manifest exists and every file still has the size and "
+        "modification time it had when last fully hashed on this node.",
+    )
+    manifest: Path | None = Field(
+        default=None, description="This node's manifest file; None for an unregistered path."
+    )
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it is a valid store name, else raise a ModelError saying why."""
+    if not NAME_RE.match(name):
+        raise ModelError(
+            f"Invalid model name {name!r}",
+            model=name,
+            why="names are 1-128 characters of letters, digits, '.', '_' and '-', "
+            "not starting with '.' or '-'",
+            fix="choose another name with --name",
+        )
+    return name
+
+
+def default_name(ref: str) -> str:
+    """A store name derived from a repo id, a directory or a file name."""
+    base = ref.strip("/").replace("/", "--")
+    base = re.sub(r"[^A-Za-z0-9._-]", "-", base).lstrip(".-")
+    return base[:128] or "model"
+
+
+class ModelStore:
+    """The model store rooted at `root` (default: `$RAYLM_HOME/models`)."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else models_dir()
+        self.meta = self.root / ".raylm"
+
+    # ---- paths -------------------------------------------------------------------------
+
+    def manifest_path(self, name: str) -> Path:
+        return self.meta / "manifests" / f"{name}.json"
+
+    def stamp_path(self, name: str) -> Path:
+        return self.meta / "stamps" / f"{name}.json"
+
+    def tmp_dir(self) -> Path:
+        d = self.meta / "tmp"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def model_dir(self, name: str) -> Path:
+        """Where a store-owned model's files live (whether or not they exist)."""
+        return self.root / check_name(name)
+
+    def path_of(self, manifest: Manifest) -> Path:
+        """The directory of the model a manifest describes, on this node."""
+        if manifest.external_path:
+            return Path(manifest.external_path)
+        return self.model_dir(manifest.name)
+
+    # ---- locking -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold an exclusive per-model file lock (across processes) for the block."""
+        lock_file = self.meta / "locks" / f"{check_name(name)}.lock"
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise ModelError(
+                            f"Timed out waiting for the lock on model {name}",
+                            model=name,
+                            why=f"another process has held {lock_file} for {timeout:.0f} s",
+                            fix="wait for the other import/pull/sync to finish, or stop it",
+                        ) from None
+                    time.sleep(0.2)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    # ---- manifests and stamps ------------------------------------------------------------
+
+    def read_manifest(self, name: str) -> Manifest | None:
+        """The manifest of `name` on this node, or None if there is none (or it is damaged)."""
+        p = self.manifest_path(name)
+        try:
+            return Manifest.model_validate_json(p.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (ValidationError, ValueError) as e:
+            log.warning("ignoring damaged manifest %s: %s", p, e)
+            return None
+
+    def write_manifest(self, manifest: Manifest) -> Path:
+        p = self.manifest_path(check_name(manifest.name))
+        write_json_atomic(p, manifest.model_dump(mode="json"))
+        return p
+
+    def write_stamp(self, manifest: Manifest) -> None:
+        stamp = stat_stamp(self.path_of(manifest), manifest)
+        if stamp is not None:
+            write_json_atomic(self.stamp_path(manifest.name), stamp)
+
+    def forget(self, name: str) -> None:
+        """Drop the manifest and stamp first, so a half-changed copy never reads as complete."""
+        for p in (self.manifest_path(name), self.stamp_path(name)):
+            p.unlink(missing_ok=True)
+
+    def stamp_ok(self, manifest: Manifest) -> bool:
+        """Cheap check: every file has the size and mtime it had at the last full verify."""
+        try:
+            saved = json.loads(self.stamp_path(manifest.name).read_text())
+        except (FileNotFoundError, ValueError):
+            return False
+        return bool(saved == stat_stamp(self.path_of(manifest), manifest))
+
+    def entry_from(self, manifest: Manifest) -> ModelEntry:
+        return ModelEntry(
+            name=manifest.name,
+            path=self.path_of(manifest),
+            source=manifest.source,  # type: ignore[arg-type]
+            repo=manifest.repo,
+            revision=manifest.revision,
+            size_bytes=manifest.size_bytes,
+            verified=self.stamp_ok(manifest),
+            manifest=self.manifest_path(manifest.name),
+        )
+
+    # ---- queries -----------------------------------------------------------------------
+
+    def get(self, name: str) -> ModelEntry | None:
+        """The entry of `name`, or None when the store has no complete copy of it."""
+        if not NAME_RE.match(name):
+            return None
+        m = self.read_manifest(name)
+        return self.entry_from(m) if m is not None else None
+
+    def list_models(self) -> list[ModelEntry]:
+        """Every model with a manifest on this node, sorted by name."""
+        d = self.meta / "manifests"
+        if not d.is_dir():
+            return []
+        out = []
+        for p in sorted(d.glob("*.json")):
+            m = self.read_manifest(p.stem)
+            if m is not None:
+                out.append(self.entry_from(m))
+        return out
+
+    def incomplete(self) -> list[str]:
+        """Names of store directories that have no manifest (an interrupted import or sync)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and NAME_RE.match(p.name) and not self.manifest_path(p.name).exists()
+        )
+
+    def find_by_repo(self, repo: str) -> ModelEntry | None:
+        return next((e for e in self.list_models() if e.repo == repo), None)
+
+    def verify(self, name: str, *, workers: int | None = None) -> VerifyResult:
+        """Hash every file of `name` against its manifest; on success refresh the stamp."""
+        m = self.read_manifest(name)
+        if m is None:
+            raise ModelError(
+                f"Model {name} is not in the store at {self.root}",
+                model=name,
+                why="no manifest for it on this node",
+                fix="import or pull it first, or list what is there",
+                command="raylm model list",
+            )
+        res = verify_dir(self.path_of(m), m, workers=workers)
+        if res.ok:
+            self.write_stamp(m)
+        else:
+            self.stamp_path(name).unlink(missing_ok=True)
+        return res
+
+    # ---- resolving -----------------------------------------------------------------------
+
+    def resolve(self, ref: str | None) -> ModelEntry:
+        """Turn what a user typed into a model directory.
+
+        - None: the demo model, imported from its GGUF on first use, reused afterwards, and
+          re-imported when its copy is incomplete or damaged.
+        - A path to a `.gguf` file: imported (converted) once, named after the file.
+        - A path to an HF-format directory: used in place as it is; it is not registered
+          and not hashed (`verified` is False; `raylm model import DIR` registers it).
+        - A store name, or the hub repo id it was pulled from.
+        """
+        if ref is None or ref == DEMO_NAME:
+            return self.ensure_demo()
+        p = Path(ref).expanduser()
+        if p.is_file() and p.suffix == ".gguf":
+            name = default_name(p.stem.lower())
+            e = self.get(name)
+            if e is not None and (e.verified or self.verify(name).ok):
+                return self.get(name) or e
+            return self.import_gguf(p, name)
+        if p.is_dir():
+            return self._bare_dir(p.resolve())
+        if (e := self.get(ref)) is not None or (e := self.find_by_repo(ref)) is not None:
+            return e
+        if p.is_absolute() or ref.startswith((".", "~")):
+            raise ModelError(
+                f"Model path {ref} does not exist",
+                model=ref,
+                fix="give an existing Hugging Face-format model directory or .gguf file",
+            )
+        names = ", ".join(e.name for e in self.list_models()) or "none"
+        hint = f"raylm model pull {ref}" if "/" in ref else "raylm model import PATH --name " + ref
+        raise ModelError(
+            f"Model {ref!r} is not in the store ({self.root})",
+            model=ref,
+            why=f"models there: {names}",
+            fix="pull it from a hub, import a local directory or GGUF file, or serve a path",
+            command=hint,
+        )
+
+    def _bare_dir(self, p: Path) -> ModelEntry:
+        if not (p / "config.json").is_file():
+            raise ModelError(
+                f"{p} is not a Hugging Face-format model directory",
+                model=str(p),
+                why="it has no config.json",
+                fix="point at the directory holding config.json, the tokenizer and the weights",
+            )
+        for m in (self.read_manifest(e.name) for e in self.list_models()):
+            if m is not None and self.path_of(m).resolve() == p:
+                return self.entry_from(m)
+        files = list_model_files(p)
+        return ModelEntry(
+            name=p.name,
+            path=p,
+            source="local",
+            size_bytes=sum((p / f).stat().st_size for f in files),
+        )
+
+    # ---- imports -----------------------------------------------------------------------
+
+    def ensure_demo(self) -> ModelEntry:
+        """The demo model, converted on first use and redone when damaged."""
+        e = self.get(DEMO_NAME)
+        if e is not None and e.verified:
+            return e
+        if e is not None:
+            res = self.verify(DEMO_NAME)
+            if res.ok:
+                return self.get(DEMO_NAME) or e
+            log.warning("demo model copy is damaged (%s); importing it again", res.summary())
+        return self.import_gguf(demo_gguf_path(), DEMO_NAME)
+
+    def import_gguf(self, file: Path, name: str | None = None) -> ModelEntry:
+        """Convert a GGUF file into an HF-format model directory in the store.
+
+        Runs under the model's lock; another process that finished the same import while
+        this one waited is reused. The converted directory is renamed into place and the
+        manifest written last, so an interrupted import leaves no manifest and is redone.
+        """
+        file = Path(file).expanduser().resolve()
+        if not file.is_file():
+            raise ModelError(
+                f"GGUF file {file} does not exist",
+                model=str(file),
+                fix="give the path to an existing .gguf file",
+            )
+        name = check_name(name or default_name(file.stem.lower()))
+        with self.lock(name):
+            existing = self.read_manifest(name)
+            revision = f"gguf-sha256:{sha256_file(file)}"
+            if (
+                existing is not None
+                and existing.revision == revision
+                and (self.stamp_ok(existing) or self.verify(name).ok)
+            ):
+                return self.entry_from(existing)
+            self._clean_tmp(name)
+            work = self.tmp_dir() / f"{name}-{uuid.uuid4().hex[:8]}"
+            try:
+                log.info("converting %s into %s", file, self.model_dir(name))
+                convert_gguf(file, work)
+                manifest = build_manifest(work, name=name, source="gguf", revision=revision)
+                self._install(work, manifest)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            return self.entry_from(manifest)
+
+    def import_dir(self, path: Path, name: str | None = None) -> ModelEntry:
+        """Register an HF-format directory in place: hash its files and write a manifest.
+
+        The files stay where they are (nothing is copied); `sync` places them at the same
+        absolute path on the other nodes.
+        """
+        p = Path(path).expanduser().resolve()
+        if not p.is_dir():
+            raise ModelError(
+                f"{p} is not a directory", model=str(p), fix="give a model directory or .gguf"
+            )
+        if not (p / "config.json").is_file():
+            raise ModelError(
+                f"{p} is not a Hugging Face-format model directory",
+                model=str(p),
+                why="it has no config.json",
+                fix="point at the directory holding config.json, the tokenizer and the weights",
+            )
+        name = check_name(name or default_name(p.name))
+        with self.lock(name):
+            in_store = p.parent == self.root.resolve()
+            if in_store and p.name != name:
+                raise ModelError(
+                    f"{p} is inside the store under another name",
+                    model=name,
+                    fix=f"import it as {p.name}",
+                )
+            manifest = build_manifest(
+                p,
+                name=name,
+                source="local",
+                revision="",
+                external_path=None if in_store else str(p),
+            )
+            digest = sha256_file_list(manifest)
+            manifest.revision = f"content-sha256:{digest[:16]}"
+            self.forget(name)
+            self.write_manifest(manifest)
+            self.write_stamp(manifest)
+            return self.entry_from(manifest)
+
+    def import_path(self, path: Path, name: str | None = None) -> ModelEntry:
+        """`raylm model import`: a .gguf file is converted, a directory registered in place."""
+        p = Path(path).expanduser()
+        if p.is_file() and p.suffix == ".gguf":
+            return self.import_gguf(p, name)
+        if p.is_file():
+            raise ModelError(
+                f"{p} is a file but not a .gguf file",
+                model=str(p),
+                fix="import a .gguf file or a Hugging Face-format model directory",
+            )
+        return self.import_dir(p, name)
+
+    def install_dir(self, work: Path, manifest: Manifest) -> ModelEntry:
+        """Move a complete, hashed directory into place (used by pulls); caller holds the lock."""
+        self._install(work, manifest)
+        return self.entry_from(manifest)
+
+    def _install(self, work: Path, manifest: Manifest) -> None:
+        final = self.model_dir(manifest.name)
+        self.forget(manifest.name)
+        if final.exists():
+            trash = self.tmp_dir() / f"{manifest.name}-old-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.rename(work, final)
+        self.write_manifest(manifest)
+        self.write_stamp(manifest)
+
+    def _clean_tmp(self, name: str) -> None:
+        # Only called under the model's lock, so no live import of `name` owns these.
+        for p in self.tmp_dir().glob(f"{name}-*"):
+            if p.is_dir() and not p.name.startswith(f"{name}-pull"):
+                shutil.rmtree(p, ignore_errors=True)
+
+    # ---- removal -----------------------------------------------------------------------
+
+    def remove(self, name: str) -> bool:
+        """Delete a model from this node's store. Files registered in place are kept.
+
+        Returns False when there was nothing to remove.
+        """
+        check_name(name)
+        with self.lock(name):
+            m = self.read_manifest(name)
+            d = self.model_dir(name)
+            found = m is not None or d.exists()
+            self.forget(name)
+            if (m is None or m.external_path is None) and d.exists():
+                trash = self.tmp_dir() / f"{name}-rm-{uuid.uuid4().hex[:8]}"
+                os.rename(d, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            return found
+
+
+def sha256_file_list(manifest: Manifest) -> str:
+    """A content id of a whole model: the sha256 of its sorted (path, sha256) list."""
+    h = hashlib.sha256()
+    for f in sorted(manifest.files, key=lambda f: f.path):
+        h.update(f"{f.path}\0{f.sha256}\n".encode())
+    return h.hexdigest()
