@@ -120,7 +120,7 @@ def test_resolve_store_name_path_and_errors(demo_store: ModelStore, tmp_path: Pa
         demo_store.resolve(str(tmp_path / "missing"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         demo_store.resolve(str(empty))
     with pytest.raises(ModelError, match="Invalid model name"):
         demo_store.import_path(bare, name="../evil")
