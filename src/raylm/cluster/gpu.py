@@ -1,0 +1,82 @@
+"""This node's GPUs through NVML (pynvml from `nvidia-ml-py`).
+
+Imports only the standard library and pynvml so it runs on a GPU machine without Ray,
+vLLM or pydantic: `python -m raylm.cluster.gpu` prints the inventory as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Any
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def nvml_inventory() -> dict[str, Any]:
+    """Driver, CUDA driver API version and every GPU NVML sees.
+
+    Returns a dict: {"available": bool, "error": str, "driver": str, "cuda_driver": str,
+    "gpus": [{"index", "name", "uuid", "memory_total_bytes", "memory_used_bytes",
+    "utilization_pct", "compute_capability", "pci_bus_id"}]}. Never raises: a node without
+    NVML reports available=False and why.
+    """
+    out: dict[str, Any] = {"available": False, "error": "", "driver": "", "cuda_driver": ""}
+    out["gpus"] = []
+    try:
+        import pynvml
+    except ImportError:
+        out["error"] = "pynvml not installed (pip install nvidia-ml-py)"
+        return out
+    try:
+        pynvml.nvmlInit()
+    except Exception as e:
+        out["error"] = f"NVML unavailable: {e}"
+        return out
+    try:
+        out["available"] = True
+        out["driver"] = _s(pynvml.nvmlSystemGetDriverVersion())
+        try:
+            v = int(pynvml.nvmlSystemGetCudaDriverVersion())
+            out["cuda_driver"] = f"{v // 1000}.{(v % 1000) // 10}"
+        except Exception:
+            pass
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            try:
+                util: int | None = int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
+            except Exception:
+                util = None
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+            out["gpus"].append(
+                {
+                    "index": i,
+                    "name": _s(pynvml.nvmlDeviceGetName(h)),
+                    "uuid": _s(pynvml.nvmlDeviceGetUUID(h)),
+                    "memory_total_bytes": int(mem.total),
+                    "memory_used_bytes": int(mem.used),
+                    "utilization_pct": util,
+                    "compute_capability": f"{major}.{minor}",
+                    "pci_bus_id": _s(pynvml.nvmlDeviceGetPciInfo(h).busId),
+                }
+            )
+    except Exception as e:
+        out["error"] = f"NVML query failed: {e}"
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+    return out
+
+
+def main() -> int:
+    json.dump(nvml_inventory(), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

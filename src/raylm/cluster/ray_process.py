@@ -1,0 +1,182 @@
+"""The one module that runs `ray start` and stops what it started, by process id.
+
+`ray stop` kills every Ray process of the machine by name, including clusters other
+users run on the same host; raylm instead marks the environment of the processes it
+starts with a run id and stops exactly the processes that carry it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from raylm.cluster.ports import RayPorts
+from raylm.errors import ClusterError
+
+log = logging.getLogger(__name__)
+
+RUN_MARKER = "RAYLM_RAY_RUN"
+
+
+def ray_executable() -> str:
+    """The `ray` script of this Python environment (the one raylm runs in)."""
+    exe = Path(sys.executable).parent / "ray"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("ray")
+    if not found:
+        raise ClusterError(
+            "The `ray` command is not installed in this environment",
+            fix="Install Ray in the environment that runs raylm",
+            command="pip install 'ray[default]'",
+        )
+    return found
+
+
+def ray_start_argv(
+    *,
+    head: bool,
+    node_ip: str,
+    ports: RayPorts,
+    temp_dir: Path,
+    num_cpus: int | None,
+    num_gpus: int | None,
+    head_address: str | None = None,
+    dashboard_host: str = "127.0.0.1",
+    resources: str | None = None,
+) -> list[str]:
+    """The full `ray start` command line for this node."""
+    argv = [ray_executable(), "start", f"--node-ip-address={node_ip}"]
+    if head:
+        argv += [
+            "--head",
+            f"--port={ports.gcs}",
+            f"--dashboard-host={dashboard_host}",
+            f"--dashboard-port={ports.dashboard}",
+            f"--ray-client-server-port={ports.ray_client}",
+            f"--temp-dir={temp_dir}",
+        ]
+    else:
+        argv += [f"--address={head_address}"]
+    argv += [
+        f"--object-manager-port={ports.object_manager}",
+        f"--node-manager-port={ports.node_manager}",
+        f"--dashboard-agent-grpc-port={ports.dashboard_agent_grpc}",
+        f"--dashboard-agent-listen-port={ports.dashboard_agent_listen}",
+        f"--runtime-env-agent-port={ports.runtime_env_agent}",
+        f"--metrics-export-port={ports.metrics_export}",
+        f"--min-worker-port={ports.min_worker}",
+        f"--max-worker-port={ports.max_worker}",
+        "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        argv.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        argv.append(f"--num-gpus={num_gpus}")
+    if resources:
+        argv.append(f"--resources={resources}")
+    return argv
+
+
+def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -> tuple[str, str]:
+    """Run `ray start` with `env` added to ours; return (run id, its output).
+
+    The run id is put in the environment of every process Ray starts (they inherit it),
+    which is how `processes_of_run` finds them later.
+    """
+    run_id = uuid.uuid4().hex
+    full = {**os.environ, **env, RUN_MARKER: run_id}
+    log.debug("starting: %s", " ".join(argv))
+    try:
+        p = subprocess.run(
+            argv, env=full, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as e:
+        stop_run(run_id)
+        raise ClusterError(
+            f"`ray start` did not finish in {timeout:.0f} s",
+            why="the node is overloaded or a port is held by another process",
+            fix="Check the log under the node's Ray temp dir, then retry",
+            command="raylm down && raylm doctor",
+        ) from e
+    out = (p.stdout or "") + (p.stderr or "")
+    if p.returncode != 0:
+        stop_run(run_id)
+        tail = "\n".join(out.strip().splitlines()[-8:])
+        raise ClusterError(
+            "`ray start` failed",
+            why=f"exit {p.returncode}: {tail}",
+            fix="Free the ports raylm uses (see `raylm up --help`) or stop the old cluster",
+            command="raylm down",
+        )
+    return run_id, out
+
+
+def processes_of_run(run_id: str) -> list[psutil.Process]:
+    """Every live process whose environment carries this run id."""
+    found: list[psutil.Process] = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get(RUN_MARKER) == run_id:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+def stop_run(run_id: str, *, pids: list[int] | None = None, grace: float = 10.0) -> list[int]:
+    """Stop the processes of one run (found by marker, plus recorded `pids` still marked).
+
+    SIGTERM first so Ray flushes its state, SIGKILL after `grace` seconds. Returns the pids
+    that were signalled.
+    """
+    procs = {p.pid: p for p in processes_of_run(run_id)}
+    for pid in pids or []:
+        if pid in procs:
+            continue
+        try:
+            p = psutil.Process(pid)
+            if p.environ().get(RUN_MARKER) == run_id:
+                procs[pid] = p
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    for p in procs.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    # Workers forked while we were stopping carry the marker too.
+    late = processes_of_run(run_id)
+    for p in late:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(late, timeout=5)
+    return sorted(set(procs) | {p.pid for p in late})
+
+
+def wait_port(host: str, port: int, timeout: float) -> bool:
+    """Whether a TCP connect to host:port succeeds within `timeout` seconds."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=2):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.3)

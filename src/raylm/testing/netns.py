@@ -1,0 +1,538 @@
+"""A real multi-node Ray cluster on one machine, made of Linux network namespaces.
+
+Each node is a network namespace on a bridge in the root namespace, with its own IP,
+temp dir and `$RAYLM_HOME`; the cluster comes up through `raylm up` and `raylm join`
+(token auth on), exactly as a user would run them. Fault helpers kill a node, cut it
+off the network, block a port, shrink its /dev/shm, and bring it back.
+
+Every process of a node runs through `nsenter` into the namespaces of one anchor
+process per node (`ip netns exec NAME sleep infinity`): the anchor's mount namespace
+is private to the node, so a node can get its own /dev/shm without touching the host.
+Processes are stopped by pid only: the ones this object started, and the ones the
+kernel lists in the node's network namespace (`ip netns pids`), never by name.
+
+Needs root and iproute2. Usage::
+
+    with NetnsCluster(3, workdir=tmp_path) as c:
+        c.start()
+        print(c.run(0, [sys.executable, "-m", "raylm.cli.main", "status"]).stdout)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_counter = itertools.count()
+GCS_PORT = 6379
+
+
+def raylm_argv(*args: str) -> list[str]:
+    """The command line that runs `raylm ARGS` with this interpreter."""
+    return [sys.executable, "-m", "raylm.cli.main", *args]
+
+
+def netns_unavailable_reason() -> str | None:
+    """Why network-namespace clusters cannot be built here, or None when they can."""
+    if sys.platform != "linux":
+        return "network namespaces need Linux"
+    if os.geteuid() != 0:
+        return "building network namespaces needs root (run the tests as root)"
+    for tool in ("ip", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (apt-get install iproute2 util-linux)"
+    probe = f"rlprobe{os.getpid()}"
+    p = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if p.returncode != 0:
+        return f"`ip netns add` failed: {p.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+@dataclass
+class NetnsNode:
+    """One node of a NetnsCluster."""
+
+    index: int
+    name: str
+    ip: str
+    netns: str
+    home: Path
+    tmp: Path
+    host_veth: str
+    anchor: subprocess.Popen[bytes] | None = None
+    pids: set[int] = field(default_factory=set)
+    blocked_ports: set[int] = field(default_factory=set)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class NetnsCluster:
+    """N network-namespace nodes on a bridge, brought up with `raylm up` / `raylm join`.
+
+    Args:
+        n_nodes: number of nodes; node 0 is the head.
+        subnet: first three octets; node i gets `<subnet>.<i+1>`, the bridge `<subnet>.254`.
+        workdir: where each node's RAYLM_HOME lives (`workdir/node<i>/home`).
+        env: extra environment for every process of every node.
+        num_cpus: CPUs each Ray node advertises (keep it small on shared machines).
+    """
+
+    def __init__(
+        self,
+        n_nodes: int,
+        *,
+        subnet: str = "10.77.0",
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        num_cpus: int = 1,
+    ) -> None:
+        if not 1 <= n_nodes <= 200:
+            raise ValueError(f"n_nodes must be 1..200, got {n_nodes}")
+        ipaddress.IPv4Network(f"{subnet}.0/24")  # rejects a malformed subnet early
+        self.subnet = subnet
+        self.workdir = Path(workdir).resolve()
+        self.env = dict(env or {})
+        self.num_cpus = num_cpus
+        self.prefix = f"rl{os.getpid() % 100000}x{next(_counter)}"
+        self.bridge = f"{self.prefix}br"
+        self.token = ""
+        self.started = False
+        self._closed = False
+        self._built = False
+        self.nodes: list[NetnsNode] = []
+        for i in range(n_nodes):
+            root = self.workdir / f"node{i}"
+            self.nodes.append(
+                NetnsNode(
+                    index=i,
+                    name=f"node{i}",
+                    ip=f"{subnet}.{i + 1}",
+                    netns=f"{self.prefix}n{i}",
+                    home=root / "home",
+                    # Short on purpose: Ray's unix sockets live under it (108-byte limit).
+                    tmp=Path(tempfile.mkdtemp(prefix=f"{self.prefix}n{i}-", dir="/tmp")),
+                    host_veth=f"{self.prefix}v{i}",
+                )
+            )
+        atexit.register(self.close)
+
+    # ---- addresses and environment -------------------------------------------------
+    @property
+    def head_ip(self) -> str:
+        return self.nodes[0].ip
+
+    @property
+    def bridge_ip(self) -> str:
+        return f"{self.subnet}.254"
+
+    @property
+    def address(self) -> str:
+        """GCS address of the cluster, ip:port."""
+        return f"{self.head_ip}:{GCS_PORT}"
+
+    def env_for(self, i: int) -> dict[str, str]:
+        """Environment for a process on node i (a Ray driver, raylm, vLLM)."""
+        n = self.nodes[i]
+        env = {
+            "RAYLM_HOME": str(n.home),
+            "RAY_ADDRESS": self.address,
+            "RAY_TMPDIR": str(n.tmp),
+            "TMPDIR": str(n.tmp),
+            "RAY_NODE_IP_ADDRESS": n.ip,
+            "VLLM_HOST_IP": n.ip,
+            "GLOO_SOCKET_IFNAME": "eth0",
+            "NCCL_SOCKET_IFNAME": "eth0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.token:
+            env |= {
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": self.token,
+                "RAYLM_CLUSTER_TOKEN": self.token,
+            }
+        return {**self.env, **env, **n.extra_env}
+
+    # ---- processes -----------------------------------------------------------------
+    def _ns_argv(self, i: int, argv: Sequence[str]) -> list[str]:
+        anchor = self.nodes[i].anchor
+        if anchor is None:
+            raise RuntimeError(f"node {i} is not built (call build() or start())")
+        return ["nsenter", "-t", str(anchor.pid), "--net", "--mount", "--", *map(str, argv)]
+
+    def _full_env(self, i: int, env: dict[str, str] | None) -> dict[str, str]:
+        return {**os.environ, **self.env_for(i), **(env or {})}
+
+    def run(
+        self,
+        i: int,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv in node i's namespaces with env_for(i) (+ env); capture text output."""
+        p = subprocess.Popen(
+            self._ns_argv(i, argv),
+            env=self._full_env(i, env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.nodes[i].pids.add(p.pid)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(p.pid)
+            out, err = p.communicate()
+            raise subprocess.TimeoutExpired(list(argv), timeout, out, err) from None
+        finally:
+            self.nodes[i].pids.discard(p.pid)
+        cp = subprocess.CompletedProcess(list(argv), p.returncode, out, err)
+        if check and p.returncode != 0:
+            raise subprocess.CalledProcessError(p.returncode, list(argv), out, err)
+        return cp
+
+    def popen(self, i: int, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start argv in node i's namespaces (own process group); stopped by kill_node/close."""
+        env = self._full_env(i, kw.pop("env", None))
+        kw.setdefault("start_new_session", True)
+        p: subprocess.Popen[Any] = subprocess.Popen(self._ns_argv(i, argv), env=env, **kw)
+        self.nodes[i].pids.add(p.pid)
+        return p
+
+    def raylm(
+        self, i: int, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `raylm ARGS` on node i."""
+        return self.run(i, raylm_argv(*args), env=env, timeout=timeout)
+
+    def ns_pids(self, i: int) -> list[int]:
+        """Pids of every process in node i's network namespace, the anchor excluded."""
+        n = self.nodes[i]
+        p = subprocess.run(["ip", "netns", "pids", n.netns], capture_output=True, text=True)
+        anchor = n.anchor.pid if n.anchor else -1
+        return [int(x) for x in p.stdout.split() if x.strip() and int(x) != anchor]
+
+    # ---- build / start -------------------------------------------------------------
+    def build(self) -> None:
+        """Create the bridge, namespaces, veths and anchors (no Ray yet)."""
+        if self._built:
+            return
+        reason = netns_unavailable_reason()
+        if reason:
+            raise RuntimeError(reason)
+        self._check_subnet_free()
+        self._built = True
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.bridge_ip}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for n in self.nodes:
+            n.home.mkdir(parents=True, exist_ok=True)
+            _ip("netns", "add", n.netns)
+            _ip(
+                "link", "add", n.host_veth, "type", "veth", "peer", "name", "eth0", "netns", n.netns
+            )
+            _ip("link", "set", n.host_veth, "master", self.bridge)
+            _ip("link", "set", n.host_veth, "up")
+            _ip("-n", n.netns, "addr", "add", f"{n.ip}/24", "dev", "eth0")
+            _ip("-n", n.netns, "link", "set", "eth0", "up")
+            _ip("-n", n.netns, "link", "set", "lo", "up")
+            self._start_anchor(n)
+
+    def _start_anchor(self, n: NetnsNode) -> None:
+        # `ip netns exec` gives the anchor a fresh mount namespace (slave of the host's),
+        # with /sys showing the node's own interfaces.
+        n.anchor = subprocess.Popen(
+            ["ip", "netns", "exec", n.netns, "sleep", "infinity"], start_new_session=True
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                own = os.readlink(f"/proc/{n.anchor.pid}/ns/net")
+                if own != os.readlink("/proc/self/ns/net"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"anchor of {n.netns} did not enter its namespace")
+
+    def _check_subnet_free(self) -> None:
+        net = ipaddress.IPv4Network(f"{self.subnet}.0/24")
+        p = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True)
+        for link in json.loads(p.stdout or "[]"):
+            for a in link.get("addr_info", []):
+                if ipaddress.IPv4Address(a["local"]) in net:
+                    raise RuntimeError(
+                        f"subnet {net} is already used by {link['ifname']} ({a['local']}); "
+                        "pick another subnet= or remove the stale bridge"
+                    )
+
+    def start(self, timeout: float = 240) -> None:
+        """Build the nodes, `raylm up` on node 0, `raylm join` on the others, wait for all."""
+        self.build()
+        head = self.nodes[0]
+        up = self.raylm(
+            0,
+            "up",
+            "--node-ip",
+            head.ip,
+            "--num-cpus",
+            str(self.num_cpus),
+            "--temp-dir",
+            str(head.tmp / "ray"),
+            "--json",
+            timeout=timeout,
+        )
+        if up.returncode != 0:
+            raise RuntimeError(f"raylm up failed on node0:\n{up.stdout}\n{up.stderr}")
+        self.token = (head.home / "cluster" / "token").read_text().strip()
+        for n in self.nodes[1:]:
+            self.join_node(n.index, timeout=timeout)
+        self.wait_alive(len(self.nodes), timeout=timeout)
+        self.started = True
+
+    def join_node(self, i: int, *extra: str, timeout: float = 240) -> None:
+        """Run `raylm join` on node i (raises with its output when it fails)."""
+        n = self.nodes[i]
+        p = self.join_cmd(i, *extra, timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"raylm join failed on {n.name}:\n{p.stdout}\n{p.stderr}")
+
+    def join_cmd(
+        self, i: int, *extra: str, timeout: float = 240
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `raylm join` on node i and return the result, whatever it is."""
+        n = self.nodes[i]
+        return self.raylm(
+            i,
+            "join",
+            self.address,
+            "--num-cpus",
+            str(self.num_cpus),
+            "--temp-dir",
+            str(n.tmp / "ray"),
+            *extra,
+            timeout=timeout,
+        )
+
+    def alive_node_ips(self, timeout: float = 60) -> list[str]:
+        """IPs of the nodes Ray's GCS reports alive (asked from node 0)."""
+        code = (
+            "import json, ray\n"
+            "ray.init(logging_level='ERROR', log_to_driver=False)\n"
+            "ips = [n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]\n"
+            "print(json.dumps(sorted(ips)))\n"
+        )
+        p = self.run(0, [sys.executable, "-c", code], timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"cannot list Ray nodes:\n{p.stderr[-2000:]}")
+        ips: list[str] = json.loads(p.stdout.strip().splitlines()[-1])
+        return ips
+
+    def wait_alive(self, n_alive: int, timeout: float = 120) -> list[str]:
+        """Wait until Ray reports exactly n_alive nodes alive; return their IPs."""
+        deadline = time.monotonic() + timeout
+        ips: list[str] = []
+        while True:
+            try:
+                ips = self.alive_node_ips()
+                if len(ips) == n_alive:
+                    return ips
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                log.debug("waiting for nodes: %s", e)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"expected {n_alive} alive Ray nodes, saw {ips}")
+            time.sleep(2)
+
+    # ---- faults --------------------------------------------------------------------
+    def kill_node(self, i: int) -> list[int]:
+        """SIGKILL every process of node i (the ones in its namespace and the ones we started)."""
+        n = self.nodes[i]
+        pids = set(self.ns_pids(i)) | n.pids
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_gone(pids, 10)
+        n.pids.clear()
+        return sorted(pids)
+
+    def restart_node(self, i: int, *, extra_env: dict[str, str] | None = None) -> None:
+        """Bring a killed node back: `raylm down` leftovers cleared, then `raylm join` again.
+
+        extra_env (kept for later commands on that node) lets a test give the node e.g. a
+        PYTHONPATH with different package metadata.
+        """
+        if i == 0:
+            raise ValueError("restarting the head is not supported: build a new cluster")
+        self.kill_node(i)
+        n = self.nodes[i]
+        if extra_env is not None:
+            n.extra_env = dict(extra_env)
+        (n.home / "cluster" / "state.json").unlink(missing_ok=True)
+        self.join_node(i, "--force")
+
+    def cut_node(self, i: int) -> None:
+        """Take node i off the network (its bridge port down)."""
+        _ip("link", "set", self.nodes[i].host_veth, "down")
+
+    def restore_node(self, i: int) -> None:
+        """Put node i back on the network."""
+        _ip("link", "set", self.nodes[i].host_veth, "up")
+
+    def block_port(self, i: int, port: int) -> None:
+        """Drop TCP connections from other hosts to node i's `port` (like a firewall DROP).
+
+        A policy-routing rule refuses to route node i's replies from that port; loopback
+        traffic inside the node is unaffected. (iproute2 only: no iptables/nft needed.)
+        """
+        n = self.nodes[i]
+        if port in n.blocked_ports:
+            return
+        _ip("-n", n.netns, "rule", "add", "priority", str(_rule_prio(port)), "ipproto", "tcp",
+            "sport", str(port), "prohibit")  # fmt: skip
+        n.blocked_ports.add(port)
+
+    def unblock_port(self, i: int, port: int) -> None:
+        """Undo block_port."""
+        n = self.nodes[i]
+        if port not in n.blocked_ports:
+            return
+        _ip("-n", n.netns, "rule", "del", "priority", str(_rule_prio(port)), "ipproto", "tcp",
+            "sport", str(port), "prohibit")  # fmt: skip
+        n.blocked_ports.discard(port)
+
+    def shrink_shm(self, i: int, size: str = "64m") -> None:
+        """Mount a small tmpfs on node i's /dev/shm (the container default that breaks NCCL)."""
+        p = self.run(i, ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", "/dev/shm"])
+        if p.returncode != 0:
+            raise RuntimeError(f"cannot mount a small /dev/shm on node {i}: {p.stderr}")
+
+    def restore_shm(self, i: int) -> None:
+        """Undo shrink_shm."""
+        self.run(i, ["umount", "/dev/shm"])
+
+    # ---- teardown ------------------------------------------------------------------
+    def close(self) -> None:
+        """Tear everything down, whatever state it is in. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.close)
+        all_pids: set[int] = set()
+        for n in self.nodes:
+            if self._built:
+                with contextlib.suppress(Exception):
+                    all_pids |= set(self.ns_pids(n.index))
+            all_pids |= n.pids
+        for pid in all_pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        _wait_gone(all_pids, 8)
+        for pid in all_pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_gone(all_pids, 5)
+        for n in self.nodes:
+            if n.anchor is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(n.anchor.pid, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    n.anchor.wait(5)
+            if self._built:
+                subprocess.run(["ip", "netns", "del", n.netns], capture_output=True)
+                subprocess.run(["ip", "link", "del", n.host_veth], capture_output=True)
+            shutil.rmtree(n.tmp, ignore_errors=True)
+        if self._built:
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+    def leftovers(self) -> list[str]:
+        """What of this cluster still exists on the host (empty after close())."""
+        out: list[str] = []
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for n in self.nodes:
+            if n.netns in names:
+                out.append(f"netns {n.netns}")
+            if n.tmp.exists():
+                out.append(f"dir {n.tmp}")
+            for pid in n.pids:
+                if _alive(pid):
+                    out.append(f"pid {pid}")
+        links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        for line in links.splitlines():
+            name = line.split()[0].split("@")[0] if line.split() else ""
+            if name.startswith(self.prefix):
+                out.append(f"link {name}")
+        return out
+
+    def __enter__(self) -> NetnsCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _rule_prio(port: int) -> int:
+    return 1000 + port % 30000
+
+
+def _ip(*args: str) -> None:
+    p = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {p.stderr.strip()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours is dead for our purposes: reap it.
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids: set[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
