@@ -307,6 +307,7 @@ class Gateway:
         self._active += 1
         self._idle.clear()
         self.metrics.in_flight.inc()
+        self.metrics.routed.labels(replica.replica_id).inc()
 
     def _end(self, replica: ReplicaInfo) -> None:
         self.table.release(replica.replica_id)

@@ -87,6 +87,12 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        self.routed = Counter(
+            "raylm_replica_requests",
+            "Requests sent to each replica (a retried request counts on both).",
+            ["replica"],
+            registry=r,
+        )
         self.retries = Counter(
             "raylm_retries",
             "Requests retried on another replica after one failed before sending a byte.",

@@ -1,0 +1,88 @@
+"""Helpers of the gateway tests: replicas to route on, and gateways served by uvicorn
+in a thread of their own so the tests can use ordinary blocking clients (httpx, openai).
+(A module with a unique name, importable because pytest puts this folder on sys.path.)"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import httpx
+
+from raylm.gateway import GatewayServer, GatewaySettings, StaticReplicaSource, create_gateway
+from raylm.gateway.app import Gateway
+from raylm.serve.state import ReplicaInfo, ReplicaState
+
+MODEL = "smollm2-135m-instruct"
+MAX_MODEL_LEN = 2048
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def replica(
+    url: str,
+    replica_id: str = "r0",
+    state: ReplicaState = ReplicaState.READY,
+    **kw: Any,
+) -> ReplicaInfo:
+    return ReplicaInfo(
+        replica_id=replica_id,
+        model=MODEL,
+        url=url,
+        node="127.0.0.1",
+        nodes=["127.0.0.1"],
+        state=state,
+        max_model_len=MAX_MODEL_LEN,
+        **kw,
+    )
+
+
+def dead_url() -> str:
+    """A URL where nothing listens: connections are refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+class RunningGateway:
+    """A gateway served on 127.0.0.1 from an event loop in a background thread."""
+
+    def __init__(self, replicas: list[ReplicaInfo], **settings: Any) -> None:
+        self.source = StaticReplicaSource(replicas)
+        self.gateway: Gateway = create_gateway(self.source, GatewaySettings(**settings))
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = GatewayServer(self.gateway, "127.0.0.1", 0)
+
+    def __enter__(self) -> RunningGateway:
+        self._thread.start()
+        self.call(self.server.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.call(self.server.stop(drain_timeout_s=5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        """Run a coroutine on the gateway's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120, **kw)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample in this gateway's registry (0 when absent)."""
+        value = self.gateway.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value

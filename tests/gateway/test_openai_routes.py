@@ -1,0 +1,111 @@
+"""The official openai client against the gateway, in front of a real vLLM replica."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from gateway_harness import MODEL, RunningGateway
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def oai(gw: RunningGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_chat_answers_paris(oai: openai.OpenAI) -> None:
+    out = oai.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=20)
+    assert "Paris" in (out.choices[0].message.content or "")
+    assert out.usage is not None and out.usage.completion_tokens > 0
+
+
+def test_chat_without_model_uses_the_only_one(oai: openai.OpenAI) -> None:
+    # The body goes through untouched: vLLM itself fills in its only model.
+    out = oai.chat.completions.create(
+        model=openai.omit, messages=QUESTION, temperature=0, max_tokens=20
+    )
+    assert out.model == MODEL
+    assert "Paris" in (out.choices[0].message.content or "")
+
+
+def test_chat_stream_counts_usage(oai: openai.OpenAI, gw: RunningGateway) -> None:
+    before = gw.metric("raylm_completion_tokens_total", model=MODEL)
+    ttft_before = gw.metric("raylm_time_to_first_token_seconds_count", route="chat")
+    stream = oai.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=20,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, usage = "", None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if chunk.usage:
+            usage = chunk.usage
+    assert "Paris" in text
+    assert usage is not None
+    assert (
+        gw.metric("raylm_completion_tokens_total", model=MODEL) == before + usage.completion_tokens
+    )
+    assert gw.metric("raylm_time_to_first_token_seconds_count", route="chat") == ttft_before + 1
+
+
+def test_extra_fields_pass_through(oai: openai.OpenAI) -> None:
+    # The seeds send chat_template_kwargs; vLLM accepts it, so the gateway must not drop it.
+    out = oai.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=20,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}, "top_k": 1},
+    )
+    assert "Paris" in (out.choices[0].message.content or "")
+
+
+def test_completions(oai: openai.OpenAI, gw: RunningGateway) -> None:
+    before = gw.metric("raylm_prompt_tokens_total", model=MODEL)
+    out = oai.completions.create(
+        model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=5
+    )
+    assert "Paris" in out.choices[0].text
+    assert out.usage is not None
+    assert gw.metric("raylm_prompt_tokens_total", model=MODEL) == before + out.usage.prompt_tokens
+
+
+def test_completions_stream(oai: openai.OpenAI) -> None:
+    chunks = list(
+        oai.completions.create(
+            model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=5, stream=True
+        )
+    )
+    assert len(chunks) >= 2  # relayed as it came, not buffered into one answer
+    assert "Paris" in "".join(c.choices[0].text for c in chunks if c.choices)
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_models(oai: openai.OpenAI) -> None:
+    models = oai.models.list().data
+    assert [m.id for m in models] == [MODEL]
+    assert models[0].model_extra is not None and models[0].model_extra["max_model_len"] == 2048
+
+
+def test_unknown_model_is_404(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as e:
+        oai.chat.completions.create(model="no-such-model", messages=QUESTION, max_tokens=5)
+    assert "no-such-model" in str(e.value)
+    assert e.value.body is not None and e.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
+def test_vllm_validation_error_passes_through(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.completions.create(model=MODEL, prompt="hi", max_tokens=5000)
+    assert "5000" in str(e.value) and "2048" in str(e.value)
+
+
+def test_stream_bad_request_is_a_plain_4xx(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        oai.completions.create(model=MODEL, prompt="hi", max_tokens=5000, stream=True)
