@@ -55,6 +55,9 @@ def _register() -> None:
     from raylm.cli import cluster
 
     cluster.register(app)
+    from raylm.cli import plan
+
+    plan.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,260 @@
+"""`raylm plan MODEL`: choose TP/PP/replicas before anything loads, and say why."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from raylm.errors import ClusterError, ModelError, PlanError, RaylmError
+from raylm.models.facts import ModelFacts, fetch_hub_config, read_model_facts
+from raylm.planner import (
+    OBJECTIVES,
+    ClusterSpec,
+    Layout,
+    cluster_from_inventory,
+    parse_cluster_spec,
+    plan,
+    vllm_command,
+)
+
+GIB = 1024**3
+out = Console()
+err = Console(stderr=True)
+# Names the live inventory function may have in raylm.cluster.inventory (owned elsewhere).
+_INVENTORY_FUNCS = ("cluster_inventory", "live_inventory", "inventory")
+
+
+def resolve_model(ref: str) -> tuple[ModelFacts, str]:
+    """Facts of MODEL (a directory, a config.json, a store name or a hub id) and the
+    reference a `vllm serve` line should use."""
+    p = Path(ref).expanduser()
+    if p.exists():
+        facts = read_model_facts(p)
+        if p.is_file() and p.name != "config.json":
+            return facts, facts.name  # a bare config: no weights to point vLLM at
+        return facts, str(p.parent if p.is_file() else p)
+    try:
+        from raylm.models.store import ModelStore
+    except ImportError:
+        store = None
+    else:
+        store = ModelStore()
+    if store is not None:
+        entry = store.get(ref) if _valid_name(ref) else None
+        entry = entry or store.find_by_repo(ref)
+        if entry is not None:
+            return read_model_facts(entry.path).model_copy(update={"name": entry.name}), str(
+                entry.path
+            )
+    if p.is_absolute() or ref.startswith((".", "~")):
+        raise ModelError(
+            f"Model path {ref} does not exist",
+            model=ref,
+            fix="give a model directory, a config.json, a store name or a hub id",
+        )
+    if "/" not in ref:
+        raise ModelError(
+            f"Model {ref!r} is neither a path, a store name nor a hub id",
+            model=ref,
+            fix="pull or import it first, or give its hub id (owner/name)",
+            command="raylm model list",
+        )
+    d = fetch_hub_config(ref)
+    return read_model_facts(d).model_copy(update={"name": ref, "origin": ref}), ref
+
+
+def _valid_name(ref: str) -> bool:
+    try:
+        from raylm.models.store import check_name
+
+        check_name(ref)
+    except (ImportError, RaylmError):
+        return False
+    return True
+
+
+def live_cluster() -> ClusterSpec:
+    """The running cluster's inventory, through raylm.cluster.inventory."""
+    fix = "describe the cluster instead, e.g. --cluster 2x4xL20, or save `raylm status --json`"
+    try:
+        inv_mod = importlib.import_module("raylm.cluster.inventory")
+    except ImportError as e:
+        raise ClusterError(
+            "Cannot read the live cluster inventory",
+            why=f"raylm.cluster.inventory is not available ({e})",
+            fix=fix + " to a file and pass --cluster FILE",
+        ) from e
+    fn = next(
+        (getattr(inv_mod, n) for n in _INVENTORY_FUNCS if callable(getattr(inv_mod, n, None))), None
+    )
+    if fn is None:
+        raise ClusterError(
+            "Cannot read the live cluster inventory",
+            why="raylm.cluster.inventory has no inventory function",
+            fix=fix,
+        )
+    data = fn()
+    if hasattr(data, "model_dump"):
+        data = data.model_dump()
+    return cluster_from_inventory(data)
+
+
+def _gib(b: float) -> str:
+    return f"{b / GIB:.1f}"
+
+
+def _layout_row(lay: Layout) -> list[str]:
+    return [
+        str(lay.tensor_parallel_size),
+        str(lay.pipeline_parallel_size),
+        str(lay.replicas),
+        str(lay.gpus_per_replica),
+        str(lay.nodes_per_replica),
+        str(lay.max_model_len),
+        _gib(lay.weight_bytes_per_gpu),
+        str(lay.kv_cache_tokens_per_replica),
+        str(lay.max_concurrent_seqs),
+        f"{lay.est_tokens_per_s:.0f}",
+        f"{lay.est_ms_per_token:.1f}",
+    ]
+
+
+def _print_human(
+    facts: ModelFacts, cluster: ClusterSpec, result: Any, argv: list[str], show_all: bool
+) -> None:
+    lay: Layout = result.plan
+    q = f", {facts.quantization.method} {facts.quantization.bits}-bit" if facts.quantization else ""
+    exact = "exact" if facts.weight_bytes_exact else "estimated"
+    out.print(
+        f"[bold]{facts.name}[/bold]: {facts.num_params / 1e9:.2f}B params{q}, "
+        f"{_gib(facts.weight_bytes)} GiB weights ({exact}), {facts.num_layers} layers, "
+        f"{facts.num_attention_heads} heads / {facts.num_kv_heads} KV heads",
+        highlight=False,
+    )
+    out.print(f"cluster: {cluster.summary()}   objective: {result.objective}", highlight=False)
+    tp, pp = lay.tensor_parallel_size, lay.pipeline_parallel_size
+    out.print(
+        f"\n[bold green]plan[/bold green]: TP={tp} PP={pp} x {lay.replicas} replica(s), "
+        f"{lay.gpus_per_replica} GPU(s) each on {lay.nodes_per_replica} node(s), "
+        f"max_model_len {lay.max_model_len}, {lay.dtype}",
+        highlight=False,
+    )
+    usable = lay.device_memory_bytes * lay.gpu_memory_utilization
+    out.print(
+        f"  per GPU: {_gib(lay.weight_bytes_per_gpu)} GiB weights + "
+        f"{_gib(lay.reserve_bytes_per_gpu)} GiB reserve + "
+        f"{_gib(lay.kv_cache_bytes_per_gpu)} GiB KV cache of {_gib(usable)} GiB usable; "
+        f"{lay.kv_cache_tokens_per_replica:,} KV tokens per replica = "
+        f"{lay.max_concurrent_seqs} sequences of {lay.max_model_len}",
+        highlight=False,
+    )
+    for w in lay.warnings:
+        out.print(f"  [yellow]warning[/yellow]: {w}", highlight=False)
+    table = Table(title="feasible layouts (best first)", title_justify="left")
+    # Short headers: the table must fit an 80-column terminal.
+    for h in (
+        "TP",
+        "PP",
+        "repl",
+        "GPUs",
+        "nodes",
+        "max len",
+        "W GiB",
+        "KV tok",
+        "seqs",
+        "tok/s",
+        "ms/tok",
+    ):
+        table.add_column(h, justify="right")
+    rows = [lay, *result.alternatives]
+    for i, r in enumerate(rows if show_all else rows[:10]):
+        table.add_row(*_layout_row(r), style="bold green" if i == 0 else None)
+    out.print(table)
+    if len(rows) > 10 and not show_all:
+        out.print(f"  ... {len(rows) - 10} more (--all shows them)")
+    if result.rejected:
+        out.print("[bold]rejected[/bold]:")
+        shown = result.rejected if show_all else result.rejected[:12]
+        for rej in shown:
+            out.print(f"  - {rej.reason}", highlight=False)
+        if len(result.rejected) > len(shown):
+            out.print(f"  ... {len(result.rejected) - len(shown)} more (--all shows them)")
+    out.print("\n[bold]each replica runs[/bold]:")
+    out.print(shlex.join(argv), soft_wrap=True, highlight=False)
+
+
+def plan_cmd(
+    model: str = typer.Argument(..., help="Model directory, config.json, store name or hub id."),
+    cluster: str = typer.Option(
+        "live",
+        "--cluster",
+        "-c",
+        help="'live' (the running cluster), NODESxGPUSxGPU like 2x4xL20 or 1x8x80GB "
+        "(+ib for InfiniBand), or a JSON/TOML file.",
+    ),
+    objective: str = typer.Option(
+        "throughput", "--objective", "-o", help="throughput | latency | context."
+    ),
+    max_model_len: int | None = typer.Option(
+        None, "--max-model-len", help="Context length per sequence (default: the model's)."
+    ),
+    gpu_memory_utilization: float = typer.Option(
+        0.9, "--gpu-memory-utilization", help="Share of each GPU's memory vLLM may use."
+    ),
+    tp: int | None = typer.Option(None, "--tp", help="Only consider this tensor-parallel size."),
+    pp: int | None = typer.Option(None, "--pp", help="Only consider this pipeline-parallel size."),
+    replicas: int | None = typer.Option(None, "--replicas", help="Require this many replicas."),
+    allow_cross_node_tp: bool = typer.Option(
+        False, "--allow-cross-node-tp", help="Let TP span nodes (needs InfiniBand)."
+    ),
+    enforce_eager: bool = typer.Option(
+        False, "--enforce-eager", help="Plan without the CUDA-graph reserve."
+    ),
+    show_all: bool = typer.Option(False, "--all", help="Show every alternative and rejection."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Choose tensor-parallel, pipeline-parallel and replica counts that fit, and say why."""
+    if objective not in OBJECTIVES:
+        raise typer.BadParameter(f"use one of {', '.join(OBJECTIVES)}", param_hint="--objective")
+    spec = live_cluster() if cluster == "live" else parse_cluster_spec(cluster)
+    facts, ref = resolve_model(model)
+    result = plan(
+        facts,
+        spec,
+        objective=objective,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        replicas=replicas,
+        allow_cross_node_tp=allow_cross_node_tp,
+        enforce_eager=enforce_eager,
+    )
+    if result.plan is None:  # plan() raises when nothing fits; kept for the type checker
+        raise PlanError(f"No layout of {facts.name} fits {spec.summary()}")
+    argv = vllm_command(result.plan, ref, facts)
+    if as_json:
+        doc = {
+            "model": facts.model_dump(mode="json"),
+            "cluster": spec.model_dump(mode="json"),
+            "objective": result.objective,
+            "plan": result.plan.model_dump(mode="json"),
+            "alternatives": [a.model_dump(mode="json") for a in result.alternatives],
+            "rejected": [r.model_dump(mode="json") for r in result.rejected],
+            "vllm_command": argv,
+        }
+        print(json.dumps(doc, indent=2))
+        return
+    _print_human(facts, spec, result, argv, show_all)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `raylm plan` to the app."""
+    app.command("plan")(plan_cmd)

@@ -1,0 +1,45 @@
+"""The planner: pure functions from model facts and a cluster to a parallel layout.
+
+Never imports Ray or vLLM, so it runs anywhere, before anything loads.
+"""
+
+from raylm.planner.calibration import VllmLoadFigures, parse_vllm_load_log
+from raylm.planner.cluster import (
+    ClusterSpec,
+    GpuType,
+    NodeSpec,
+    cluster_from_inventory,
+    find_gpu,
+    gpu_table,
+    parse_cluster_spec,
+)
+from raylm.planner.layout import (
+    OBJECTIVES,
+    Layout,
+    PlanResult,
+    Rejection,
+    check_layout,
+    plan,
+    vllm_command,
+)
+from raylm.planner.memory import PlannerConstants
+
+__all__ = [
+    "OBJECTIVES",
+    "ClusterSpec",
+    "GpuType",
+    "Layout",
+    "NodeSpec",
+    "PlanResult",
+    "PlannerConstants",
+    "Rejection",
+    "VllmLoadFigures",
+    "check_layout",
+    "cluster_from_inventory",
+    "find_gpu",
+    "gpu_table",
+    "parse_cluster_spec",
+    "parse_vllm_load_log",
+    "plan",
+    "vllm_command",
+]
