@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_hf_hub import FakeHub
 
 from raylm.models.gguf import DEMO_NAME
 from raylm.models.store import ModelEntry, ModelStore
@@ -32,3 +34,13 @@ def demo_copy(demo_store: ModelStore, tmp_path: Path) -> ModelStore:
     dst = tmp_path / "copy" / "models"
     shutil.copytree(demo_store.root, dst, ignore=shutil.ignore_patterns("locks", "tmp"))
     return ModelStore(dst)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    hub = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    yield hub
+    hub.close()
