@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raylm.errors import ClusterError, ModelError, PlanError, RaylmError
+from raylm.errors import ClusterError, ConfigError, ModelError, PlanError, RaylmError
 from raylm.models.facts import ModelFacts, fetch_hub_config, read_model_facts
 from raylm.planner import (
     OBJECTIVES,
@@ -222,7 +222,9 @@ def plan_cmd(
 ) -> None:
     """Choose tensor-parallel, pipeline-parallel and replica counts that fit, and say why."""
     if objective not in OBJECTIVES:
-        raise typer.BadParameter(f"use one of {', '.join(OBJECTIVES)}", param_hint="--objective")
+        raise ConfigError(
+            f"Unknown objective {objective!r}", fix=f"use one of {', '.join(OBJECTIVES)}"
+        )
     spec = live_cluster() if cluster == "live" else parse_cluster_spec(cluster)
     facts, ref = resolve_model(model)
     result = plan(

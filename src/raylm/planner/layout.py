@@ -234,15 +234,17 @@ def _speed(
 def _shapes(cluster: ClusterSpec, facts: ModelFacts, allow_cross: bool) -> list[tuple[int, int]]:
     max_g = max((n.gpu_count for n in cluster.nodes), default=0)
     total = cluster.total_gpus
-    tps = list(range(1, max_g + 1))
-    if allow_cross:
-        tps += [t for t in range(max_g + 1, total + 1) if t % max_g == 0]
     out = []
-    for tp in tps:
-        for pp in range(1, total // tp + 1):
-            if pp > facts.num_layers + 1:
-                break
+    for tp in range(1, max_g + 1):
+        for pp in range(1, min(total // tp, facts.num_layers + 1) + 1):
             out.append((tp, pp))
+    # TP wider than a node: with permission, multiples of the node size (then PP too);
+    # without, the usual guesses (powers of two) once, so their rejection is explained.
+    wider = range(max_g + 1, total + 1)
+    if allow_cross:
+        out += [(t, p) for t in wider if t % max_g == 0 for p in range(1, total // t + 1)]
+    else:
+        out += [(t, 1) for t in wider if t & (t - 1) == 0]
     return out
 
 

@@ -1,0 +1,136 @@
+"""Cluster descriptions: NxGxGPU strings, files, the live inventory shape, the GPU table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from raylm.errors import ConfigError
+from raylm.planner import cluster_from_inventory, find_gpu, gpu_table, parse_cluster_spec
+
+GIB = 1024**3
+HARDWARE = Path(__file__).resolve().parents[1] / "fixtures" / "hardware"
+
+
+def test_gpu_table_carries_the_datasheet_figures() -> None:
+    sheet = json.loads((HARDWARE / "gpus.json").read_text())["gpus"]
+    table = {g.name: g for g in gpu_table()}
+    assert set(table) == {g["name"] for g in sheet}
+    for g in sheet:
+        row = table[g["name"]]
+        assert (row.memory_gb, row.compute_capability, row.bandwidth_gbps, row.bf16) == (
+            g["memory_gb"],
+            g["compute_capability"],
+            g["bandwidth_gbps"],
+            g["bf16"],
+        )
+
+
+@pytest.mark.parametrize(
+    ("typed", "name"),
+    [
+        ("L20", "NVIDIA L20"),
+        ("l40s", "NVIDIA L40S"),
+        ("A10", "NVIDIA A10"),
+        ("A100", "NVIDIA A100-SXM4-80GB"),
+        ("H100", "NVIDIA H100 80GB HBM3"),
+        ("rtx4090", "NVIDIA GeForce RTX 4090"),
+        ("4090", "NVIDIA GeForce RTX 4090"),
+        ("V100", "Tesla V100-SXM2-32GB"),
+        ("T4", "Tesla T4"),
+        ("NVIDIA H200", "NVIDIA H200"),
+    ],
+)
+def test_gpu_names_as_people_type_them(typed: str, name: str) -> None:
+    g = find_gpu(typed)
+    assert g is not None and g.name == name
+
+
+def test_seed_cluster_2x4xL20() -> None:
+    c = parse_cluster_spec("2x4xL20")
+    assert len(c.nodes) == 2 and c.total_gpus == 8
+    n = c.nodes[0]
+    assert (n.gpu_name, n.gpu_count, n.gpu_memory_bytes) == ("NVIDIA L20", 4, 48 * GIB)
+    assert n.compute_capability == "8.9" and n.bf16 and not n.infiniband
+    assert {x.name for x in c.nodes} == {"node0", "node1"}
+
+
+def test_memory_only_and_infiniband_and_groups() -> None:
+    c = parse_cluster_spec("1x8x80GB")
+    assert c.nodes[0].gpu_memory_bytes == 80 * GIB and c.nodes[0].compute_capability is None
+    assert parse_cluster_spec("2x8xH100+ib").nodes[1].infiniband
+    mixed = parse_cluster_spec("1x8xH100, 2x4xL20")
+    assert [n.gpu_count for n in mixed.nodes] == [8, 4, 4]
+    assert mixed.total_gpus == 16
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("2x4", "Cannot read cluster description"),
+        ("2x4xFOO", "Unknown GPU 'FOO'.*NVIDIA L20"),
+        ("0x4xL20", "no GPUs"),
+        ("lots of gpus", "Cannot read cluster description"),
+        ("missing.json", "Cannot read cluster file"),
+    ],
+)
+def test_bad_specs_say_what_is_wrong(spec: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_cluster_spec(spec)
+
+
+def test_json_and_toml_files(tmp_path: Path) -> None:
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"nodes": [{"count": 2, "gpus": 4, "gpu": "L20"}]}))
+    assert parse_cluster_spec(j).total_gpus == 8
+    t = tmp_path / "c.toml"
+    t.write_text("[[nodes]]\ncount = 1\ngpus = 8\nmemory_gb = 80\ninfiniband = true\n")
+    c = parse_cluster_spec(str(t))
+    assert c.total_gpus == 8 and c.nodes[0].infiniband
+    assert c.nodes[0].gpu_memory_bytes == 80 * GIB
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"nodes": [{"gpus": 4}]}))
+    with pytest.raises(ConfigError, match="not understood"):
+        parse_cluster_spec(bad)
+    # A saved ClusterSpec reads back as it was.
+    full = tmp_path / "full.json"
+    full.write_text(parse_cluster_spec("2x4xL20").model_dump_json())
+    assert parse_cluster_spec(full).nodes == parse_cluster_spec("2x4xL20").nodes
+
+
+INVENTORY = {
+    "nodes": [
+        {
+            "ip": "10.0.0.1",
+            "cpus": 64,
+            "memory_bytes": 512 * GIB,
+            "gpus": [
+                {"name": "NVIDIA L20", "memory_total_bytes": 46068 * 1024**2, "index": i}
+                for i in range(4)
+            ],
+        },
+        {"ip": "10.0.0.2", "cpus": 2, "memory_bytes": 8 * GIB, "gpus": []},
+    ]
+}
+
+
+def test_live_inventory_shape(tmp_path: Path) -> None:
+    c = cluster_from_inventory(INVENTORY)
+    gpu, cpu = c.nodes
+    # NVML's figure wins over the datasheet's; the table fills what NVML lacks.
+    assert gpu.gpu_memory_bytes == 46068 * 1024**2 and gpu.compute_capability == "8.9"
+    assert (gpu.name, gpu.gpu_count, gpu.accelerator) == ("10.0.0.1", 4, "gpu")
+    assert (cpu.accelerator, cpu.gpu_count, cpu.gpu_memory_bytes) == ("cpu", 1, 8 * GIB)
+    # `raylm status --json > f.json` works as --cluster f.json.
+    f = tmp_path / "status.json"
+    f.write_text(json.dumps(INVENTORY))
+    assert parse_cluster_spec(f).nodes == c.nodes
+
+
+def test_bad_inventory() -> None:
+    with pytest.raises(ConfigError, match="lists no nodes"):
+        cluster_from_inventory({"nodes": []})
+    with pytest.raises(ConfigError, match="neither GPUs nor memory"):
+        cluster_from_inventory([{"ip": "x", "gpus": []}])

@@ -1,0 +1,242 @@
+"""Layouts for the seeds' models and clusters, the constraints and the objectives."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from raylm.errors import PlanError
+from raylm.models.facts import ModelFacts, facts_from_config, read_model_facts
+from raylm.planner import (
+    Layout,
+    PlanResult,
+    check_layout,
+    parse_cluster_spec,
+    plan,
+    vllm_command,
+)
+from raylm.planner.memory import kv_bytes_per_token, weight_bytes_per_device
+
+GIB = 1024**3
+MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
+QWEN32 = "qwen2.5-32b-instruct-gptq-int4"
+R1_70B = "deepseek-r1-distill-llama-70b"
+
+
+def _all(r: PlanResult) -> list[Layout]:
+    assert r.plan is not None
+    return [r.plan, *r.alternatives]
+
+
+def _find(r: PlanResult, tp: int, pp: int) -> Layout | None:
+    return next(
+        (x for x in _all(r) if (x.tensor_parallel_size, x.pipeline_parallel_size) == (tp, pp)),
+        None,
+    )
+
+
+def test_seed_004_layout_is_feasible_but_replicas_win(
+    model_facts: Callable[[str], ModelFacts],
+) -> None:
+    facts = model_facts(QWEN32)
+    r = plan(facts, parse_cluster_spec("2x4xL20"), max_model_len=4096)
+    seed = _find(r, 4, 2)
+    assert seed is not None, [x.reason for x in r.rejected]
+    assert (seed.replicas, seed.nodes_per_replica, seed.gpus_per_node) == (1, 2, 4)
+    assert seed.quantization == "gptq_marlin" and seed.dtype == "float16"
+    best = r.plan
+    assert best is not None
+    # ~19 GB of 4-bit weights fit one 48 GB card: many small replicas, not one wide one.
+    assert best.replicas > 1 and best.gpus_per_replica < 8
+    assert best.replicas * best.gpus_per_replica <= 8
+    assert best.score > seed.score
+    assert r.alternatives.index(seed) >= 0
+    # TP=3 cannot split 40 heads; the rejection says so.
+    assert any(x.reason.startswith("TP=3: 40 attention heads") for x in r.rejected)
+
+
+def test_seed_004_layout_when_asked_and_its_command(
+    model_facts: Callable[[str], ModelFacts],
+) -> None:
+    facts = model_facts(QWEN32)
+    r = plan(
+        facts,
+        parse_cluster_spec("2x4xL20"),
+        max_model_len=4096,
+        tensor_parallel_size=4,
+        pipeline_parallel_size=2,
+    )
+    assert r.plan is not None and r.alternatives == []
+    argv = vllm_command(r.plan, "Qwen/Qwen2.5-32B-Instruct-GPTQ-Int4", facts)
+    line = " ".join(argv)
+    assert argv[:3] == ["vllm", "serve", "Qwen/Qwen2.5-32B-Instruct-GPTQ-Int4"]
+    for part in (
+        "--tensor-parallel-size 4",
+        "--pipeline-parallel-size 2",
+        "--max-model-len 4096",
+        "--gpu-memory-utilization 0.9",
+        "--quantization gptq_marlin",
+        "--dtype float16",
+        "--distributed-executor-backend ray",
+    ):
+        assert part in line
+    # The user's own engine args win over planned ones and pass through untouched.
+    mine = vllm_command(r.plan, "m", facts, ["--max-model-len", "2048", "--enable-prefix-caching"])
+    assert mine.count("--max-model-len") == 1 and mine[-3:] == [
+        "--max-model-len",
+        "2048",
+        "--enable-prefix-caching",
+    ]
+
+
+def test_70b_bf16_fits_one_8x80gb_node(model_facts: Callable[[str], ModelFacts]) -> None:
+    facts = model_facts(R1_70B)
+    r = plan(facts, parse_cluster_spec("1x8x80GB"), max_model_len=8192)
+    tp8 = _find(r, 8, 1)
+    assert tp8 is not None and tp8.replicas == 1 and tp8.nodes_per_replica == 1
+    # ~141 GB of bf16 over 8 GPUs: about 17.6 GB of weights each (embedding on the shard too).
+    assert tp8.weight_bytes_per_gpu == pytest.approx(141.1e9 / 8, rel=0.02)
+    assert tp8.kv_cache_tokens_per_replica >= 8192 and tp8.max_concurrent_seqs >= 1
+    # TP=1 would need 141 GB on one card.
+    assert any(x.reason.startswith("TP=1, PP=1:") for x in r.rejected)
+    # Latency: the seed's TP=8 on one node.
+    lat = plan(facts, parse_cluster_spec("1x8x80GB"), max_model_len=8192, objective="latency")
+    assert lat.plan is not None
+    assert (lat.plan.tensor_parallel_size, lat.plan.pipeline_parallel_size) == (8, 1)
+
+
+def test_70b_bf16_is_refused_on_one_80gb_card_with_numbers(
+    model_facts: Callable[[str], ModelFacts],
+) -> None:
+    facts = model_facts(R1_70B)
+    with pytest.raises(PlanError) as ei:
+        plan(facts, parse_cluster_spec("1x1x80GB"), max_model_len=8192)
+    e = ei.value
+    assert e.available_bytes == int(80 * GIB * 0.9)
+    assert e.needed_bytes is not None and e.needed_bytes > facts.weight_bytes
+    msg = e.message()
+    assert "does not fit" in msg and "GiB" in msg
+    assert "quantized" in msg and "GPUs" in msg and "--max-model-len" in msg
+
+
+def test_demo_model_heads(demo_dir: Path) -> None:
+    facts = read_model_facts(demo_dir)
+    assert check_layout(facts, 3, 1) == []
+    assert check_layout(facts, 1, 1) == []
+    reasons = check_layout(facts, 2, 1)
+    assert "TP=2: 9 attention heads are not divisible by 2" in reasons
+    assert check_layout(facts, 1, 31) == ["PP=31: more pipeline stages than the model's 30 layers"]
+    r = plan(facts, parse_cluster_spec("1x4xL20"))
+    assert _find(r, 3, 1) is not None
+    assert _find(r, 2, 1) is None
+    assert any("TP=2: 9 attention heads are not divisible by 2" in x.reason for x in r.rejected)
+    with pytest.raises(PlanError, match="9 attention heads are not divisible by 2"):
+        plan(facts, parse_cluster_spec("1x4xL20"), tensor_parallel_size=2)
+    with pytest.raises(PlanError, match="9 attention heads"):
+        vllm_command(r.plan.model_copy(update={"tensor_parallel_size": 2}), "m", facts)  # type: ignore[union-attr]
+
+
+def test_kv_heads_are_replicated_beyond_their_count(
+    model_facts: Callable[[str], ModelFacts],
+) -> None:
+    f = model_facts(R1_70B)  # 8 KV heads, head_dim 128, 80 layers, bf16
+    assert kv_bytes_per_token(f, "bfloat16", 1, 1) == 2 * 80 * 8 * 128 * 2
+    assert kv_bytes_per_token(f, "bfloat16", 8, 1) == 2 * 80 * 1 * 128 * 2
+    assert kv_bytes_per_token(f, "bfloat16", 16, 1) == 2 * 80 * 1 * 128 * 2
+    assert kv_bytes_per_token(f, "bfloat16", 8, 2) == 2 * 40 * 1 * 128 * 2
+    assert check_layout(f, 16, 1) == []  # 64 heads / 16; 16 is a multiple of 8 KV heads
+    assert check_layout(f, 6, 1)[0].startswith("TP=6: 64 attention heads")
+
+
+def test_tied_embedding_is_a_second_copy_across_stages(
+    model_facts: Callable[[str], ModelFacts],
+) -> None:
+    f = model_facts("qwen3-0.6b")
+    one = weight_bytes_per_device(f, "bfloat16", 1, 1)
+    two = weight_bytes_per_device(f, "bfloat16", 1, 2)
+    assert one == f.weight_bytes
+    body_half = f.body_bytes * 14 / 28
+    assert two == int(body_half + f.embedding_bytes)
+
+
+def test_bf16_needs_ampere(model_facts: Callable[[str], ModelFacts]) -> None:
+    facts = model_facts("llama-3-8b-instruct")
+    v100 = plan(facts, parse_cluster_spec("1x1xV100"), max_model_len=4096).plan
+    assert v100 is not None and v100.dtype == "float16"
+    assert any("no bfloat16" in w and "7.0" in w for w in v100.warnings)
+    a100 = plan(facts, parse_cluster_spec("1x1xA100"), max_model_len=4096).plan
+    assert a100 is not None and a100.dtype == "bfloat16" and a100.warnings == []
+
+
+def test_fp8_refused_before_ampere() -> None:
+    cfg = json.loads((MODELS / "llama-3-8b-instruct.json").read_text())
+    facts = facts_from_config({**cfg, "quantization_config": {"quant_method": "fp8"}})
+    with pytest.raises(PlanError, match=r"FP8 weights need compute capability 8\.0"):
+        plan(facts, parse_cluster_spec("1x2xT4"), max_model_len=2048)
+
+
+def test_tp_stays_inside_a_node_unless_allowed(model_facts: Callable[[str], ModelFacts]) -> None:
+    facts = model_facts(R1_70B)
+    cluster = parse_cluster_spec("2x1x80GB")
+    r = plan(facts, cluster, max_model_len=4096)
+    assert _find(r, 2, 1) is None
+    assert any("TP=2: tensor parallel must stay inside a node" in x.reason for x in r.rejected)
+    assert _find(r, 1, 2) is not None  # PP across the two nodes is the answer
+    allowed = plan(facts, cluster, max_model_len=4096, allow_cross_node_tp=True)
+    cross = _find(allowed, 2, 1)
+    assert cross is not None and any("InfiniBand" in w for w in cross.warnings)
+
+
+def test_uneven_nodes_get_equal_whole_stages(model_facts: Callable[[str], ModelFacts]) -> None:
+    facts = model_facts(R1_70B)
+    # One node of 4 and one of 2: TP=2 x PP=3 would need 3 nodes of 2 GPUs.
+    r = plan(facts, parse_cluster_spec("1x4xA100,1x2xA100"), max_model_len=4096)
+    rej = [x for x in r.rejected if (x.tensor_parallel_size, x.pipeline_parallel_size) == (2, 3)]
+    assert rej and "equal whole stages" in rej[0].reason
+    tp2pp2 = _find(r, 2, 2)
+    assert tp2pp2 is not None and tp2pp2.gpus_per_node in (2, 4)
+
+
+def test_context_objective_finds_the_longest_context(
+    model_facts: Callable[[str], ModelFacts],
+) -> None:
+    facts = model_facts("qwen3-0.6b")
+    r = plan(facts, parse_cluster_spec("1x1x4GB"), objective="context")
+    assert r.plan is not None
+    # 1.2 GB of weights on a 4 GB card leaves room for only part of the 40960 context.
+    assert 2048 <= r.plan.max_model_len < 40960
+    assert r.plan.max_model_len <= r.plan.kv_cache_tokens_per_replica < 2 * r.plan.max_model_len
+    with pytest.raises(PlanError, match="fewer than one 40960-token sequence"):
+        plan(facts, parse_cluster_spec("1x1x4GB"), max_model_len=40960)
+    # Two cards: PP=2 halves the weights and KV per token on each, so the context grows.
+    two = plan(facts, parse_cluster_spec("1x2x4GB"), objective="context").plan
+    assert two is not None and two.max_model_len > r.plan.max_model_len
+
+
+def test_throughput_lowers_the_default_context_and_says_so(
+    model_facts: Callable[[str], ModelFacts],
+) -> None:
+    facts = model_facts("qwen3-0.6b")
+    best = plan(facts, parse_cluster_spec("1x1x4GB")).plan
+    assert best is not None and best.max_model_len < 40960
+    assert any("max_model_len lowered" in w for w in best.warnings)
+
+
+def test_bad_requests(model_facts: Callable[[str], ModelFacts]) -> None:
+    facts = model_facts("llama-3-8b-instruct")
+    c = parse_cluster_spec("1x8xH100")
+    with pytest.raises(PlanError, match="exceeds"):
+        plan(facts, c, max_model_len=10**6)
+    with pytest.raises(PlanError, match="objective"):
+        plan(facts, c, objective="cheapest")
+    with pytest.raises(PlanError, match="out of range"):
+        plan(facts, c, gpu_memory_utilization=1.5)
+    with pytest.raises(PlanError, match="only 1 replica"):
+        plan(facts, c, tensor_parallel_size=8, replicas=2)
+    with pytest.raises(PlanError, match="does not fit"):
+        plan(facts, c, tensor_parallel_size=16)
+    r = plan(facts, c, tensor_parallel_size=2, replicas=3)
+    assert r.plan is not None and r.plan.replicas == 3
