@@ -58,6 +58,9 @@ def _register() -> None:
     from raylm.cli import plan
 
     plan.register(app)
+    from raylm.cli import model
+
+    model.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
