@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from raylm.errors import ConfigError
-from raylm.planner import cluster_from_inventory, find_gpu, gpu_table, parse_cluster_spec
+from raylm.models.facts import ModelFacts
+from raylm.planner import cluster_from_inventory, find_gpu, gpu_table, parse_cluster_spec, plan
 
 GIB = 1024**3
 HARDWARE = Path(__file__).resolve().parents[1] / "fixtures" / "hardware"
@@ -134,3 +137,18 @@ def test_bad_inventory() -> None:
         cluster_from_inventory({"nodes": []})
     with pytest.raises(ConfigError, match="neither GPUs nor memory"):
         cluster_from_inventory([{"ip": "x", "gpus": []}])
+
+
+def test_dead_nodes_and_busy_gpus(model_facts: Callable[[str], ModelFacts]) -> None:
+    node = copy.deepcopy(INVENTORY["nodes"][0])
+    for g in node["gpus"]:
+        g["memory_used_bytes"] = 20 * GIB  # another process holds 20 GiB of each GPU
+    busy = {"nodes": [{**node, "alive": True}, {**node, "ip": "10.0.0.3", "alive": False}]}
+    c = cluster_from_inventory(busy)
+    assert [n.name for n in c.nodes] == ["10.0.0.1"]
+    assert c.nodes[0].gpu_memory_free_bytes == 46068 * 1024**2 - 20 * GIB
+    lay = plan(model_facts("qwen3-0.6b"), c, max_model_len=4096).plan
+    assert lay is not None
+    assert any("free now" in w for w in lay.warnings)
+    with pytest.raises(ConfigError, match="alive"):
+        cluster_from_inventory({"nodes": [{**INVENTORY["nodes"][0], "alive": False}]})

@@ -27,8 +27,6 @@ from raylm.planner import (
 GIB = 1024**3
 out = Console()
 err = Console(stderr=True)
-# Names the live inventory function may have in raylm.cluster.inventory (owned elsewhere).
-_INVENTORY_FUNCS = ("cluster_inventory", "live_inventory", "inventory")
 
 
 def resolve_model(ref: str) -> tuple[ModelFacts, str]:
@@ -80,30 +78,19 @@ def _valid_name(ref: str) -> bool:
     return True
 
 
-def live_cluster() -> ClusterSpec:
-    """The running cluster's inventory, through raylm.cluster.inventory."""
-    fix = "describe the cluster instead, e.g. --cluster 2x4xL20, or save `raylm status --json`"
+def live_cluster(address: str | None = None) -> ClusterSpec:
+    """The running cluster's inventory (`raylm status`), as a ClusterSpec."""
+    fix = "describe it instead (--cluster 2x4xL20) or pass a saved `raylm status --json` file"
     try:
         inv_mod = importlib.import_module("raylm.cluster.inventory")
     except ImportError as e:
         raise ClusterError(
             "Cannot read the live cluster inventory",
             why=f"raylm.cluster.inventory is not available ({e})",
-            fix=fix + " to a file and pass --cluster FILE",
-        ) from e
-    fn = next(
-        (getattr(inv_mod, n) for n in _INVENTORY_FUNCS if callable(getattr(inv_mod, n, None))), None
-    )
-    if fn is None:
-        raise ClusterError(
-            "Cannot read the live cluster inventory",
-            why="raylm.cluster.inventory has no inventory function",
             fix=fix,
-        )
-    data = fn()
-    if hasattr(data, "model_dump"):
-        data = data.model_dump()
-    return cluster_from_inventory(data)
+        ) from e
+    data = inv_mod.cluster_inventory(address)
+    return cluster_from_inventory(data.model_dump() if hasattr(data, "model_dump") else data)
 
 
 def _gib(b: float) -> str:
@@ -199,6 +186,9 @@ def plan_cmd(
         help="'live' (the running cluster), NODESxGPUSxGPU like 2x4xL20 or 1x8x80GB "
         "(+ib for InfiniBand), or a JSON/TOML file.",
     ),
+    address: str | None = typer.Option(
+        None, "--address", help="GCS address for --cluster live (default: this node's)."
+    ),
     objective: str = typer.Option(
         "throughput", "--objective", "-o", help="throughput | latency | context."
     ),
@@ -225,7 +215,7 @@ def plan_cmd(
         raise ConfigError(
             f"Unknown objective {objective!r}", fix=f"use one of {', '.join(OBJECTIVES)}"
         )
-    spec = live_cluster() if cluster == "live" else parse_cluster_spec(cluster)
+    spec = live_cluster(address) if cluster == "live" else parse_cluster_spec(cluster)
     facts, ref = resolve_model(model)
     result = plan(
         facts,

@@ -66,6 +66,11 @@ class NodeSpec(BaseModel):
     infiniband: bool = Field(
         default=False, description="The node has InfiniBand/RoCE to the other nodes."
     )
+    gpu_memory_free_bytes: int | None = Field(
+        default=None,
+        description="Free memory of the node's fullest GPU when the inventory was taken "
+        "(live clusters only); vLLM refuses to start when its share is not free.",
+    )
 
     def kind_key(self) -> tuple[str, str, int, str | None]:
         """Nodes with equal keys can host parts of the same replica."""
@@ -268,6 +273,8 @@ def cluster_from_inventory(inventory: dict[str, Any] | list[Any]) -> ClusterSpec
         if not isinstance(n, dict):
             raise ConfigError(f"Inventory node #{i + 1} is not an object")
         name = str(n.get("ip") or n.get("node_ip") or n.get("name") or f"node{i}")
+        if n.get("alive") is False:
+            continue  # a dead node cannot host a replica
         gpus = [g for g in (n.get("gpus") or []) if isinstance(g, dict)]
         ib = bool(n.get("infiniband", False))
         if not gpus:
@@ -294,6 +301,7 @@ def cluster_from_inventory(inventory: dict[str, Any] | list[Any]) -> ClusterSpec
                 raise ConfigError(f"Inventory node {name}: GPU {gname!r} reports no memory")
             mem = int(row.memory_gb * GIB)
         cc = first.get("compute_capability") or (row.compute_capability if row else None)
+        used = [int(g["memory_used_bytes"]) for g in gpus if g.get("memory_used_bytes") is not None]
         nodes.append(
             NodeSpec(
                 name=name,
@@ -304,6 +312,13 @@ def cluster_from_inventory(inventory: dict[str, Any] | list[Any]) -> ClusterSpec
                 bandwidth_gbps=row.bandwidth_gbps if row else None,
                 nvlink=row.nvlink if row else False,
                 infiniband=ib,
+                gpu_memory_free_bytes=mem - max(used) if used else None,
             )
+        )
+    if not nodes:
+        raise ConfigError(
+            "No node of the cluster inventory is alive",
+            fix="check the nodes",
+            command="raylm status",
         )
     return ClusterSpec(nodes=nodes, description="live")

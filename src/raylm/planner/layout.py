@@ -307,6 +307,15 @@ def _evaluate(
     weights = weight_bytes_per_device(facts, dtype, tp, pp)
     reserve = reserve_bytes(facts, dtype, tp, node.accelerator, c, eager=eager)
     budget = int(node.gpu_memory_bytes * util)
+    free = min(
+        (n.gpu_memory_free_bytes for n in pool.nodes if n.gpu_memory_free_bytes is not None),
+        default=None,
+    )
+    if free is not None and free < budget:
+        warnings.append(
+            f"a GPU has only {_gib(free)} free now but --gpu-memory-utilization {util:g} asks "
+            f"for {_gib(budget)}: vLLM will refuse to start until other processes free it"
+        )
     kv_tok = kv_bytes_per_token(facts, dtype, tp, pp)
     kv_bytes = budget - weights - reserve
     blocks = max(0, kv_bytes) // (kv_tok * c.kv_block_size)
