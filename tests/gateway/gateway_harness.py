@@ -80,9 +80,64 @@ class RunningGateway:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120, **kw)
+        return httpx.Client(base_url=self.url, **{"timeout": 120, **kw})
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample in this gateway's registry (0 when absent)."""
         value = self.gateway.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
+
+
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
+_FIRST_EVENT = (
+    b'data: {"id":"x","object":"chat.completion.chunk","created":0,"model":"'
+    + MODEL.encode()
+    + b'","choices":[{"index":0,"delta":{"role":"assistant","content":"Par"},'
+    b'"finish_reason":null}]}\n\n'
+)
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+async def start_faulty_replica(mode: str) -> tuple[asyncio.Server, str]:
+    """A stand-in for a replica that fails in one way, to inject that fault:
+
+    - "drop": sends the first SSE event, then the connection drops;
+    - "hang": sends the first SSE event, then nothing, forever;
+    - "truncated": sends the first SSE event and ends the body cleanly, without [DONE];
+    - "503": answers 503, as a vLLM server shutting down does.
+    """
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        if mode == "503":
+            body = b'{"error":{"message":"shutting down","type":"x","param":null,"code":503}}'
+            writer.write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                + body
+            )
+        else:
+            writer.write(_SSE_HEAD + _chunk(_FIRST_EVENT))
+        await writer.drain()
+        if mode == "hang":
+            await reader.read()  # until the gateway gives up and closes the connection
+        if mode == "truncated":
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"

@@ -110,6 +110,8 @@ class Gateway:
         self._refresher: asyncio.Task[None] | None = None
         self._started_at = time.time()
         self._draining = False
+        self._stopping = False
+        self._streams: set[aiohttp.ClientResponse] = set()
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -143,8 +145,18 @@ class Gateway:
             )
 
     async def stop(self) -> None:
-        """Drain (bounded by `drain_timeout_s`), then stop refreshing and close the pool."""
-        await self.drain(self.settings.drain_timeout_s)
+        """Drain (bounded by `drain_timeout_s`) unless drain() already ran, then stop
+        refreshing and close the pool: streams still running end with an error event."""
+        if not self._draining:
+            await self.drain(self.settings.drain_timeout_s)
+        self._stopping = True
+        for resp in list(self._streams):
+            # Closing the pool does not wake a pending read; this does.
+            resp.content.set_exception(aiohttp.ClientConnectionError("gateway stopping"))
+        if self._streams:
+            # Let the relays send their last event (bounded: a client may not read).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=2)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -317,6 +329,7 @@ class Gateway:
         self.metrics.in_flight.dec()
 
     def _close_stream(self, replica: ReplicaInfo, resp: aiohttp.ClientResponse) -> None:
+        self._streams.discard(resp)
         resp.release()
         self._end(replica)
 
@@ -460,12 +473,15 @@ class Gateway:
                     tail = (tail + chunk)[-_TAIL_BYTES:]
                     yield chunk
             except (aiohttp.ClientError, TimeoutError) as e:
+                self.metrics.stream_errors.labels(route).inc()
+                if self._stopping:
+                    yield sse_error_event("The gateway stopped before the stream finished.", 503)
+                    return
                 why = (
                     f"no data for {self.settings.stream_idle_timeout_s} s"
                     if isinstance(e, TimeoutError)
                     else f"{type(e).__name__}: {e}"
                 )
-                self.metrics.stream_errors.labels(route).inc()
                 logger.warning("stream from %s broke: %s", replica.replica_id, why)
                 yield sse_error_event(f"Replica {replica.replica_id} failed mid-stream: {why}.")
                 return
@@ -537,6 +553,7 @@ class Gateway:
                 resp.release()
                 self._end(replica)
             return Response(data, status_code=resp.status, media_type=ctype or "application/json")
+        self._streams.add(resp)
         return _RelayResponse(
             self._relay(route, model, replica, resp, t0),
             on_close=partial(self._close_stream, replica, resp),

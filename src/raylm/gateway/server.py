@@ -102,10 +102,12 @@ class GatewayServer:
             self.gateway.settings.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         )
         drained = await self.gateway.drain(timeout)
+        # Closing the upstream pool first ends leftover streams with an error event,
+        # rather than uvicorn cutting them off mid-body.
+        await self.gateway.stop()
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task
-        await self.gateway.stop()
         if self._sock is not None:
             self._sock.close()
         self._server = self._task = self._sock = None

@@ -1,0 +1,72 @@
+"""API key on: every route but /health needs `Authorization: Bearer <key>`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from gateway_harness import MODEL, RunningGateway, replica
+
+KEY = "sk-raylm-test-7f3c9a"
+ROUTES = [
+    ("GET", "/"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/generate"),
+    ("POST", "/batch_generate"),
+]
+
+
+@pytest.fixture(scope="module")
+def keyed(replica_url: str) -> Iterator[RunningGateway]:
+    with RunningGateway([replica(replica_url)], api_key=KEY) as g:
+        yield g
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-key", f"Basic {KEY}", "Bearer"])
+def test_refused_without_the_key(
+    keyed: RunningGateway, method: str, path: str, auth: str | None
+) -> None:
+    headers = {"Authorization": auth} if auth else {}
+    with keyed.client(headers=headers) as c:
+        r = c.request(method, path, json={"prompt": "Hi", "max_tokens": 1})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key"
+    assert KEY not in r.text
+
+
+def test_health_needs_no_key(keyed: RunningGateway) -> None:
+    with keyed.client() as c:
+        assert c.get("/health").status_code == 200
+
+
+def test_right_key_works(keyed: RunningGateway, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    oai = openai.OpenAI(base_url=keyed.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    out = oai.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=20,
+    )
+    assert "Paris" in (out.choices[0].message.content or "")
+    with keyed.client(headers={"Authorization": f"Bearer {KEY}"}) as c:
+        assert c.get("/").status_code == 200
+        assert c.get("/metrics").status_code == 200
+        r = c.post("/generate", json={"prompt": "Hi", "max_tokens": 2})
+        assert r.status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=keyed.url + "/v1", api_key="nope", max_retries=0).models.list()
+    assert KEY not in caplog.text
+    assert KEY not in repr(keyed.gateway.settings)
+
+
+def test_no_key_means_open(client: httpx.Client) -> None:
+    assert client.get("/", headers={"Authorization": "Bearer anything"}).status_code == 200
+    assert client.get("/metrics").status_code == 200

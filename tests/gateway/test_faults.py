@@ -1,0 +1,212 @@
+"""The gateway through faults: a dead replica, a replica failing mid-stream or going
+quiet, no ready replica, replicas coming and going, and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from gateway_harness import MODEL, RunningGateway, dead_url, replica, start_faulty_replica
+
+from raylm.serve.state import ReplicaState
+
+CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
+
+
+def sse_events(raw: bytes) -> list[str]:
+    return [e.strip()[6:] for e in raw.decode().split("\n\n") if e.strip().startswith("data: ")]
+
+
+def test_dead_replica_is_retried_on_another(replica_url: str) -> None:
+    reps = [replica(dead_url(), "dead"), replica(replica_url, "live")]
+    with RunningGateway(reps) as gw, gw.client() as c:
+        for i in range(4):
+            r = c.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3, "temperature": 0})
+            assert r.status_code == 200, (i, r.text)
+            r = c.post("/generate", json={"prompt": "Hi", "max_tokens": 2})
+            assert r.status_code == 200, (i, r.text)
+        with c.stream("POST", "/v1/completions", json={"prompt": "Hi", "max_tokens": 3,
+                                                         "stream": True}) as s:  # fmt: skip
+            assert s.status_code == 200 and sse_events(s.read())[-1] == "[DONE]"
+        assert gw.metric("raylm_replica_requests_total", replica="dead") >= 1
+        assert gw.metric("raylm_failovers_total", replica="dead") >= 1
+        retries = sum(
+            gw.metric("raylm_retries_total", route=r) for r in ("chat", "generate", "completions")
+        )
+        assert retries >= 1
+        # Ejected after its failure: the dead one is not retried on every request.
+        assert retries < 9
+        root = c.get("/").json()
+        assert {r["replica_id"]: r["routable"] for r in root["replicas"]} == {
+            "dead": False,
+            "live": True,
+        }
+
+
+def test_replica_answering_503_is_retried(replica_url: str) -> None:
+    with RunningGateway([]) as gw:
+        server, url = gw.call(start_faulty_replica("503"))
+        gw.source.set([replica(url, "busy"), replica(replica_url, "live")])
+        gw.call(gw.gateway.refresh())
+        with gw.client() as c:
+            for _ in range(3):
+                r = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+                assert r.status_code == 200, r.text
+        assert gw.metric("raylm_failovers_total", replica="busy") >= 1
+        assert gw.metric("raylm_retries_total", route="completions") >= 1
+        server.close()
+
+
+def test_without_retry_a_dead_replica_gives_503(replica_url: str) -> None:
+    reps = [replica(dead_url(), "dead")]
+    with RunningGateway(reps, retry_on_failure=False) as gw, gw.client() as c:
+        r = c.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+        err = r.json()["error"]
+        assert "dead" in err["message"] and err["code"] == "replica_failed"
+        assert gw.metric("raylm_retries_total", route="chat") == 0
+
+
+@pytest.mark.parametrize("mode", ["drop", "truncated", "hang"])
+def test_stream_failing_midway_ends_with_error_event(mode: str) -> None:
+    with RunningGateway([], stream_idle_timeout_s=1.0) as gw:
+        server, url = gw.call(start_faulty_replica(mode))
+        gw.source.set([replica(url, "flaky")])
+        gw.call(gw.gateway.refresh())
+        # The client's read timeout is the bound: a hanging gateway fails this test.
+        with (
+            gw.client(timeout=15) as c,
+            c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as s,
+        ):
+            assert s.status_code == 200
+            events = sse_events(s.read())
+        assert json.loads(events[0])["choices"][0]["delta"]["content"] == "Par"
+        last = json.loads(events[-1])
+        assert "flaky" in last["error"]["message"]
+        assert gw.metric("raylm_stream_errors_total", route="chat") == 1
+        wait_for(lambda: gw.gateway.active_requests == 0, 5)
+        # The official client surfaces it as an error, not a silent short answer.
+        oai = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0, timeout=15)
+        with pytest.raises(openai.APIError, match=r"mid-stream|before it was complete"):
+            for _ in oai.chat.completions.create(model=MODEL, stream=True, **CHAT):  # type: ignore[call-overload]
+                pass
+        server.close()
+
+
+def test_no_ready_replica_then_ready_then_dead(replica_url: str) -> None:
+    starting = replica(replica_url, "r0", ReplicaState.STARTING, detail="loading weights")
+    with RunningGateway([starting], refresh_interval_s=0.2) as gw, gw.client() as c:
+        h = c.get("/health")
+        assert h.status_code == 503 and h.headers["Retry-After"]
+        assert h.json()["missing"] == [MODEL] and "loading weights" in h.json()["message"]
+        r = c.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+        assert "r0 starting" in r.json()["error"]["message"]
+        assert c.get("/v1/models").json()["data"] == []
+
+        gw.source.set([replica(replica_url, "r0")])
+        wait_for(lambda: c.get("/health").status_code == 200, 5)
+        assert c.post("/generate", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+        gw.source.set([replica(replica_url, "r0", ReplicaState.DEAD, restarts=1)])
+        wait_for(lambda: c.get("/health").status_code == 503, 5)
+        assert c.get("/").json()["replicas"][0]["state"] == "dead"
+        assert gw.metric("raylm_replica_restarts_total", replica="r0", model=MODEL) == 1
+
+
+def test_source_failure_keeps_the_last_table(replica_url: str) -> None:
+    class Broken:
+        def __init__(self) -> None:
+            self.fail = False
+
+        async def snapshot(self) -> list:  # type: ignore[type-arg]
+            if self.fail:
+                raise ConnectionError("controller unreachable")
+            return [replica(replica_url)]
+
+    with RunningGateway([], refresh_interval_s=0.1) as gw:
+        broken = Broken()
+        gw.gateway.source = broken
+        gw.call(gw.gateway.refresh())
+        broken.fail = True
+        time.sleep(0.5)
+        with gw.client() as c:
+            assert c.get("/health").status_code == 200
+            assert c.post("/generate", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+def test_requests_spread_over_replicas(replica_url: str) -> None:
+    # Two entries for the same engine: the policy, not the engine, is under test.
+    reps = [replica(replica_url, "a"), replica(replica_url, "b")]
+    with RunningGateway(reps, max_batch_size=8) as gw, gw.client() as c:
+        r = c.post("/batch_generate", json={"prompts": ["Hi"] * 8, "max_tokens": 2})
+        assert r.status_code == 200
+        a = gw.metric("raylm_replica_requests_total", replica="a")
+        b = gw.metric("raylm_replica_requests_total", replica="b")
+        assert a == b == 4  # all dispatched before any finished: strictly alternating
+
+
+def test_drain_finishes_in_flight_and_refuses_new(replica_url: str) -> None:
+    with RunningGateway([replica(replica_url)]) as gw, gw.client() as c:
+        slow: dict[str, httpx.Response] = {}
+
+        def long_request() -> None:
+            slow["r"] = c.post(
+                "/v1/completions",
+                json={"prompt": "Once", "max_tokens": 128, "ignore_eos": True},
+            )
+
+        t = threading.Thread(target=long_request)
+        t.start()
+        wait_for(lambda: gw.gateway.active_requests == 1, 30)
+        drained = asyncio.run_coroutine_threadsafe(gw.gateway.drain(120), gw.loop)
+        wait_for(lambda: gw.gateway.draining, 5)
+        refused = c.post("/generate", json={"prompt": "Hi", "max_tokens": 2})
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"]
+        assert refused.json()["error"]["code"] == "draining"
+        assert c.get("/health").json()["status"] == "draining"
+        assert drained.result(120) is True
+        t.join(10)
+        assert slow["r"].status_code == 200, slow["r"].text
+        assert slow["r"].json()["usage"]["completion_tokens"] == 128
+
+
+def test_drain_is_bounded() -> None:
+    with RunningGateway([], stream_idle_timeout_s=60) as gw:
+        server, url = gw.call(start_faulty_replica("hang"))
+        gw.source.set([replica(url, "stuck")])
+        gw.call(gw.gateway.refresh())
+        results: list[bytes] = []
+
+        def stream() -> None:
+            with (
+                gw.client(timeout=30) as c,
+                c.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as s,
+            ):
+                results.append(s.read())
+
+        t = threading.Thread(target=stream, daemon=True)
+        t.start()
+        wait_for(lambda: gw.gateway.active_requests == 1, 10)
+        assert gw.call(gw.gateway.drain(0.5)) is False
+        assert gw.gateway.active_requests == 1
+    # Stopping past the bound ends the leftover stream with an error event.
+    t.join(15)
+    last = json.loads(sse_events(results[0])[-1])
+    assert "stopped" in last["error"]["message"]
+    server.close()
+
+
+def wait_for(cond: object, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout_s} s")
