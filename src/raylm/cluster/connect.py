@@ -43,6 +43,9 @@ def connect(address: str | None) -> RayConnection:
             os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     import ray
 
+    # ray.init runs off the main thread (the event loop keeps answering); the runner owns
+    # the signals, so Ray's note that it could not install its own is noise.
+    logging.getLogger("ray._private.worker").setLevel(logging.ERROR)
     if address:
         try:
             ctx = ray.init(

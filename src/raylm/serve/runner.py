@@ -111,7 +111,6 @@ def build_deployment(
         pipeline_parallel_size=pp,
         cpus_per_replica=spec.cpus_per_replica,
     )
-    check_model_layout(model_path, tp, pp)
     max_len = spec.max_model_len
     if max_len is None and layout.device == "cpu" and "max-model-len" not in spec.engine_args:
         native = int(_model_config(model_path).get("max_position_embeddings") or 0)
@@ -203,10 +202,16 @@ async def wait_until_ready(
     return []
 
 
-@contextlib.contextmanager
-def _signals_to(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
+def _take_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    # Also called after ray.init: Ray's core worker installs a SIGTERM handler that dumps a
+    # stack and kills the process, which would skip the drain and leave its daemons behind.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+
+@contextlib.contextmanager
+def _signals_to(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
+    _take_signals(loop, stop)
     try:
         yield
     finally:
@@ -216,10 +221,8 @@ def _signals_to(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterato
 
 async def serve(spec: ServeSpec, reporter: Reporter) -> None:
     """Run a deployment in the foreground until SIGINT/SIGTERM, then drain and stop it all."""
-    import uvicorn
-
     from raylm.cluster.connect import connect
-    from raylm.gateway import GatewaySettings, create_gateway
+    from raylm.gateway import GatewayServer, GatewaySettings, create_gateway
     from raylm.models.store import ModelStore
 
     check_port_free(spec.host, spec.port)
@@ -228,58 +231,57 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
     with _signals_to(loop, stop):
         reporter.phase("resolving the model")
         entry = await loop.run_in_executor(None, ModelStore().resolve, spec.model)
+        check_model_layout(
+            Path(entry.path), spec.tensor_parallel_size or 1, spec.pipeline_parallel_size or 1
+        )
         reporter.phase("connecting to Ray")
         conn = await loop.run_in_executor(None, connect, spec.address)
+        _take_signals(loop, stop)
         controller = None
-        gateway = None
-        server: uvicorn.Server | None = None
-        server_task: asyncio.Task[None] | None = None
+        gateway: GatewayServer | None = None
         try:
             config, layout = build_deployment(spec, Path(entry.path), entry.name, conn.started_here)
             reporter.phase(f"starting {layout.describe()}")
             controller = await loop.run_in_executor(None, start_controller, config)
             from raylm.serve.source import ControllerReplicaSource
 
-            gateway = create_gateway(
-                ControllerReplicaSource(controller),
-                GatewaySettings(api_key=spec.api_key, max_batch_size=spec.max_batch_size),
+            gateway = GatewayServer(
+                create_gateway(
+                    ControllerReplicaSource(controller),
+                    GatewaySettings(
+                        api_key=spec.api_key,
+                        max_batch_size=spec.max_batch_size,
+                        drain_timeout_s=spec.drain_timeout_s,
+                    ),
+                ),
+                spec.host,
+                spec.port,
             )
             await gateway.start()
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    gateway.app,
-                    host=spec.host,
-                    port=spec.port,
-                    log_level="warning",
-                    lifespan="off",
-                    access_log=False,
-                )
-            )
-            # The runner owns SIGINT/SIGTERM (drain first); uvicorn must not grab them.
-            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-            server_task = loop.create_task(server.serve())
             if await wait_until_ready(controller, reporter, stop):
                 endpoint = f"http://{spec.host}:{spec.port}"
                 reporter.ready(endpoint, config.served_model_name, layout, spec.api_key is not None)
-            await stop.wait()
+            await _watch(controller, reporter, stop)
         finally:
             reporter.stopping("draining in-flight requests")
             if gateway is not None:
                 with contextlib.suppress(Exception):
-                    await gateway.drain(spec.drain_timeout_s)
-            if server is not None:
-                server.should_exit = True
-            if server_task is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(server_task, 10)
-            if gateway is not None:
-                with contextlib.suppress(Exception):
-                    await gateway.stop()
+                    await gateway.stop(spec.drain_timeout_s)
             reporter.stopping("stopping replicas")
             if controller is not None:
                 await _stop_controller(controller)
             reporter.stopping("disconnecting from Ray" if not conn.started_here else "stopping Ray")
             await loop.run_in_executor(None, conn.close)
+
+
+async def _watch(controller: Any, reporter: Reporter, stop: asyncio.Event) -> None:
+    """Keep reporting replica changes (restarts, failures) until asked to stop."""
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+        with contextlib.suppress(Exception):
+            rows = await asyncio.wait_for(controller.replica_infos.remote(), 5.0)
+            reporter.replicas([ReplicaInfo(**r) for r in rows])
 
 
 async def _stop_controller(controller: Any) -> None:

