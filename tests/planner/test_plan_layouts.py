@@ -240,3 +240,22 @@ def test_bad_requests(model_facts: Callable[[str], ModelFacts]) -> None:
         plan(facts, c, tensor_parallel_size=16)
     r = plan(facts, c, tensor_parallel_size=2, replicas=3)
     assert r.plan is not None and r.plan.replicas == 3
+
+
+def test_8b_on_8_h100_is_8_replicas(model_facts: Callable[[str], ModelFacts]) -> None:
+    # The report: a 7-8B model on 8 H100s gains ~8x from 8 replicas, 1.16x from TP=8.
+    r = plan(model_facts("llama-3-8b-instruct"), parse_cluster_spec("1x8xH100"))
+    assert r.plan is not None
+    assert (r.plan.tensor_parallel_size, r.plan.replicas) == (1, 8)
+    tp8 = _find(r, 8, 1)
+    assert tp8 is not None and tp8.score < r.plan.score / 2
+
+
+def test_kv_starved_replicas_do_not_win(model_facts: Callable[[str], ModelFacts]) -> None:
+    # 70B on 8 nodes x 8 H100: TP=2 fits 32 replicas but leaves 4.5 GiB of KV per GPU;
+    # TP=4 (16 replicas, 59 sequences of 8192 each) is the better layout.
+    r = plan(model_facts(R1_70B), parse_cluster_spec("8x8xH100"), max_model_len=8192)
+    assert r.plan is not None
+    assert (r.plan.tensor_parallel_size, r.plan.pipeline_parallel_size) == (4, 1)
+    tp2 = _find(r, 2, 1)
+    assert tp2 is not None and tp2.replicas == 32 and tp2.score < r.plan.score

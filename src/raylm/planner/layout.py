@@ -226,7 +226,7 @@ def _speed(
 
     batch = max(1, min(c.max_num_seqs, kv_tokens // max(ctx, 1)))
     micro = max(1.0, batch / pp)
-    tps = micro / (stage_s(micro) + hand_s(micro))
+    tps = micro / (stage_s(micro) + hand_s(micro)) * c.pp_stage_efficiency ** (pp - 1)
     latency = pp * stage_s(1) + (pp - 1) * hand_s(1)
     return tps, latency * 1e3
 
@@ -410,14 +410,30 @@ def _evaluate(
     )
 
 
-def _rank_key(objective: str, lay: Layout) -> tuple[float, ...]:
+def _rank(objective: str, layouts: list[Layout], window: float) -> list[Layout]:
+    """Best first. Throughput: the estimate decides, but among layouts within `window` of the
+    best estimate more replicas win (the estimate is rough; replicas are robust)."""
     if objective == "latency":
-        return (lay.pipeline_parallel_size, lay.est_ms_per_token, lay.gpus_per_replica)
+        return sorted(
+            layouts,
+            key=lambda x: (x.pipeline_parallel_size, x.est_ms_per_token, x.gpus_per_replica),
+        )
     if objective == "context":
-        return (-lay.max_model_len, -lay.est_tokens_per_s, lay.gpus_per_replica)
-    # The issue's rule: as many replicas as fit at the requested context, then the estimate.
-    lowered = any(w.startswith("max_model_len lowered") for w in lay.warnings)
-    return (lowered, -lay.replicas, -lay.score, lay.gpus_per_replica)
+        return sorted(
+            layouts, key=lambda x: (-x.max_model_len, -x.est_tokens_per_s, x.gpus_per_replica)
+        )
+
+    def lowered(x: Layout) -> bool:
+        return any(w.startswith("max_model_len lowered") for w in x.warnings)
+
+    full = [x.score for x in layouts if not lowered(x)] or [x.score for x in layouts]
+    best = max(full)
+
+    def key(x: Layout) -> tuple[float, ...]:
+        near = x.score >= best * (1 - window)
+        return (lowered(x), not near, -x.replicas if near else 0, -x.score, x.gpus_per_replica)
+
+    return sorted(layouts, key=key)
 
 
 def _nothing_fits(
@@ -579,7 +595,7 @@ def plan(
                 command=f"raylm plan {facts.origin}",
             )
         raise _nothing_fits(facts, cluster, rejected, gpu_memory_utilization, max_model_len)
-    feasible.sort(key=lambda lay: _rank_key(objective, lay))
+    feasible = _rank(objective, feasible, c.throughput_tie_window)
     rejected = _dedupe(rejected)
     return PlanResult(
         plan=feasible[0], alternatives=feasible[1:], rejected=rejected, objective=objective

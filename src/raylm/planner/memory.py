@@ -56,6 +56,16 @@ class PlannerConstants(BaseModel):
     ethernet_gbps: float = Field(default=2.5, description="Node-to-node bandwidth without IB.")
     intra_latency_us: float = Field(default=10.0, description="Latency of one in-node collective.")
     inter_latency_us: float = Field(default=30.0, description="Latency of one cross-node message.")
+    pp_stage_efficiency: float = Field(
+        default=0.85,
+        description="Throughput kept per extra pipeline stage (bubbles, uneven stages, the "
+        "per-step scheduling PP adds); 0.85 makes PP the choice only when it buys capacity.",
+    )
+    throughput_tie_window: float = Field(
+        default=0.05,
+        description="Estimates within this fraction of the best count as equal; among them "
+        "the layout with more replicas wins.",
+    )
     min_auto_context: int = Field(
         default=2048,
         description="When max_model_len is not given and the model's full context does not "
