@@ -47,6 +47,8 @@ def resolve_model(ref: str) -> tuple[ModelFacts, str]:
     if store is not None:
         entry = store.get(ref) if _valid_name(ref) else None
         entry = entry or store.find_by_repo(ref)
+        if entry is None and ref == _demo_name():
+            entry = store.resolve(ref)  # imported from its GGUF on first use, as serve does
         if entry is not None:
             return read_model_facts(entry.path).model_copy(update={"name": entry.name}), str(
                 entry.path
@@ -66,6 +68,14 @@ def resolve_model(ref: str) -> tuple[ModelFacts, str]:
         )
     d = fetch_hub_config(ref)
     return read_model_facts(d).model_copy(update={"name": ref, "origin": ref}), ref
+
+
+def _demo_name() -> str | None:
+    try:
+        from raylm.models.gguf import DEMO_NAME
+    except ImportError:
+        return None
+    return DEMO_NAME
 
 
 def _valid_name(ref: str) -> bool:
