@@ -243,8 +243,7 @@ class Gateway:
                     500, "Internal gateway error; see the gateway log.", type="internal_error"
                 )
         await response(scope, receive, send)
-        self.metrics.requests.labels(label, str(response.status_code)).inc()
-        self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        self.metrics.observe(label, response.status_code, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -112,7 +112,21 @@ class GatewayMetrics:
             ["route"],
             registry=r,
         )
+        self._request_children: dict[tuple[str, int], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
         r.register(_ReplicaCollector(table))
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request (children cached: labels() is costly per request)."""
+        key = (route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(route, str(status))
+        child.inc()
+        hist = self._latency_children.get(route)
+        if hist is None:
+            hist = self._latency_children[route] = self.latency.labels(route)
+        hist.observe(seconds)
 
     def count_usage(self, model: str, usage: object) -> None:
         """Add a response's `usage` object to the token counters, if it is well formed."""

@@ -24,6 +24,7 @@ class ReplicaTable:
     def __init__(self, eject_s: float) -> None:
         self._eject_s = eject_s
         self._replicas: dict[str, ReplicaInfo] = {}
+        self._models: list[str] = []
         self._in_flight: dict[str, int] = {}
         # replica_id -> (monotonic deadline, generation it applies to)
         self._ejected: dict[str, tuple[float, int]] = {}
@@ -32,6 +33,7 @@ class ReplicaTable:
     def update(self, replicas: list[ReplicaInfo]) -> None:
         """Install a new snapshot; in-flight counts of surviving replicas are kept."""
         self._replicas = {r.replica_id: r for r in replicas}
+        self._models = sorted({r.model for r in replicas})
         for rid, (_, generation) in list(self._ejected.items()):
             current = self._replicas.get(rid)
             # A restarted replica (new generation) deserves a fresh chance at once.
@@ -46,7 +48,8 @@ class ReplicaTable:
         return self._replicas.get(replica_id)
 
     def models(self) -> list[str]:
-        return sorted({r.model for r in self._replicas.values()})
+        """Every model with at least one replica, in any state (sorted)."""
+        return self._models
 
     def status(self) -> list[ModelStatus]:
         out = []
