@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 
@@ -38,25 +39,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{url}: process exited with {proc.returncode}")
+            raise SystemExit(f"{url}: process exited with {proc.returncode}; log: {log}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return
         time.sleep(0.5)
-    raise SystemExit(f"{url} not healthy after {timeout_s} s")
+    raise SystemExit(f"{url} not healthy after {timeout_s} s; log: {log}")
 
 
 @contextlib.contextmanager
 def _process(cmd: list[str], url: str, timeout_s: float, env: dict[str, str]) -> Iterator[str]:
-    log = tempfile.NamedTemporaryFile(prefix="raylm-bench-", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)  # fmt: skip
+    log_path = Path(tempfile.mkdtemp(prefix="raylm-bench-")) / "process.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # fmt: skip
     try:
-        _wait_healthy(url, proc, timeout_s)
+        _wait_healthy(url, proc, timeout_s, log_path)
         yield url
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -184,7 +186,8 @@ def main() -> None:
             f"  gateway  median {r['gateway_median_ms']:.2f} ms  p90 {r['gateway_p90_ms']:.2f} ms"
         )
         print(
-            f"  added    median {r['added_median_ms']:.2f} ms (paired {r['added_paired_median_ms']:.2f})"
+            f"  added    median {r['added_median_ms']:.2f} ms"
+            f" (paired {r['added_paired_median_ms']:.2f})"
             f"  p90 {r['added_p90_ms']:.2f} ms  ratio {r['ratio_median']:.3f}"
         )
 
