@@ -22,6 +22,7 @@ _KV_BYTES_RES = (
     re.compile(r"Available KV cache memory: ([\d.]+) ?GiB"),
     re.compile(r"(?:Auto|Explicitly) set \(([\d.]+)/[\d.]+\) GiB for KV cache"),
 )
+_CPU_TOTAL_RE = re.compile(r"(?:Auto|Explicitly) set \([\d.]+/([\d.]+)\) GiB for KV cache")
 _KV_TOKENS_RE = re.compile(r"(?:GPU|CPU|XPU|TPU)? ?KV cache size: ([\d,]+) tokens")
 _CONCURRENCY_RE = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")
 
@@ -35,6 +36,11 @@ class VllmLoadFigures(BaseModel):
     kv_cache_tokens: int = Field(description="Tokens the KV cache holds.")
     kv_cache_bytes: int | None = Field(
         default=None, description="Memory given to the KV cache, when logged (bytes)."
+    )
+    device_memory_bytes: int | None = Field(
+        default=None,
+        description="Total memory vLLM's CPU worker saw on its NUMA node (the TOTAL of "
+        "'Auto set (KV/TOTAL) GiB'), when logged: the device memory a plan should assume.",
     )
     max_model_len: int | None = Field(
         default=None, description="max_model_len of the concurrency line, when logged."
@@ -73,10 +79,12 @@ def parse_vllm_load_log(text: str) -> VllmLoadFigures:
         )
     kv = _last(_KV_BYTES_RES, text)
     conc = list(_CONCURRENCY_RE.finditer(text))
+    total = _last((_CPU_TOTAL_RE,), text)
     return VllmLoadFigures(
         weight_bytes=int(float(weight) * GIB),
         kv_cache_tokens=int(tokens[-1].replace(",", "")),
         kv_cache_bytes=int(float(kv) * GIB) if kv else None,
+        device_memory_bytes=int(float(total) * GIB) if total else None,
         max_model_len=int(conc[-1].group(1).replace(",", "")) if conc else None,
         max_concurrency=float(conc[-1].group(2)) if conc else None,
     )
