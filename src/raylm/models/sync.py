@@ -152,6 +152,8 @@ class _Agent:
                 self.store.write_stamp(ref)
                 res.problems = []
                 res.ok = True
+            else:  # never trust this copy's stat stamp again until it is repaired
+                self.store.stamp_path(ref.name).unlink(missing_ok=True)
             return res
         except Exception as e:  # reported per node, never raised through Ray
             return VerifyResult(
