@@ -463,15 +463,19 @@ def _nothing_fits(
         if facts.quantization is None
         else "a smaller model"
     )
-    shorter = " or a shorter --max-model-len" if max_model_len else ""
+    remedies = [f"use {quant}", f"at least {more} GPUs like these"]
+    node_mem = per_avail / util
+    if util < 0.95 and per_need <= node_mem * 0.95:
+        remedies.append(f"a higher --gpu-memory-utilization (now {util:g})")
+    if max_model_len:
+        remedies.append("a shorter --max-model-len")
     return PlanError(
         f"{facts.name} does not fit {cluster.summary()}: it needs about {_gib(needed)} "
         f"but {_gib(available)} is usable",
         needed_bytes=needed,
         available_bytes=available,
         why=best.reason,
-        fix=f"use {quant}, or at least {more} GPUs like these, or a higher "
-        f"--gpu-memory-utilization (now {util:g}){shorter}",
+        fix=", or ".join(remedies).capitalize(),
     )
 
 
@@ -591,8 +595,7 @@ def plan(
                 "The requested layout cannot work: " + why,
                 needed_bytes=mem[0].needed_bytes_per_gpu if mem else None,
                 available_bytes=mem[0].available_bytes_per_gpu if mem else None,
-                fix="leave out --tp/--pp/--replicas to let raylm choose, or change them",
-                command=f"raylm plan {facts.origin}",
+                fix="Leave out --tp/--pp/--replicas to let raylm choose, or change them",
             )
         raise _nothing_fits(facts, cluster, rejected, gpu_memory_utilization, max_model_len)
     feasible = _rank(objective, feasible, c.throughput_tie_window)
