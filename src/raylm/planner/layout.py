@@ -475,7 +475,7 @@ def _nothing_fits(
         needed_bytes=needed,
         available_bytes=available,
         why=best.reason,
-        fix=", or ".join(remedies).capitalize(),
+        fix="U" + ", or ".join(remedies)[1:],
     )
 
 
