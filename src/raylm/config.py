@@ -80,6 +80,15 @@ class ServeSpec(BaseModel):
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="How long shutdown waits for in-flight requests."
     )
+    probe_interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between one-token health probes (jittered)."
+    )
+    probe_timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline of one probe generation."
+    )
+    probe_strikes: int = Field(
+        default=3, ge=1, description="Failed probes in a row before a replica is replaced."
+    )
     skip_verify: bool = Field(
         default=False, description="Place replicas even where the model copy is unverified."
     )

@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     except RaylmError as e:
         if debug:
             err_console.print_exception()
-        err_console.print(f"[bold red]Error:[/bold red] {e.message()}", highlight=False)
+        # One unwrapped line: people grep logs and paste errors into issues.
+        err_console.print(
+            f"[bold red]Error:[/bold red] {e.message()}", highlight=False, soft_wrap=True
+        )
         if not debug:
             err_console.print("[dim](run with --debug for the traceback)[/dim]")
         sys.exit(1)
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"[bold red]Error:[/bold red] unexpected {type(e).__name__}: {e}. "
                 "This is a bug in raylm; rerun with --debug and report the traceback.",
                 highlight=False,
+                soft_wrap=True,
             )
         sys.exit(1)
 

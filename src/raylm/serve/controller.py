@@ -174,8 +174,8 @@ class Controller:
             with contextlib.suppress(Exception):
                 remove_placement_group(r.pg)
             r.pg = None
-        for node_id, slot in r.slots:
-            self._slots.get(node_id, set()).discard(slot)
+        for host, slot in r.slots:
+            self._slots.get(host, set()).discard(slot)
         r.slots = []
         r.node_ids = []
         r.url = ""
@@ -200,9 +200,12 @@ class Controller:
                 for k, v in need.items():
                     used[f"{nid}:{k}"] = used.get(f"{nid}:{k}", 0.0) + v
         best: tuple[int, float, str] | None = None
+        allowed = self.config.allowed_node_ips
         for node in ray.nodes():
             nid = node["NodeID"]
             if not node["Alive"] or nid in exclude:
+                continue
+            if allowed is not None and node["NodeManagerAddress"] not in allowed:
                 continue
             res = node.get("Resources", {})
             room = min(res.get(k, 0.0) - used.get(f"{nid}:{k}", 0.0) - v for k, v in need.items())
@@ -213,8 +216,8 @@ class Controller:
                 best = key
         return best[2] if best else None
 
-    def _alloc_slot(self, node_id: str) -> int:
-        used = self._slots.setdefault(node_id, set())
+    def _alloc_slot(self, host: str) -> int:
+        used = self._slots.setdefault(host, set())
         slot = next(i for i in range(len(used) + 1) if i not in used)
         used.add(slot)
         return slot
@@ -284,14 +287,17 @@ class Controller:
             )
             r.node_ids = [i["node_id"] for i in infos]
             r.node_ips = [i["node_ip"] for i in infos]
-            r.slots = [(nid, self._alloc_slot(nid)) for nid in r.node_ids]
+            allowed = c.allowed_node_ips
+            if allowed is not None and (bad := [ip for ip in r.node_ips if ip not in allowed]):
+                raise RuntimeError(f"placed on {', '.join(bad)}, which has no verified model copy")
+            r.slots = [(i["host_id"], self._alloc_slot(i["host_id"])) for i in infos]
             head = r.supervisors[0]
             port = await head.reserve_port.remote(c.bind_host)
             master_port = await head.reserve_port.remote(None) if c.nodes_per_replica > 1 else None
             launches = []
             for rank, sup in enumerate(r.supervisors):
                 spec = RankLaunch(
-                    model_path=c.model_path,
+                    model_path=c.node_model_paths.get(r.node_ips[rank], c.model_path),
                     served_model_name=c.served_model_name,
                     host=c.bind_host or r.node_ips[0],
                     port=port,

@@ -13,7 +13,15 @@ class DeploymentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Deployment name (controller actor 'raylm-controller-<name>').")
-    model_path: str = Field(description="Model directory, the same path on every node.")
+    model_path: str = Field(description="Model directory on nodes without an entry below.")
+    node_model_paths: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per node IP, the verified model directory there (stores may differ).",
+    )
+    allowed_node_ips: list[str] | None = Field(
+        default=None,
+        description="Nodes replicas may use (those with a verified copy); None: any node.",
+    )
     served_model_name: str = Field(description="Name clients use in `model`.")
     replicas: int = Field(ge=1, description="Replicas to keep serving.")
     tensor_parallel_size: int = Field(ge=1, description="TP per replica.")

@@ -13,7 +13,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from raylm.config import ServeSpec
 from raylm.errors import ConfigError, PlanError, ReplicaError
@@ -21,6 +21,9 @@ from raylm.serve.deployment import CONTROLLER_NAMESPACE, DeploymentConfig
 from raylm.serve.engine import resolve_dtype
 from raylm.serve.layout import Layout, NodeResources, fit_layout
 from raylm.serve.state import ReplicaInfo, ReplicaState
+
+if TYPE_CHECKING:
+    from raylm.models.store import ModelEntry
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +102,33 @@ def check_model_layout(path: Path, tp: int, pp: int) -> None:
         )
 
 
+def preflight_nodes(
+    entry: ModelEntry, nodes: list[NodeResources], reporter: Reporter
+) -> tuple[list[NodeResources], dict[str, str], dict[str, str]]:
+    """Verify the model's copy on every node: (eligible nodes, their model paths, refusals)."""
+    from raylm.models.sync import verify_on_nodes
+
+    reporter.phase(f"verifying {entry.name} on {len(nodes)} node(s)")
+    results = verify_on_nodes(entry.name, [n.ip for n in nodes])
+    paths = {ip: r.path for ip, r in results.items() if r.ok}
+    refused = {ip: r.summary() for ip, r in results.items() if not r.ok}
+    return [n for n in nodes if n.ip in paths], paths, refused
+
+
 def build_deployment(
-    spec: ServeSpec, model_path: Path, model_name: str, local: bool
+    spec: ServeSpec,
+    entry: ModelEntry,
+    nodes: list[NodeResources],
+    *,
+    local: bool,
+    node_model_paths: dict[str, str] | None = None,
+    allowed_node_ips: list[str] | None = None,
 ) -> tuple[DeploymentConfig, Layout]:
+    model_path = Path(entry.path)
     tp = spec.tensor_parallel_size or 1
     pp = spec.pipeline_parallel_size or 1
     layout = fit_layout(
-        alive_nodes(),
+        nodes,
         replicas=spec.replicas or 1,
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
@@ -118,7 +141,9 @@ def build_deployment(
     config = DeploymentConfig(
         name=spec.name,
         model_path=str(model_path),
-        served_model_name=spec.served_model_name or model_name,
+        node_model_paths=node_model_paths or {},
+        allowed_node_ips=allowed_node_ips,
+        served_model_name=spec.served_model_name or entry.name,
         replicas=layout.replicas,
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
@@ -131,9 +156,44 @@ def build_deployment(
         executor=spec.executor,
         engine_args=spec.engine_args,
         startup_timeout_s=spec.startup_timeout_s,
+        probe_interval_s=spec.probe_interval_s,
+        probe_timeout_s=spec.probe_timeout_s,
+        probe_strikes=spec.probe_strikes,
         bind_host="127.0.0.1" if local else None,
     )
     return config, layout
+
+
+def plan_deployment(
+    spec: ServeSpec, entry: ModelEntry, local: bool, reporter: Reporter
+) -> tuple[DeploymentConfig, Layout]:
+    """Fit the spec onto the live cluster, placing only where the model copy is verified."""
+    nodes = alive_nodes()
+    # A private local cluster is this node alone, whose copy `resolve` just checked; a bare
+    # directory (not in the store) has no manifest to verify against.
+    if local or spec.skip_verify or not entry.manifest:
+        return build_deployment(spec, entry, nodes, local=local)
+    eligible, paths, refused = preflight_nodes(entry, nodes, reporter)
+    for ip, why in refused.items():
+        reporter.phase(f"not placing replicas on {ip}: {why}")
+    try:
+        return build_deployment(
+            spec,
+            entry,
+            eligible,
+            local=local,
+            node_model_paths=paths,
+            allowed_node_ips=[n.ip for n in eligible],
+        )
+    except PlanError as e:
+        if not refused:
+            raise
+        raise PlanError(
+            f"{e.what}, using only the nodes with a verified copy of {entry.name}",
+            why="missing or unverified on " + "; ".join(refused.values()),
+            fix="Copy the model to those nodes (or pass --skip-verify to serve anyway)",
+            command=f"raylm model sync {entry.name}",
+        ) from None
 
 
 def start_controller(config: DeploymentConfig) -> Any:
@@ -240,7 +300,9 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
         controller = None
         gateway: GatewayServer | None = None
         try:
-            config, layout = build_deployment(spec, Path(entry.path), entry.name, conn.started_here)
+            config, layout = await loop.run_in_executor(
+                None, plan_deployment, spec, entry, conn.started_here, reporter
+            )
             reporter.phase(f"starting {layout.describe()}")
             controller = await loop.run_in_executor(None, start_controller, config)
             from raylm.serve.source import ControllerReplicaSource

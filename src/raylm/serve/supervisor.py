@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,6 +41,27 @@ def iface_of(ip: str) -> str | None:
         if any(a.family == socket.AF_INET and a.address == ip for a in addrs):
             return str(name)
     return None
+
+
+def host_id() -> str:
+    """Identifies the kernel: Ray nodes in containers or namespaces of one host share it,
+    and with it the physical cores, so CPU slots are counted per host, not per node."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+def parse_cores(spec: str) -> list[int]:
+    """Parse a CPU list like "0,2-3" into [0, 2, 3] (empty or malformed: [])."""
+    cores: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            lo, _, hi = part.partition("-")
+            cores += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        return []
+    return cores
 
 
 class ReplicaSupervisor:
@@ -79,7 +101,12 @@ class ReplicaSupervisor:
 
     def node_info(self) -> dict[str, Any]:
         """Where this rank lives, so the controller can wire ranks together."""
-        return {"node_ip": self.node_ip, "node_id": self.node_id, "pid": os.getpid()}
+        return {
+            "node_ip": self.node_ip,
+            "node_id": self.node_id,
+            "host_id": host_id(),
+            "pid": os.getpid(),
+        }
 
     def reserve_port(self, host: str | None = None) -> int:
         return free_port(host or self.node_ip)
@@ -87,9 +114,11 @@ class ReplicaSupervisor:
     def _cpu_cores(self) -> list[int] | None:
         if self.cpus <= 0:
             return None
-        # Ray reserves a count, not core ids: take this slot's share of our affinity set,
-        # which a node started under taskset narrows to its own cores.
-        cores = sorted(os.sched_getaffinity(0))
+        # Ray reserves a count, not core ids: take this slot's share of the node's cores,
+        # RAYLM_CPU_CORES (e.g. "2-3", set where nodes share a host) or our affinity set.
+        cores = parse_cores(os.environ.get("RAYLM_CPU_CORES", "")) or sorted(
+            os.sched_getaffinity(0)
+        )
         start = (self.cpu_slot * self.cpus) % len(cores)
         return [cores[(start + i) % len(cores)] for i in range(min(self.cpus, len(cores)))]
 
