@@ -645,6 +645,10 @@ class Gateway:
                 503,
                 headers,
             )
+        # Still serving (200), but say so when a model runs on fewer replicas than asked.
+        degraded = [s.model for s in status if s.ready < s.total]
+        if degraded:
+            return json_response({"status": "degraded", "degraded": degraded, "models": models})
         return json_response({"status": "ok", "models": models})
 
     async def _metrics(self, request: Request) -> Response:
