@@ -23,7 +23,9 @@ from raylm.serve.layout import Layout, NodeResources, fit_layout
 from raylm.serve.state import ReplicaInfo, ReplicaState
 
 if TYPE_CHECKING:
+    from raylm.models.facts import ModelFacts
     from raylm.models.store import ModelEntry
+    from raylm.planner.cluster import ClusterSpec
 
 logger = logging.getLogger(__name__)
 
@@ -164,11 +166,67 @@ def build_deployment(
     return config, layout
 
 
+def apply_plan(spec: ServeSpec, facts: ModelFacts, cluster: ClusterSpec) -> tuple[ServeSpec, str]:
+    """Fill in TP/PP/replicas/context the user left out from the planner's choice; refuse
+    given sizes that cannot work. Returns the completed spec and the plan, in words."""
+    from raylm.planner import plan
+
+    gmu = spec.engine_args.get(
+        "gpu-memory-utilization", spec.engine_args.get("gpu_memory_utilization", 0.9)
+    )
+    result = plan(
+        facts,
+        cluster,
+        max_model_len=spec.max_model_len,
+        gpu_memory_utilization=float(gmu),
+        tensor_parallel_size=spec.tensor_parallel_size,
+        pipeline_parallel_size=spec.pipeline_parallel_size,
+        replicas=spec.replicas,
+    )
+    chosen = result.plan
+    if chosen is None:  # plan() raises when nothing fits; keep the user's spec otherwise
+        return spec, "no plan"
+    done = spec.model_copy(
+        update={
+            "tensor_parallel_size": chosen.tensor_parallel_size,
+            "pipeline_parallel_size": chosen.pipeline_parallel_size,
+            "replicas": chosen.replicas,
+            "max_model_len": spec.max_model_len or chosen.max_model_len,
+        }
+    )
+    words = (
+        f"plan: {chosen.replicas} replica(s) x TP={chosen.tensor_parallel_size} "
+        f"PP={chosen.pipeline_parallel_size}, max_model_len {chosen.max_model_len}, "
+        f"{chosen.kv_cache_tokens_per_replica} KV-cache tokens and "
+        f"{chosen.max_concurrent_seqs} full-length sequences per replica"
+    )
+    return done, words
+
+
+def _plan_on_gpus(spec: ServeSpec, entry: ModelEntry, reporter: Reporter) -> ServeSpec:
+    from raylm.cluster.inventory import cluster_inventory
+    from raylm.models.facts import read_model_facts
+    from raylm.planner import cluster_from_inventory
+
+    reporter.phase("planning the layout from the live GPU inventory")
+    inventory = cluster_inventory().model_dump(mode="json")
+    done, words = apply_plan(
+        spec, read_model_facts(Path(entry.path)), cluster_from_inventory(inventory)
+    )
+    reporter.phase(words)
+    return done
+
+
 def plan_deployment(
     spec: ServeSpec, entry: ModelEntry, local: bool, reporter: Reporter
 ) -> tuple[DeploymentConfig, Layout]:
     """Fit the spec onto the live cluster, placing only where the model copy is verified."""
     nodes = alive_nodes()
+    if any(n.gpus for n in nodes):
+        # On CPU nodes the layout is the user's (default one replica): several vLLM
+        # engines sharing one host's cores gain nothing, and the planner models a CPU
+        # node as one device.
+        spec = _plan_on_gpus(spec, entry, reporter)
     # A private local cluster is this node alone, whose copy `resolve` just checked; a bare
     # directory (not in the store) has no manifest to verify against.
     if local or spec.skip_verify or not entry.manifest:

@@ -1,0 +1,39 @@
+"""`raylm serve` takes the planner's layout when TP/PP/replicas are not given, and refuses
+given sizes that cannot work, before anything loads (GPU clusters, described here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raylm.config import ServeSpec
+from raylm.errors import PlanError
+from raylm.models.facts import read_model_facts
+from raylm.planner import parse_cluster_spec
+from raylm.serve.runner import apply_plan
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"
+
+
+def test_unset_sizes_come_from_the_plan() -> None:
+    facts = read_model_facts(FIXTURES / "qwen2.5-32b-instruct-gptq-int4.json")
+    spec, words = apply_plan(ServeSpec(max_model_len=4096), facts, parse_cluster_spec("2x4xL20"))
+    assert spec.replicas and spec.tensor_parallel_size and spec.pipeline_parallel_size
+    gpus = spec.replicas * spec.tensor_parallel_size * spec.pipeline_parallel_size
+    assert gpus <= 8 and spec.max_model_len == 4096
+    assert f"{spec.replicas} replica(s)" in words and "KV-cache tokens" in words
+
+
+def test_given_sizes_are_kept_when_they_work() -> None:
+    facts = read_model_facts(FIXTURES / "qwen2.5-32b-instruct-gptq-int4.json")
+    given = ServeSpec(tensor_parallel_size=4, pipeline_parallel_size=2, max_model_len=4096)
+    spec, _ = apply_plan(given, facts, parse_cluster_spec("2x4xL20"))
+    assert (spec.tensor_parallel_size, spec.pipeline_parallel_size, spec.replicas) == (4, 2, 1)
+
+
+def test_sizes_that_cannot_work_are_refused() -> None:
+    facts = read_model_facts(FIXTURES / "smollm2-135m-instruct.json")
+    with pytest.raises(PlanError) as e:
+        apply_plan(ServeSpec(tensor_parallel_size=2), facts, parse_cluster_spec("1x4xL20"))
+    assert "9" in e.value.message() and "2" in e.value.message()
