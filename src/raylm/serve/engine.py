@@ -98,6 +98,7 @@ def vllm_argv(launch: RankLaunch) -> list[str]:
         if launch.node_rank > 0:
             argv.append("--headless")
     elif launch.executor == "ray":
+        # vLLM attaches to the cluster through RAY_ADDRESS (set from the supervisor's).
         argv += ["--distributed-executor-backend", "ray"]
     return argv + engine_arg_flags(user)
 

@@ -136,6 +136,15 @@ def build_deployment(
         pipeline_parallel_size=pp,
         cpus_per_replica=spec.cpus_per_replica,
     )
+    if spec.executor == "ray" and layout.device == "cpu":
+        raise PlanError(
+            "executor = 'ray' cannot run on CPU nodes",
+            why="vLLM's CPU platform does not support its Ray executor",
+            fix="Use the default executor 'mp' (vLLM's own multi-node mode)",
+        )
+    # With vLLM's Ray executor, vLLM places its own GPU workers through Ray: raylm runs one
+    # supervisor (rank 0, no devices of its own) per replica and passes the cluster on.
+    ray_executor = spec.executor == "ray"
     max_len = spec.max_model_len
     if max_len is None and layout.device == "cpu" and "max-model-len" not in spec.engine_args:
         native = int(_model_config(model_path).get("max_position_embeddings") or 0)
@@ -149,9 +158,9 @@ def build_deployment(
         replicas=layout.replicas,
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
-        nodes_per_replica=layout.nodes_per_replica,
+        nodes_per_replica=1 if ray_executor else layout.nodes_per_replica,
         device="cuda" if layout.device == "cuda" else "cpu",
-        gpus_per_node=layout.gpus_per_node,
+        gpus_per_node=0 if ray_executor else layout.gpus_per_node,
         cpus_per_node=layout.cpus_per_node,
         dtype=resolve_dtype(spec.dtype, layout.device),
         max_model_len=max_len,

@@ -132,6 +132,10 @@ class ReplicaSupervisor:
         self.launch_spec = spec
         iface = os.environ.get("GLOO_SOCKET_IFNAME") or iface_of(self.node_ip)
         env = engine.rank_env(spec, node_ip=self.node_ip, iface=iface, cpu_cores=self._cpu_cores())
+        if spec.executor == "ray":
+            import ray
+
+            env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
         log_path = logs_dir() / self.deployment / f"{self.replica_id}-rank{self.rank}.log"
         self.proc = EngineProcess(engine.command(spec), env, log_path)
         self.state = ReplicaState.STARTING
