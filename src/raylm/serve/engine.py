@@ -12,6 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+CPU_KV_CACHE_BYTES = 1 << 30
+"""KV cache per CPU rank unless the user sizes it (~23k float32 tokens of the demo model)."""
+
 
 class RankLaunch(BaseModel):
     """Everything needed to start one rank of one replica on its node."""
@@ -81,9 +84,12 @@ def vllm_argv(launch: RankLaunch) -> list[str]:
     if launch.device == "cpu":
         # Measured: CUDA-graph-free start is ~35 s instead of ~170 s; CPU has no graphs anyway.
         user.setdefault("enforce-eager", True)
-        # On CPU this is the share of the NUMA node's memory for the KV cache.
-        if not any(k.replace("_", "-") == "gpu-memory-utilization" for k in user):
-            user["gpu-memory-utilization"] = 0.2
+        # vLLM's CPU default sizes the KV cache from a share of the whole node's memory
+        # (4.7 GiB per rank at 0.2 of 24 GiB): too much where ranks share a host, and it
+        # varies with what the kernel reports. A fixed size is predictable.
+        keys = {k.replace("_", "-") for k in user}
+        if not keys & {"gpu-memory-utilization", "kv-cache-memory-bytes"}:
+            user["kv-cache-memory-bytes"] = CPU_KV_CACHE_BYTES
     if launch.nnodes > 1:
         argv += [
             "--nnodes",

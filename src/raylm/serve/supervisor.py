@@ -207,8 +207,9 @@ class ReplicaSupervisor:
                 self._dead(f"vLLM exited with code {code} while starting")
                 return False
             if await http_ok(session, f"{base}/health", 5.0):
+                # The first generation also warms the engine up: give it longer.
                 ok, why = await generate_one_token(
-                    session, base, spec.served_model_name, self.probe_timeout_s
+                    session, base, spec.served_model_name, max(self.probe_timeout_s, 120.0)
                 )
                 if ok:
                     self.state, self.detail = ReplicaState.READY, "first generation succeeded"
