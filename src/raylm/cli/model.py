@@ -220,6 +220,12 @@ def sync_cmd(
     limit_rate: float | None = typer.Option(
         None, "--limit-rate", help="Cap each node's transfer rate, in MB/s.", min=0.001
     ),
+    transport: str = typer.Option(
+        "auto",
+        "--transport",
+        help="auto (a direct stream between the agents, else Ray objects), stream, "
+        "or object-store (no extra port between nodes).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Copy this node's verified copy to the other nodes through Ray; only what is missing."""
@@ -252,6 +258,7 @@ def sync_cmd(
             name,
             nodes,
             limit_bytes_per_s=limit_rate * 1e6 if limit_rate else None,
+            transport=transport,
             on_progress=show,
         )
     if as_json:
