@@ -1,0 +1,336 @@
+"""Multi-node serving on real Ray nodes (network namespaces): a TP=3 replica spanning three
+nodes, two replicas spread over two nodes, and serving through node loss, hangs, killed
+ranks and network cuts.
+
+`raylm serve` runs on the head (node 0) as a user would run it there, with the gateway on
+the head's address so this process can reach it over the bridge. Each node has its own
+model store; the model reaches the workers through `raylm model sync`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from raylm.models.store import ModelStore
+from raylm.testing.netns import NetnsCluster, raylm_argv
+from tests.conftest import DEMO_MODEL, raylm_home
+
+pytestmark = pytest.mark.multinode
+
+# Short probes so hangs are found in seconds, not minutes.
+FAST_PROBES = "probe_interval_s = 2.0\nprobe_timeout_s = 8.0\nprobe_strikes = 2\n"
+
+
+@dataclass
+class Deployment:
+    cluster: NetnsCluster
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def root(self) -> dict[str, Any]:
+        return httpx.get(f"{self.base_url}/", timeout=10).json()  # type: ignore[no-any-return]
+
+    def replicas(self) -> list[dict[str, Any]]:
+        return self.root()["replicas"]  # type: ignore[no-any-return]
+
+    def wait(self, pred: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if pred(self.replicas()):
+                    return
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(1)
+        raise AssertionError(f"{what} within {timeout:.0f} s; replicas: {self.replicas()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.cluster.nodes[0].pids.discard(self.proc.pid)
+
+
+def _engines(ips: list[str] | str) -> list[psutil.Process]:
+    """vLLM launcher processes (any rank) of the nodes with these IPs."""
+    wanted = {ips} if isinstance(ips, str) else set(ips)
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "raylm.serve.launcher" in (p.info["cmdline"] or []) and (
+                p.environ().get("VLLM_HOST_IP") in wanted
+            ):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _all_ips(c: NetnsCluster) -> list[str]:
+    return [n.ip for n in c.nodes]
+
+
+@pytest.fixture(scope="module")
+def cluster(netns_cluster: NetnsCluster) -> NetnsCluster:
+    """The session cluster with the demo model synced from the head to every worker."""
+    c = netns_cluster
+    src = ModelStore(raylm_home() / "models")
+    entry = src.resolve(None)  # converted once, cached in the user's store
+    head = ModelStore(c.nodes[0].home / "models")
+    if head.get(DEMO_MODEL) is None or not head.verify(DEMO_MODEL).ok:
+        shutil.rmtree(head.model_dir(DEMO_MODEL), ignore_errors=True)
+        head.root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(entry.path, head.model_dir(DEMO_MODEL))
+        manifest = src.read_manifest(DEMO_MODEL)
+        assert manifest is not None
+        head.write_manifest(manifest)
+        head.write_stamp(manifest)
+    p = c.raylm(0, "model", "sync", DEMO_MODEL, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return c
+
+
+def _serve(c: NetnsCluster, tmp: Path, name: str, *args: str, spec: str = "") -> Deployment:
+    port = 8000 + len(name)
+    spec_file = tmp / f"{name}.toml"
+    spec_file.write_text(spec)
+    log_path = tmp / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = c.popen(
+            0,
+            raylm_argv(
+                "serve",
+                "--name",
+                name,
+                "--host",
+                c.head_ip,
+                "--port",
+                str(port),
+                "-f",
+                str(spec_file),
+                *args,
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    d = Deployment(c, proc, f"http://{c.head_ip}:{port}", log_path)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        if proc.poll() is not None:
+            pytest.fail(f"raylm serve exited {proc.returncode}:\n{text[-4000:]}")
+        if "raylm is ready" in text:
+            return d
+        time.sleep(1)
+    d.stop()
+    pytest.fail(f"not ready in time:\n{log_path.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def tp3(cluster: NetnsCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    d = _serve(cluster, tmp_path_factory.mktemp("tp3"), "tp3", "--tp", "3", spec=FAST_PROBES)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_tp3_replica_spans_three_nodes_and_answers(tp3: Deployment) -> None:
+    (rep,) = tp3.replicas()
+    assert sorted(rep["nodes"]) == sorted(n.ip for n in tp3.cluster.nodes), rep
+    assert (
+        "TP=3" in tp3.log_path.read_text() and "3 node(s) per replica" in tp3.log_path.read_text()
+    )
+    client = openai.OpenAI(base_url=f"{tp3.base_url}/v1", api_key="unused", timeout=120)
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    out = client.chat.completions.create(model=DEMO_MODEL, messages=q, temperature=0, max_tokens=20)  # type: ignore[arg-type]
+    assert "Paris" in (out.choices[0].message.content or "")
+    stream = client.chat.completions.create(
+        model=DEMO_MODEL,
+        messages=q,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=20,
+        stream=True,
+    )
+    assert "Paris" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def test_killed_headless_rank_restarts_the_whole_replica(tp3: Deployment) -> None:
+    worker_ip = tp3.cluster.nodes[2].ip
+    headless = [p for p in _engines(worker_ip) if "--headless" in p.cmdline()]
+    assert len(headless) == 1, [p.cmdline() for p in _engines(_all_ips(tp3.cluster))]
+    head_engine = [p for p in _engines(tp3.cluster.head_ip) if "--headless" not in p.cmdline()]
+    assert len(head_engine) == 1
+    os.killpg(headless[0].pid, signal.SIGKILL)
+    tp3.wait(lambda rs: rs[0]["state"] != "ready", 30, "the replica was not marked down")
+    # Torn down whole: rank 0's engine on the head goes too, not only the dead rank.
+    head_engine[0].wait(timeout=60)
+    tp3.wait(
+        lambda rs: rs[0]["state"] == "ready" and rs[0]["restarts"] == 1,
+        900,
+        "the replica did not come back",
+    )
+    r = httpx.post(
+        f"{tp3.base_url}/generate",
+        json={"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0},
+        timeout=120,
+    )
+    assert r.status_code == 200 and "Paris" in r.json()["text"], r.text
+
+
+def test_tp3_stop_leaves_no_engine(tp3: Deployment) -> None:
+    tp3.stop()
+    assert tp3.proc.returncode == 0, tp3.log_path.read_text()[-3000:]
+    deadline = time.monotonic() + 30
+    ips = _all_ips(tp3.cluster)
+    while _engines(ips) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _engines(ips), [p.cmdline()[-6:] for p in _engines(ips)]
+
+
+@pytest.fixture(scope="module")
+def rep2(cluster: NetnsCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    d = _serve(
+        cluster, tmp_path_factory.mktemp("rep2"), "rep2", "--replicas", "2", spec=FAST_PROBES
+    )
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def _ready_on(rs: list[dict[str, Any]]) -> set[str]:
+    return {r["node"] for r in rs if r["state"] == "ready"}
+
+
+def test_two_replicas_on_two_nodes(rep2: Deployment) -> None:
+    nodes = [r["node"] for r in rep2.replicas()]
+    assert len(set(nodes)) == 2, nodes
+
+
+def _load(base_url: str, stop_at: float) -> tuple[list[int], list[str]]:
+    """Non-streaming and streaming requests until stop_at: (statuses, stream endings)."""
+
+    def plain(i: int) -> int:
+        body = {"model": DEMO_MODEL, "prompt": f"Count {i}:", "max_tokens": 12}
+        return httpx.post(f"{base_url}/v1/completions", json=body, timeout=120).status_code
+
+    def streamed(i: int) -> str:
+        body = {"model": DEMO_MODEL, "prompt": f"Story {i}:", "max_tokens": 24, "stream": True}
+        last = ""
+        with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=60) as r:
+            if r.status_code != 200:
+                return f"status {r.status_code}"
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    last = line[6:]
+        if last == "[DONE]":
+            return "done"
+        return "error" if '"error"' in last else f"cut: {last[:80]}"
+
+    statuses: list[int] = []
+    endings: list[str] = []
+    with cf.ThreadPoolExecutor(4) as pool:
+        i = 0
+        while time.monotonic() < stop_at:
+            futs = [pool.submit(plain, i), pool.submit(plain, i + 1), pool.submit(streamed, i)]
+            statuses += [futs[0].result(), futs[1].result()]
+            endings.append(futs[2].result())
+            i += 2
+    return statuses, endings
+
+
+def test_node_loss_under_load(rep2: Deployment) -> None:
+    c = rep2.cluster
+    victim_ip = next(r["node"] for r in rep2.replicas() if r["node"] != c.head_ip)
+    victim = next(n.index for n in c.nodes if n.ip == victim_ip)
+    with cf.ThreadPoolExecutor(1) as bg:
+        load = bg.submit(_load, rep2.base_url, time.monotonic() + 40)
+        time.sleep(10)
+        c.kill_node(victim)
+        t_kill = time.monotonic()
+        rep2.wait(lambda rs: victim_ip not in _ready_on(rs), 5, "loss not visible")
+        assert time.monotonic() - t_kill <= 5.5
+        health = httpx.get(f"{rep2.base_url}/health", timeout=10).json()
+        assert health["status"] == "degraded", health
+        statuses, endings = load.result(timeout=300)
+    assert statuses and all(s == 200 for s in statuses), statuses
+    assert endings and all(e in ("done", "error") for e in endings), endings
+    # The lost replica is rescheduled on free capacity (the third node) and serves again.
+    rep2.wait(lambda rs: len(_ready_on(rs)) == 2, 900, "the replica was not rescheduled")
+    assert httpx.get(f"{rep2.base_url}/health", timeout=10).json()["status"] == "ok"
+    text = httpx.get(f"{rep2.base_url}/metrics", timeout=10).text
+    assert "raylm_replica_restarts_total" in text
+    c.restart_node(victim)
+    c.wait_alive(3)
+
+
+def test_hung_engine_is_detected_and_replaced(rep2: Deployment) -> None:
+    before = {r["replica_id"]: r["restarts"] for r in rep2.replicas()}
+    target = rep2.replicas()[0]
+    engine = next(p for p in _engines(target["node"]) if "--headless" not in p.cmdline())
+    os.killpg(engine.pid, signal.SIGSTOP)
+    try:
+        rep2.wait(
+            lambda rs: any(
+                r["replica_id"] == target["replica_id"] and r["state"] != "ready" for r in rs
+            ),
+            60,
+            "the hung replica was not detected",
+        )
+    finally:
+        # Replacement kills the stopped group; continue it in case it is still there.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(engine.pid, signal.SIGCONT)
+    rep2.wait(
+        lambda rs: (
+            len(_ready_on(rs)) == 2 and any(r["restarts"] > before[r["replica_id"]] for r in rs)
+        ),
+        900,
+        "the hung replica was not replaced",
+    )
+    assert not psutil.pid_exists(engine.pid) or engine.status() == psutil.STATUS_ZOMBIE
+
+
+def test_network_cut_is_handled_like_loss(rep2: Deployment) -> None:
+    c = rep2.cluster
+    victim_ip = next(r["node"] for r in rep2.replicas() if r["node"] != c.head_ip)
+    victim = next(n.index for n in c.nodes if n.ip == victim_ip)
+    c.cut_node(victim)
+    try:
+        rep2.wait(lambda rs: victim_ip not in _ready_on(rs), 60, "the cut was not noticed")
+        rep2.wait(
+            lambda rs: len(_ready_on(rs)) == 2 and victim_ip not in _ready_on(rs),
+            900,
+            "the replica was not rescheduled away from the cut node",
+        )
+    finally:
+        c.restore_node(victim)
+    # Back on the network, the node learns it was declared dead and its engines go.
+    deadline = time.monotonic() + 120
+    while _engines(victim_ip) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert not _engines(victim_ip), [p.cmdline()[-4:] for p in _engines(victim_ip)]
+    c.restart_node(victim)
+    c.wait_alive(3)
+    assert json.loads(json.dumps(rep2.root()))["models"][0]["ready_replicas"] == 2
