@@ -2,7 +2,8 @@
 
 The CLI runs on the head (node 0) exactly as a user would run it; each node's Ray worker
 works on its own `$RAYLM_HOME`. Tests run in file order: fresh sync, corruption found and
-repaired, a sync killed midway and resumed, a full disk on a worker.
+repaired, a sync killed midway and resumed, the object-store transport, a full disk on a
+worker (last: it mounts a tmpfs over a node's store).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -106,6 +108,26 @@ def test_fresh_sync_to_every_worker(cluster: NetnsCluster, manifest: Manifest) -
     assert row["nodes"] == {n.ip: "verified" for n in c.nodes}
 
 
+def test_verify_on_nodes_api(cluster: NetnsCluster) -> None:
+    """The call serve makes before placing replicas: cheap (stat) check, per node."""
+    c = cluster
+    code = (
+        "import json, sys\n"
+        "from raylm.models.sync import ensure_ray, verify_on_nodes\n"
+        "ensure_ray()\n"
+        "res = verify_on_nodes(sys.argv[1], sys.argv[2:])\n"
+        "print(json.dumps({ip: r.model_dump(mode='json') for ip, r in res.items()}))\n"
+    )
+    ips = [n.ip for n in c.nodes] + [f"{c.subnet}.99"]
+    p = c.run(0, [sys.executable, "-c", code, DEMO_NAME, *ips], timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert list(res) == ips
+    for n in c.nodes:
+        assert res[n.ip]["ok"] and res[n.ip]["bytes_hashed"] == 0  # stamps trusted, no hashing
+    assert not res[f"{c.subnet}.99"]["ok"] and res[f"{c.subnet}.99"]["error"] == "node is not alive"
+
+
 def test_corrupt_byte_is_found_and_only_that_file_resent(
     cluster: NetnsCluster, manifest: Manifest
 ) -> None:
@@ -168,6 +190,19 @@ def test_killed_sync_resumes_where_it_stopped(cluster: NetnsCluster, manifest: M
     # Only the missing tails crossed the network (files finished before the kill stay).
     assert r["bytes_sent"] == sum(sizes[f] for f in r["files_sent"]) - r["bytes_resumed"]
     assert r["bytes_sent"] <= manifest.size_bytes - kept
+    _same_as_manifest(c, 1, manifest)
+
+
+def test_object_store_transport(cluster: NetnsCluster, manifest: Manifest) -> None:
+    """The transport that needs no port beyond Ray's own gives the same bytes."""
+    c = cluster
+    _drop(c, 1)
+    rc, out, err = _cli(
+        c, "sync", DEMO_NAME, "--nodes", c.nodes[1].ip, "--transport", "object-store", "--json"
+    )
+    assert rc == 0, err
+    r = out[c.nodes[1].ip]
+    assert r["ok"] and r["bytes_sent"] == manifest.size_bytes
     _same_as_manifest(c, 1, manifest)
 
 
