@@ -110,7 +110,8 @@ async def start_faulty_replica(mode: str) -> tuple[asyncio.Server, str]:
     - "drop": sends the first SSE event, then the connection drops;
     - "hang": sends the first SSE event, then nothing, forever;
     - "truncated": sends the first SSE event and ends the body cleanly, without [DONE];
-    - "503": answers 503, as a vLLM server shutting down does.
+    - "503": answers 503, as a vLLM server shutting down does;
+    - "silent": reads the request and never answers.
     """
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -121,6 +122,10 @@ async def start_faulty_replica(mode: str) -> tuple[asyncio.Server, str]:
             if name.strip().lower() == b"content-length":
                 length = int(value)
         await reader.readexactly(length)
+        if mode == "silent":
+            await reader.read()
+            writer.close()
+            return
         if mode == "503":
             body = b'{"error":{"message":"shutting down","type":"x","param":null,"code":503}}'
             writer.write(

@@ -210,3 +210,31 @@ def wait_for(cond: object, timeout_s: float) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_silent_replica_times_out_with_504(stream: bool) -> None:
+    with RunningGateway([], request_timeout_s=1.0, stream_idle_timeout_s=1.0) as gw:
+        server, url = gw.call(start_faulty_replica("silent"))
+        gw.source.set([replica(url, "mute")])
+        gw.call(gw.gateway.refresh())
+        with gw.client(timeout=15) as c:
+            r = c.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+        assert r.status_code == 504
+        assert "mute" in r.json()["error"]["message"]
+        # Slow is not dead: no retry, no ejection.
+        assert gw.metric("raylm_retries_total", route="chat") == 0
+        assert gw.metric("raylm_failovers_total", replica="mute") == 0
+        wait_for(lambda: gw.gateway.active_requests == 0, 5)
+        server.close()
+
+
+def test_client_leaving_mid_stream_frees_the_replica(replica_url: str) -> None:
+    with RunningGateway([replica(replica_url)]) as gw, gw.client() as c:
+        body = {"prompt": "Once", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+        with c.stream("POST", "/v1/completions", json=body) as s:
+            chunks = s.iter_bytes()  # kept: dropping it would close the response already
+            assert next(chunks).startswith(b"data: ")
+            assert gw.gateway.active_requests == 1
+        wait_for(lambda: gw.gateway.active_requests == 0, 30)
+        assert gw.gateway.table.in_flight("r0") == 0
