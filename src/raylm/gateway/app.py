@@ -23,7 +23,7 @@ import aiohttp
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from raylm import __version__
 from raylm.gateway import metrics as gm
@@ -134,6 +134,14 @@ class Gateway:
         }
         self._paths = {path for _, path in self._routes}
 
+        # A plain coroutine function, not a bound method: servers (uvicorn) detect ASGI 3
+        # by that and would otherwise treat the app as ASGI 2.
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            await self._asgi(scope, receive, send)
+
+        self.app: ASGIApp = app
+        """The ASGI application."""
+
     # ----------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
@@ -219,8 +227,7 @@ class Gateway:
 
     # ------------------------------------------------------------------- ASGI
 
-    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The ASGI application."""
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return

@@ -79,7 +79,6 @@ class GatewayServer:
         config = uvicorn.Config(
             self.gateway.app,
             lifespan="off",
-            interface="asgi3",
             http="httptools",
             access_log=False,
             log_level="warning",
