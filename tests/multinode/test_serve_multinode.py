@@ -176,11 +176,10 @@ def test_tp3_replica_spans_three_nodes_and_answers(tp3: Deployment) -> None:
 
 
 def test_killed_headless_rank_restarts_the_whole_replica(tp3: Deployment) -> None:
-    worker_ip = tp3.cluster.nodes[2].ip
-    headless = [p for p in _engines(worker_ip) if "--headless" in p.cmdline()]
-    assert len(headless) == 1, [p.cmdline() for p in _engines(_all_ips(tp3.cluster))]
-    head_engine = [p for p in _engines(tp3.cluster.head_ip) if "--headless" not in p.cmdline()]
-    assert len(head_engine) == 1
+    engines = _engines(_all_ips(tp3.cluster))
+    headless = [p for p in engines if "--headless" in p.cmdline()]
+    head_engine = [p for p in engines if "--headless" not in p.cmdline()]
+    assert (len(headless), len(head_engine)) == (2, 1), [p.cmdline()[-8:] for p in engines]
     os.killpg(headless[0].pid, signal.SIGKILL)
     tp3.wait(lambda rs: rs[0]["state"] != "ready", 30, "the replica was not marked down")
     # Torn down whole: rank 0's engine on the head goes too, not only the dead rank.

@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -51,17 +50,9 @@ class Reporter(Protocol):
 
 def check_port_free(host: str, port: int) -> None:
     """Fail fast, before anything loads, when the gateway's port is taken."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise ConfigError(
-                f"Cannot listen on {host}:{port}",
-                why=e.strerror or str(e),
-                fix="Stop what uses the port or pick another",
-                command=f"raylm serve --port {port + 1}",
-            ) from None
+    from raylm.gateway.server import bind_socket
+
+    bind_socket(host, port).close()
 
 
 def alive_nodes() -> list[NodeResources]:
