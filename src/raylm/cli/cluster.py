@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from raylm.errors import ClusterError
@@ -33,7 +37,11 @@ def _up(
     """Start this node as the head of a new Ray cluster and print the join command."""
     from raylm.cluster import bringup
 
-    with console.status("Starting the Ray head...", spinner="dots") if not as_json else _null():
+    with (
+        console.status("Starting the Ray head...", spinner="dots")
+        if not as_json
+        else _quiet_stdout()
+    ):
         res = bringup.up(
             node_ip=node_ip,
             iface=iface,
@@ -74,19 +82,24 @@ def _join(
     from raylm.cluster import bringup
 
     tok = token or os.environ.get(bringup.TOKEN_ENV) or None
-    pre = bringup.join_preflight(head, token=tok, node_ip=node_ip, iface=iface)
+    with _quiet_stdout() if as_json else _null():
+        pre = bringup.join_preflight(head, token=tok, node_ip=node_ip, iface=iface)
     if pre.diffs and not as_json:
         t = Table(title=f"Versions: head {pre.address} vs this node")
         for c in ("what", "head", "this node", "blocks", "fix"):
             t.add_column(c)
         for d in pre.diffs:
-            t.add_row(d.field, d.expected, d.actual, "yes" if d.blocking else "no", d.fix)
+            t.add_row(d.field, d.expected, d.actual, "yes" if d.blocking else "no", escape(d.fix))
         err.print(t)
     if pre.fingerprint_error and not force:
         raise ClusterError(pre.fingerprint_error, command=f"raylm join {head} --token TOKEN")
     if pre.blocking and not force:
         raise bringup.mismatch_error(pre.address, pre.blocking)
-    with console.status("Starting the Ray worker...", spinner="dots") if not as_json else _null():
+    with (
+        console.status("Starting the Ray worker...", spinner="dots")
+        if not as_json
+        else _quiet_stdout()
+    ):
         res = bringup.join(
             head,
             token=tok,
@@ -117,6 +130,102 @@ def _down(as_json: bool = typer.Option(False, "--json", help="Print the pids as 
         console.print("raylm runs nothing on this node.")
 
 
+def _gib(b: float) -> str:
+    return f"{b / (1 << 30):.1f} GiB" if b else "-"
+
+
+def _status(
+    address: str | None = typer.Option(
+        None, "--address", help="GCS address (default: this node's)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the inventory as JSON."),
+) -> None:
+    """Every node: IP, role, alive, CPUs, memory, model-store disk, GPUs, versions, raylm actors."""
+    from raylm.cluster.inventory import cluster_inventory
+
+    with err.status("Reading every node...", spinner="dots") if not as_json else _quiet_stdout():
+        inv = cluster_inventory(address)
+    if as_json:
+        print(json.dumps(inv.model_dump(), indent=2))
+        return
+    t = Table(title=f"raylm cluster {inv.address}")
+    for c in (
+        "node",
+        "role",
+        "alive",
+        "CPUs",
+        "memory",
+        "store free",
+        "/dev/shm",
+        "GPUs",
+        "versions",
+        "raylm runs",
+    ):
+        t.add_column(c)
+    for n in inv.nodes:
+        gpus = (
+            "\n".join(
+                f"{g.name} {_gib(g.memory_used_bytes)}/{_gib(g.memory_total_bytes)} "
+                f"{g.utilization_pct if g.utilization_pct is not None else '?'}%"
+                for g in n.gpus
+            )
+            or "-"
+        )
+        v = n.versions
+        ver = f"py{v.python} ray {v.ray} vllm {v.vllm or '-'} torch {v.torch or '-'}" if v else "-"
+        t.add_row(
+            n.ip,
+            n.role,
+            "[green]yes[/green]" if n.alive else "[red]no[/red]",
+            f"{n.cpus:g}",
+            _gib(n.memory_bytes),
+            _gib(n.disk_free_bytes),
+            _gib(n.shm_bytes),
+            gpus,
+            ver,
+            ", ".join(n.raylm_actors) or ("-" if not n.error else f"[red]{n.error}[/red]"),
+        )
+    console.print(t)
+
+
+def _doctor(
+    address: str | None = typer.Option(
+        None, "--address", help="GCS address (default: this node's)."
+    ),
+    nccl: bool = typer.Option(
+        False, "--nccl", help="Also run a real all-reduce (NCCL, or Gloo on CPU)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check every node (versions, network, ports, /dev/shm, disk, GPUs, auth, clocks)."""
+    from raylm.cluster.doctor import run_doctor
+
+    with err.status("Checking every node...", spinner="dots") if not as_json else _quiet_stdout():
+        rep = run_doctor(address, nccl=nccl)
+    if as_json:
+        print(json.dumps(rep.model_dump(), indent=2))
+    else:
+        t = Table(title=f"raylm doctor {rep.address}")
+        for col in ("status", "check", "node", "finding", "fix"):
+            t.add_column(col)
+        color = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
+        for c in rep.checks:
+            t.add_row(
+                f"[{color[c.status]}]{c.status}[/]",
+                c.check,
+                c.node,
+                escape(c.finding),
+                escape(c.fix),
+            )
+        console.print(t)
+        n_fail = sum(c.status == "FAIL" for c in rep.checks)
+        n_warn = sum(c.status == "WARN" for c in rep.checks)
+        console.print(f"{n_fail} FAIL, {n_warn} WARN, {len(rep.checks) - n_fail - n_warn} PASS")
+    if rep.failed:
+        # SystemExit: typer.Exit under standalone_mode=False becomes a return value, exit 0.
+        raise SystemExit(1)
+
+
 class _null:
     def __enter__(self) -> None:
         return None
@@ -125,8 +234,27 @@ class _null:
         return None
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Send file descriptor 1 to stderr while Ray runs, so --json stdout stays pure JSON.
+
+    Ray's core (C++) and its subprocess output write to fd 1 directly, past sys.stdout.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def register(app: typer.Typer) -> None:
     """Add the cluster commands to the raylm app."""
     app.command("up")(_up)
     app.command("join")(_join)
+    app.command("status")(_status)
+    app.command("doctor")(_doctor)
     app.command("down")(_down)

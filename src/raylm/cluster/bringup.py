@@ -45,7 +45,9 @@ class NodeState(BaseModel):
     iface: str = Field(description="The interface holding node_ip.")
     address: str = Field(description="GCS address of the cluster, ip:port.")
     run_id: str = Field(description="Marker in the environment of every process raylm started.")
-    pids: list[int] = Field(description="Pids of the Ray processes seen right after start.")
+    processes: list[tuple[int, float]] = Field(
+        description="(pid, create time) of the Ray processes seen right after start."
+    )
     temp_dir: str = Field(description="Ray's temp dir on this node.")
     dashboard_host: str = Field(description="Address the dashboard binds to (head only).")
     auth: bool = Field(description="Whether Ray token authentication is on.")
@@ -214,7 +216,7 @@ def up(
         iface=nic.name,
         address=address,
         run_id=run_id,
-        pids=[p.pid for p in ray_process.processes_of_run(run_id)],
+        processes=ray_process.snapshot(ray_process.processes_of_run(run_id)),
         temp_dir=str(tdir),
         dashboard_host=dashboard_host,
         auth=auth,
@@ -345,7 +347,7 @@ def join(
         iface=nic.name,
         address=address,
         run_id=run_id,
-        pids=[p.pid for p in ray_process.processes_of_run(run_id)],
+        processes=ray_process.snapshot(ray_process.processes_of_run(run_id)),
         temp_dir=str(tdir),
         dashboard_host="",
         auth=auth,
@@ -374,7 +376,7 @@ def down() -> list[int]:
     st = read_state()
     if st is None:
         return []
-    pids = ray_process.stop_run(st.run_id, pids=st.pids)
+    pids = ray_process.stop_run(st.run_id, recorded=st.processes)
     state_path().unlink(missing_ok=True)
     if st.role == "head":
         (cluster_dir() / "fingerprint.json").unlink(missing_ok=True)

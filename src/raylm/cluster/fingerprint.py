@@ -105,7 +105,8 @@ class Difference(BaseModel):
 def _fix(field: str, want: str, dist: str) -> str:
     if not want:
         return f"uninstall {field} on this node or install it on the head"
-    pkg = {"ray": "ray[default]", "vllm": dist or "vllm", "torch": "torch"}.get(field)
+    # No extras in brackets: the CLI prints fixes through rich, which eats "[...]".
+    pkg = {"ray": "ray", "vllm": dist or "vllm", "torch": "torch"}.get(field)
     if pkg:
         return f"pip install '{pkg}=={want}'"
     if field == "python":

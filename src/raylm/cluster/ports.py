@@ -27,6 +27,10 @@ class RayPorts(BaseModel):
         default=8099, description="TCP port `raylm doctor` opens briefly to test reachability."
     )
 
+    collective: int = Field(
+        default=8098, description="Rendezvous port of the `raylm doctor --nccl` all-reduce (head)."
+    )
+
     def node_ports(self) -> dict[str, int]:
         """Ports every node listens on, by name (the worker range not included)."""
         return {
@@ -51,6 +55,7 @@ class RayPorts(BaseModel):
                 self.metrics_export,
                 self.dashboard_agent_listen,
                 self.probe,
+                self.collective,
             }
         )
         return ",".join(str(p) for p in fixed) + f",{self.min_worker}-{self.max_worker}"

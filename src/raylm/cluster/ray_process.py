@@ -122,33 +122,60 @@ def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -
     return run_id, out
 
 
+def _marked(p: psutil.Process, run_id: str) -> bool:
+    try:
+        return bool(p.environ().get(RUN_MARKER) == run_id)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return False
+
+
 def processes_of_run(run_id: str) -> list[psutil.Process]:
-    """Every live process whose environment carries this run id."""
-    found: list[psutil.Process] = []
+    """Every live process whose environment carries this run id, and their descendants.
+
+    Descendants count because some Ray daemons (the dashboard and runtime-env agents)
+    rename themselves with setproctitle, which overwrites their environment block.
+    """
+    found: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["pid"]):
+        if _marked(p, run_id):
+            found[p.pid] = p
+    for p in list(found.values()):
         try:
-            if p.environ().get(RUN_MARKER) == run_id:
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            for ch in p.children(recursive=True):
+                found.setdefault(ch.pid, ch)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return found
+    return list(found.values())
 
 
-def stop_run(run_id: str, *, pids: list[int] | None = None, grace: float = 10.0) -> list[int]:
-    """Stop the processes of one run (found by marker, plus recorded `pids` still marked).
+def snapshot(procs: list[psutil.Process]) -> list[tuple[int, float]]:
+    """(pid, create time) of each process: a pid alone may be reused after it exits."""
+    out = []
+    for p in procs:
+        try:
+            out.append((p.pid, p.create_time()))
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def stop_run(
+    run_id: str, *, recorded: list[tuple[int, float]] | None = None, grace: float = 10.0
+) -> list[int]:
+    """Stop the processes of one run: found by marker and descent, plus recorded ones.
 
     SIGTERM first so Ray flushes its state, SIGKILL after `grace` seconds. Returns the pids
     that were signalled.
     """
     procs = {p.pid: p for p in processes_of_run(run_id)}
-    for pid in pids or []:
+    for pid, ctime in recorded or []:
         if pid in procs:
             continue
         try:
             p = psutil.Process(pid)
-            if p.environ().get(RUN_MARKER) == run_id:
+            if abs(p.create_time() - ctime) < 0.01:
                 procs[pid] = p
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     for p in procs.values():
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -159,7 +186,7 @@ def stop_run(run_id: str, *, pids: list[int] | None = None, grace: float = 10.0)
             p.kill()
     psutil.wait_procs(alive, timeout=5)
     # Workers forked while we were stopping carry the marker too.
-    late = processes_of_run(run_id)
+    late = [p for p in processes_of_run(run_id) if p.pid not in procs]
     for p in late:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()

@@ -320,9 +320,9 @@ class NetnsCluster:
             raise RuntimeError(f"raylm join failed on {n.name}:\n{p.stdout}\n{p.stderr}")
 
     def join_cmd(
-        self, i: int, *extra: str, timeout: float = 240
+        self, i: int, *extra: str, env: dict[str, str] | None = None, timeout: float = 240
     ) -> subprocess.CompletedProcess[str]:
-        """Run `raylm join` on node i and return the result, whatever it is."""
+        """Run `raylm join` on node i (env added) and return the result, whatever it is."""
         n = self.nodes[i]
         return self.raylm(
             i,
@@ -333,6 +333,7 @@ class NetnsCluster:
             "--temp-dir",
             str(n.tmp / "ray"),
             *extra,
+            env=env,
             timeout=timeout,
         )
 
@@ -342,12 +343,16 @@ class NetnsCluster:
             "import json, ray\n"
             "ray.init(logging_level='ERROR', log_to_driver=False)\n"
             "ips = [n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]\n"
-            "print(json.dumps(sorted(ips)))\n"
+            "print('RAYLM_IPS', json.dumps(sorted(ips)))\n"
         )
         p = self.run(0, [sys.executable, "-c", code], timeout=timeout)
         if p.returncode != 0:
             raise RuntimeError(f"cannot list Ray nodes:\n{p.stderr[-2000:]}")
-        ips: list[str] = json.loads(p.stdout.strip().splitlines()[-1])
+        # Ray may print its own lines to stdout; ours carries a tag.
+        tagged = [ln for ln in p.stdout.splitlines() if ln.startswith("RAYLM_IPS ")]
+        if not tagged:
+            raise RuntimeError(f"no node list in the driver's output:\n{p.stdout[-2000:]}")
+        ips: list[str] = json.loads(tagged[-1].split(" ", 1)[1])
         return ips
 
     def wait_alive(self, n_alive: int, timeout: float = 120) -> list[str]:
@@ -359,7 +364,7 @@ class NetnsCluster:
                 ips = self.alive_node_ips()
                 if len(ips) == n_alive:
                     return ips
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
+            except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
                 log.debug("waiting for nodes: %s", e)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"expected {n_alive} alive Ray nodes, saw {ips}")
@@ -409,8 +414,19 @@ class NetnsCluster:
         n = self.nodes[i]
         if port in n.blocked_ports:
             return
-        _ip("-n", n.netns, "rule", "add", "priority", str(_rule_prio(port)), "ipproto", "tcp",
-            "sport", str(port), "prohibit")  # fmt: skip
+        _ip(
+            "-n",
+            n.netns,
+            "rule",
+            "add",
+            "priority",
+            str(_rule_prio(port)),
+            "ipproto",
+            "tcp",
+            "sport",
+            str(port),
+            "prohibit",
+        )
         n.blocked_ports.add(port)
 
     def unblock_port(self, i: int, port: int) -> None:
@@ -418,8 +434,19 @@ class NetnsCluster:
         n = self.nodes[i]
         if port not in n.blocked_ports:
             return
-        _ip("-n", n.netns, "rule", "del", "priority", str(_rule_prio(port)), "ipproto", "tcp",
-            "sport", str(port), "prohibit")  # fmt: skip
+        _ip(
+            "-n",
+            n.netns,
+            "rule",
+            "del",
+            "priority",
+            str(_rule_prio(port)),
+            "ipproto",
+            "tcp",
+            "sport",
+            str(port),
+            "prohibit",
+        )
         n.blocked_ports.discard(port)
 
     def shrink_shm(self, i: int, size: str = "64m") -> None:
