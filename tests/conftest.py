@@ -6,6 +6,7 @@ break it on purpose (killing a replica, SIGTERM) run last (see tests/serve/ file
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -70,7 +71,8 @@ class Served:
         return [
             p
             for p in self.tree()
-            if "raylm.serve.launcher" in " ".join(p.cmdline()) and p.ppid() != 1
+            if "raylm.serve.launcher" in " ".join(p.cmdline())
+            and p.ppid() != 1
             and "--headless" not in p.cmdline()
             and _is_group_leader(p)
         ]
@@ -100,11 +102,15 @@ def start_serve(args: list[str], log_path: Path, env: dict[str, str]) -> subproc
         )
 
 
-def wait_ready(proc: subprocess.Popen[bytes], base_url: str, log_path: Path, timeout: float) -> None:
+def wait_ready(
+    proc: subprocess.Popen[bytes], base_url: str, log_path: Path, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"raylm serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            pytest.fail(
+                f"raylm serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+            )
         if "raylm is ready" in log_path.read_text(errors="replace"):
             return
         time.sleep(1.0)
@@ -123,10 +129,8 @@ def stop_tree(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +150,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, base_url, log_path, timeout=1200)
-        yield Served(proc=proc, base_url=base_url, api_key=key, log_path=log_path, home=raylm_home())
+        yield Served(
+            proc=proc, base_url=base_url, api_key=key, log_path=log_path, home=raylm_home()
+        )
     finally:
         stop_tree(proc)
