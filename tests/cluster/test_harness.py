@@ -6,8 +6,12 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
+
 from raylm.testing.netns import NetnsCluster
 from raylm.testing.pytest_netns import require_netns
+
+pytestmark = pytest.mark.multinode
 
 PROBE = (
     "import socket,sys\n"
