@@ -13,6 +13,7 @@ import sys
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from raylm import __version__
 from raylm.errors import RaylmError
@@ -70,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     _register()
     command = typer.main.get_command(app)
     try:
-        command.main(args=args, prog_name="raylm", standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        code = command.main(args=args, prog_name="raylm", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             err_console.print_exception()
         # One unwrapped line: people grep logs and paste errors into issues.
         err_console.print(
-            f"[bold red]Error:[/bold red] {e.message()}", highlight=False, soft_wrap=True
+            f"[bold red]Error:[/bold red] {escape(e.message())}", highlight=False, soft_wrap=True
         )
         if not debug:
             err_console.print("[dim](run with --debug for the traceback)[/dim]")
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             err_console.print_exception()
         else:
             err_console.print(
-                f"[bold red]Error:[/bold red] unexpected {type(e).__name__}: {e}. "
+                f"[bold red]Error:[/bold red] unexpected {type(e).__name__}: {escape(str(e))}. "
                 "This is a bug in raylm; rerun with --debug and report the traceback.",
                 highlight=False,
                 soft_wrap=True,

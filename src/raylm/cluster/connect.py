@@ -30,41 +30,29 @@ class RayConnection:
 
 
 def connect(address: str | None) -> RayConnection:
-    """Attach to `address` (or RAY_ADDRESS); without either, start a local token-auth cluster.
+    """Attach to `address`, $RAY_ADDRESS, or the cluster `raylm up`/`join` started on this
+    node; with none of them, start a private single-node cluster (token auth, loopback).
 
     Ray reads its auth settings when it is first imported, so call this before anything
     in the process imports ray.
     """
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if not address:
-        # A private cluster for this run: loopback only, no dashboard, token auth on.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        if os.environ["RAY_AUTH_MODE"] == "token":
-            os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    from raylm.cluster.bringup import read_state, token_path
+
+    state = read_state()
+    if address or os.environ.get("RAY_ADDRESS") or state is not None:
+        if state is not None and state.auth and not os.environ.get("RAY_AUTH_TOKEN"):
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+            os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token_path()))
+        return _attach(address)
+    # A private cluster for this run: loopback only, no dashboard, token auth on.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token":
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     import ray
 
     # ray.init runs off the main thread (the event loop keeps answering); the runner owns
     # the signals, so Ray's note that it could not install its own is noise.
     logging.getLogger("ray._private.worker").setLevel(logging.ERROR)
-    if address:
-        try:
-            ctx = ray.init(
-                address=address,
-                namespace=NAMESPACE,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            raise ClusterError(
-                f"Could not attach to the Ray cluster at {address}",
-                why=str(e).splitlines()[0] if str(e) else type(e).__name__,
-                fix="Check that the head is up and this node can reach it, "
-                "and that RAY_AUTH_TOKEN matches the head's token",
-                command="raylm status",
-            ) from None
-        return RayConnection(
-            address=str(ctx.address_info.get("gcs_address", address)), started_here=False
-        )
     try:
         ctx = ray.init(
             namespace=NAMESPACE,
@@ -81,3 +69,10 @@ def connect(address: str | None) -> RayConnection:
             fix="Check free memory and /tmp space, or attach to a running cluster with --address",
         ) from None
     return RayConnection(address=str(ctx.address_info.get("gcs_address", "")), started_here=True)
+
+
+def _attach(address: str | None) -> RayConnection:
+    from raylm.cluster.pinned import attach
+
+    # attach() turns a failure into a ClusterError that says what to run.
+    return RayConnection(address=attach(address), started_here=False)
