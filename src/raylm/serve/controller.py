@@ -130,6 +130,7 @@ class Controller:
         except TimeoutError:
             # A node cut off the network answers nothing; give it one more pass.
             r.missed_status += 1
+            logger.warning("replica %s: no status within %.0f s", r.replica_id, _STATUS_TIMEOUT_S)
             if r.missed_status >= 2:
                 await self._fail(r, "a rank stopped answering (node unreachable?)")
             return

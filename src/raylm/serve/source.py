@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from raylm.serve.state import ReplicaInfo
@@ -14,5 +15,6 @@ class ControllerReplicaSource:
         self._controller = controller
 
     async def snapshot(self) -> list[ReplicaInfo]:
-        rows = await self._controller.replica_infos.remote()
+        # Bounded: a stuck call must not freeze the gateway's view of the replicas.
+        rows = await asyncio.wait_for(self._controller.replica_infos.remote(), 5.0)
         return [ReplicaInfo(**row) for row in rows]
