@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,21 @@ class _Replica:
     task: asyncio.Task[None] | None = None
 
 
+def _call_all(actors: list[Any], method: str, timeout: float) -> list[Any]:
+    """Call `method` on every actor and wait for all answers (in a worker thread)."""
+    return list(ray.get([getattr(a, method).remote() for a in actors], timeout=timeout))
+
+
+def _stop_all(actors: list[Any]) -> None:
+    """Stop every rank's vLLM (bounded), then end the supervisor actors."""
+    refs = [a.stop.remote() for a in actors]
+    with contextlib.suppress(ray.exceptions.RayError):
+        ray.wait(refs, num_returns=len(refs), timeout=30.0)
+    for a in actors:
+        with contextlib.suppress(Exception):  # already gone with its node
+            ray.kill(a, no_restart=True)
+
+
 class Controller:
     """Reconciles `config.replicas` replicas of one model. Run as a detached named actor."""
 
@@ -64,6 +80,7 @@ class Controller:
             _Replica(i, f"{self.config.served_model_name}-{i}") for i in range(self.config.replicas)
         ]
         self._slots: dict[str, set[int]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="raylm-ctl")
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -123,11 +140,18 @@ class Controller:
             if idle and now >= r.not_before:
                 r.task = asyncio.get_running_loop().create_task(self._start(r))
 
+    async def _off_loop(self, fn: Any, *args: Any, timeout: float) -> Any:
+        # Calls to actors on a node cut off the network can block the caller, so they run
+        # in a thread: the reconcile loop and replica_infos() must never stall.
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), timeout)
+
     async def _check(self, r: _Replica) -> None:
-        refs = [s.status.remote() for s in r.supervisors]
         try:
-            statuses = await asyncio.wait_for(asyncio.gather(*refs), _STATUS_TIMEOUT_S)
-        except TimeoutError:
+            statuses = await self._off_loop(
+                _call_all, r.supervisors, "status", _STATUS_TIMEOUT_S, timeout=_STATUS_TIMEOUT_S + 2
+            )
+        except (TimeoutError, ray.exceptions.GetTimeoutError):
             # A node cut off the network answers nothing; give it one more pass.
             r.missed_status += 1
             logger.warning("replica %s: no status within %.0f s", r.replica_id, _STATUS_TIMEOUT_S)
@@ -163,14 +187,10 @@ class Controller:
         sups, r.supervisors = r.supervisors, []
         if sups:
             r.state = ReplicaState.STOPPING
-            stops = [s.stop.remote() for s in sups]
             try:
-                await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True), 30.0)
-            except TimeoutError:
+                await self._off_loop(_stop_all, sups, timeout=45.0)
+            except (TimeoutError, ray.exceptions.RayError):
                 logger.warning("replica %s: some ranks did not stop in time", r.replica_id)
-            for s in sups:
-                with contextlib.suppress(Exception):  # already gone with its node
-                    ray.kill(s, no_restart=True)
         if r.pg is not None:
             with contextlib.suppress(Exception):
                 remove_placement_group(r.pg)
