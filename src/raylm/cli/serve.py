@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from raylm.config import load_spec, parse_engine_arg
-from raylm.serve.layout import Layout
+from raylm.serve.placement import Placement
 from raylm.serve.state import ReplicaInfo
 
 console = Console(stderr=True)
@@ -37,7 +37,7 @@ class CliReporter:
                 where = i.node or "?"
                 console.print(f"  replica [bold]{i.replica_id}[/bold] on {where}: {line}")
 
-    def ready(self, endpoint: str, model: str, layout: Layout, api_key_set: bool) -> None:
+    def ready(self, endpoint: str, model: str, layout: Placement, api_key_set: bool) -> None:
         table = Table(show_header=False, box=None)
         table.add_row("endpoint", f"{endpoint}/v1")
         table.add_row("model", model)

@@ -18,7 +18,7 @@ from raylm.config import ServeSpec
 from raylm.errors import ConfigError, PlanError, ReplicaError
 from raylm.serve.deployment import CONTROLLER_NAMESPACE, DeploymentConfig
 from raylm.serve.engine import resolve_dtype
-from raylm.serve.layout import Layout, NodeResources, fit_layout
+from raylm.serve.placement import NodeResources, Placement, fit_placement
 from raylm.serve.state import ReplicaInfo, ReplicaState
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Reporter(Protocol):
 
     def replicas(self, infos: list[ReplicaInfo]) -> None: ...
 
-    def ready(self, endpoint: str, model: str, layout: Layout, api_key_set: bool) -> None: ...
+    def ready(self, endpoint: str, model: str, layout: Placement, api_key_set: bool) -> None: ...
 
     def stopping(self, text: str) -> None: ...
 
@@ -116,11 +116,11 @@ def build_deployment(
     local: bool,
     node_model_paths: dict[str, str] | None = None,
     allowed_node_ips: list[str] | None = None,
-) -> tuple[DeploymentConfig, Layout]:
+) -> tuple[DeploymentConfig, Placement]:
     model_path = Path(entry.path)
     tp = spec.tensor_parallel_size or 1
     pp = spec.pipeline_parallel_size or 1
-    layout = fit_layout(
+    layout = fit_placement(
         nodes,
         replicas=spec.replicas or 1,
         tensor_parallel_size=tp,
@@ -219,7 +219,7 @@ def _plan_on_gpus(spec: ServeSpec, entry: ModelEntry, reporter: Reporter) -> Ser
 
 def plan_deployment(
     spec: ServeSpec, entry: ModelEntry, local: bool, reporter: Reporter
-) -> tuple[DeploymentConfig, Layout]:
+) -> tuple[DeploymentConfig, Placement]:
     """Fit the spec onto the live cluster, placing only where the model copy is verified."""
     nodes = alive_nodes()
     if any(n.gpus for n in nodes):

@@ -24,8 +24,8 @@ class NodeResources:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """How the replicas map onto nodes and devices."""
+class Placement:
+    """How the replicas map onto nodes and devices (what the controller places)."""
 
     device: str
     replicas: int
@@ -48,14 +48,14 @@ class Layout:
         )
 
 
-def fit_layout(
+def fit_placement(
     nodes: list[NodeResources],
     *,
     replicas: int,
     tensor_parallel_size: int,
     pipeline_parallel_size: int,
     cpus_per_replica: int | None = None,
-) -> Layout:
+) -> Placement:
     """Fit replicas x TP x PP onto `nodes`; raise PlanError saying why when it cannot fit."""
     if not nodes:
         raise PlanError("The Ray cluster has no alive node", fix="Start one", command="raylm up")
@@ -82,7 +82,7 @@ def fit_layout(
                 fix="Lower --replicas or --tp/--pp, or add nodes",
                 command="raylm status",
             )
-        return Layout("cuda", replicas, tp, pp, span, 0, per)
+        return Placement("cuda", replicas, tp, pp, span, 0, per)
     if pp > 1:
         raise PlanError(
             f"PP={pp} is not supported on CPU nodes",
@@ -112,4 +112,4 @@ def fit_layout(
             fix="Lower --replicas, --tp or --cpus-per-replica, or add nodes",
             command="raylm status",
         )
-    return Layout("cpu", replicas, tp, pp, span, per, 0)
+    return Placement("cpu", replicas, tp, pp, span, per, 0)
