@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 _STATUS_TIMEOUT_S = 10.0
 _PLACE_TIMEOUT_S = 60.0
+# How long a node whose ranks stopped answering is kept out of placement.
+_SUSPECT_S = 120.0
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Controller:
             _Replica(i, f"{self.config.served_model_name}-{i}") for i in range(self.config.replicas)
         ]
         self._slots: dict[str, set[int]] = {}
+        self._suspects: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="raylm-ctl")
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -156,6 +159,9 @@ class Controller:
             r.missed_status += 1
             logger.warning("replica %s: no status within %.0f s", r.replica_id, _STATUS_TIMEOUT_S)
             if r.missed_status >= 2:
+                # Until Ray declares the node dead (~60 s), it still looks alive: avoid it.
+                until = time.monotonic() + _SUSPECT_S
+                self._suspects.update(dict.fromkeys(r.node_ids, until))
                 await self._fail(r, "a rank stopped answering (node unreachable?)")
             return
         except ray.exceptions.RayError as e:
@@ -267,7 +273,9 @@ class Controller:
     async def _place(self, r: _Replica) -> bool:
         c = self.config
         if c.nodes_per_replica == 1:
-            node_id = self._pick_node(exclude=set())
+            now = time.monotonic()
+            suspects = {nid for nid, until in self._suspects.items() if until > now}
+            node_id = self._pick_node(exclude=suspects)
             if node_id is None:
                 r.detail = f"waiting for a node with {self._need()} free"
                 return False
