@@ -17,6 +17,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,6 +123,33 @@ def _gpu_count() -> int:
     return len(nvml_inventory()["gpus"])
 
 
+def _start_node(
+    nic: NetInterface,
+    token: str | None,
+    temp_dir: Path | None,
+    num_cpus: int | None,
+    num_gpus: int | None,
+    ports: RayPorts,
+    **role: Any,
+) -> tuple[Path, str, dict[str, str]]:
+    """Keep the token, then `ray start` this node (head or worker, per `role`) with the
+    network environment; returns the temp dir, raylm's run id and that environment."""
+    if token is not None:
+        _write_private(token_path(), token)
+    tdir = (temp_dir or _default_temp_dir()).resolve()
+    argv = ray_process.ray_start_argv(
+        node_ip=nic.ip,
+        ports=ports,
+        temp_dir=tdir,
+        num_cpus=num_cpus,
+        num_gpus=_gpu_count() if num_gpus is None else num_gpus,
+        **role,
+    )
+    env = _ray_env(nic, token is not None, tdir)
+    run_id, _ = ray_process.start_ray(argv, env)
+    return tdir, run_id, env
+
+
 def _guard_not_running() -> None:
     st = read_state()
     if st and ray_process.processes_of_run(st.run_id):
@@ -181,23 +209,10 @@ def up(
     """Start this node as the Ray head of a new cluster."""
     _guard_not_running()
     nic = choose_interface(node_ip=node_ip, iface=iface)
-    tdir = (temp_dir or _default_temp_dir()).resolve()
-    token: str | None = None
-    if auth:
-        token = secrets.token_hex(32)
-        _write_private(token_path(), token)
-    env = _ray_env(nic, auth, tdir)
-    gpus = _gpu_count() if num_gpus is None else num_gpus
-    argv = ray_process.ray_start_argv(
-        head=True,
-        node_ip=nic.ip,
-        ports=ports,
-        temp_dir=tdir,
-        num_cpus=num_cpus,
-        num_gpus=gpus,
-        dashboard_host=dashboard_host,
+    token = secrets.token_hex(32) if auth else None
+    tdir, run_id, env = _start_node(
+        nic, token, temp_dir, num_cpus, num_gpus, ports, head=True, dashboard_host=dashboard_host
     )
-    run_id, _ = ray_process.start_ray(argv, env)
     address = f"{nic.ip}:{ports.gcs}"
     fp = local_fingerprint()
     try:
@@ -325,22 +340,9 @@ def join(
     address, nic = pre.address, pre.nic
     fp = local_fingerprint()
     auth = token is not None
-    if auth:
-        assert token is not None
-        _write_private(token_path(), token)
-    tdir = (temp_dir or _default_temp_dir()).resolve()
-    env = _ray_env(nic, auth, tdir)
-    gpus = _gpu_count() if num_gpus is None else num_gpus
-    argv = ray_process.ray_start_argv(
-        head=False,
-        node_ip=nic.ip,
-        ports=ports,
-        temp_dir=tdir,
-        num_cpus=num_cpus,
-        num_gpus=gpus,
-        head_address=address,
+    tdir, run_id, env = _start_node(
+        nic, token, temp_dir, num_cpus, num_gpus, ports, head=False, head_address=address
     )
-    run_id, _ = ray_process.start_ray(argv, env)
     state = NodeState(
         role="worker",
         node_ip=nic.ip,
