@@ -146,6 +146,28 @@ def _serve(c: NetnsCluster, tmp: Path, name: str, *args: str, spec: str = "") ->
     pytest.fail(f"not ready in time:\n{log_path.read_text()[-4000:]}")
 
 
+def test_serve_refuses_nodes_without_a_verified_copy(cluster: NetnsCluster) -> None:
+    """A worker whose copy is missing is named, with the command that fixes it, and
+    nothing is started (TP=3 needs all three nodes)."""
+    worker = ModelStore(cluster.nodes[2].home / "models")
+    manifest = worker.read_manifest(DEMO_MODEL)
+    assert manifest is not None
+    victim = worker.model_dir(DEMO_MODEL) / "config.json"
+    saved = victim.read_bytes()
+    victim.unlink()
+    try:
+        p = cluster.raylm(0, "serve", "--tp", "3", "--name", "refused", timeout=300)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert cluster.nodes[2].ip in p.stderr, p.stderr
+        assert f"raylm model sync {DEMO_MODEL}" in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+        assert not _engines(_all_ips(cluster))
+    finally:
+        victim.write_bytes(saved)
+    p = cluster.raylm(0, "model", "sync", DEMO_MODEL, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
 @pytest.fixture(scope="module")
 def tp3(cluster: NetnsCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     d = _serve(cluster, tmp_path_factory.mktemp("tp3"), "tp3", "--tp", "3", spec=FAST_PROBES)
