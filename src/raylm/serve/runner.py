@@ -285,7 +285,9 @@ def start_controller(config: DeploymentConfig) -> Any:
             lifetime="detached",
             num_cpus=0,
             max_restarts=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True),
+            # Hard affinity: the controller shares the fate of the node running `raylm
+            # serve` (and its gateway), never of a worker that may be lost or cut off.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
         )
         .remote(config.model_dump())
     )
