@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import shutil
 import signal
 import statistics
 import subprocess
@@ -124,13 +123,7 @@ def main() -> None:
     entry = src.resolve(None)
     with NetnsCluster(3, subnet="10.80.0", workdir=work) as c:
         c.start()
-        head = ModelStore(c.nodes[0].home / "models")
-        head.root.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(entry.path, head.model_dir(MODEL))
-        manifest = src.read_manifest(MODEL)
-        assert manifest is not None
-        head.write_manifest(manifest)
-        head.write_stamp(manifest)
+        ModelStore(c.nodes[0].home / "models").copy_from(src, entry.name)
         c.raylm(0, "model", "sync", MODEL, timeout=900)
         results = {}
         for replicas in (1, 2):

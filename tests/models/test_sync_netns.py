@@ -51,14 +51,7 @@ def _cli(c: NetnsCluster, *args: str, timeout: float = 600) -> tuple[int, Any, s
 def cluster(netns_cluster: NetnsCluster, demo_store: ModelStore) -> NetnsCluster:
     """The session cluster with the demo model on the head only."""
     c = netns_cluster
-    head = _store(c, 0)
-    _drop(c, 0)
-    head.root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(demo_store.model_dir(DEMO_NAME), head.model_dir(DEMO_NAME))  # mtimes kept
-    m = demo_store.read_manifest(DEMO_NAME)
-    assert m is not None
-    head.write_manifest(m)
-    head.write_stamp(m)
+    _store(c, 0).copy_from(demo_store, DEMO_NAME)
     for i in (1, 2):
         _drop(c, i)
     return c

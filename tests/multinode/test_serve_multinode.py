@@ -13,7 +13,6 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -95,16 +94,10 @@ def cluster(netns_cluster: NetnsCluster) -> NetnsCluster:
     """The session cluster with the demo model synced from the head to every worker."""
     c = netns_cluster
     src = ModelStore(raylm_home() / "models")
-    entry = src.resolve(None)  # converted once, cached in the user's store
+    src.resolve(None)  # converted once, cached in the user's store
     head = ModelStore(c.nodes[0].home / "models")
     if head.get(DEMO_MODEL) is None or not head.verify(DEMO_MODEL).ok:
-        shutil.rmtree(head.model_dir(DEMO_MODEL), ignore_errors=True)
-        head.root.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(entry.path, head.model_dir(DEMO_MODEL))
-        manifest = src.read_manifest(DEMO_MODEL)
-        assert manifest is not None
-        head.write_manifest(manifest)
-        head.write_stamp(manifest)
+        head.copy_from(src, DEMO_MODEL)
     p = c.raylm(0, "model", "sync", DEMO_MODEL, timeout=900)
     assert p.returncode == 0, p.stdout + p.stderr
     return c

@@ -123,6 +123,36 @@ def _gpu_count() -> int:
     return len(nvml_inventory()["gpus"])
 
 
+def _record_node(
+    role: str,
+    nic: NetInterface,
+    address: str,
+    run_id: str,
+    tdir: Path,
+    env: dict[str, str],
+    ports: RayPorts,
+    auth: bool,
+    dashboard_host: str,
+) -> NodeState:
+    """Write what raylm started on this node (0600), for `down`, `status` and `serve`."""
+    state = NodeState(
+        role=role,
+        node_ip=nic.ip,
+        iface=nic.name,
+        address=address,
+        run_id=run_id,
+        processes=ray_process.snapshot(ray_process.processes_of_run(run_id)),
+        temp_dir=str(tdir),
+        dashboard_host=dashboard_host,
+        auth=auth,
+        env={k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"},
+        ports=ports,
+        started_at=time.time(),
+    )
+    _write_private(state_path(), state.model_dump_json(indent=2))
+    return state
+
+
 def _start_node(
     nic: NetInterface,
     token: str | None,
@@ -225,21 +255,7 @@ def up(
             fix="Retry; if it persists run with --debug",
             command="raylm up --debug",
         ) from e
-    state = NodeState(
-        role="head",
-        node_ip=nic.ip,
-        iface=nic.name,
-        address=address,
-        run_id=run_id,
-        processes=ray_process.snapshot(ray_process.processes_of_run(run_id)),
-        temp_dir=str(tdir),
-        dashboard_host=dashboard_host,
-        auth=auth,
-        env={k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"},
-        ports=ports,
-        started_at=time.time(),
-    )
-    _write_private(state_path(), state.model_dump_json(indent=2))
+    state = _record_node("head", nic, address, run_id, tdir, env, ports, auth, dashboard_host)
     _write_private(cluster_dir() / "fingerprint.json", fp.model_dump_json(indent=2))
     cmd = f"raylm join {address}"
     if token:
@@ -343,21 +359,7 @@ def join(
     tdir, run_id, env = _start_node(
         nic, token, temp_dir, num_cpus, num_gpus, ports, head=False, head_address=address
     )
-    state = NodeState(
-        role="worker",
-        node_ip=nic.ip,
-        iface=nic.name,
-        address=address,
-        run_id=run_id,
-        processes=ray_process.snapshot(ray_process.processes_of_run(run_id)),
-        temp_dir=str(tdir),
-        dashboard_host="",
-        auth=auth,
-        env={k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"},
-        ports=ports,
-        started_at=time.time(),
-    )
-    _write_private(state_path(), state.model_dump_json(indent=2))
+    state = _record_node("worker", nic, address, run_id, tdir, env, ports, auth, "")
     return UpResult(state=state, join_command="", fingerprint=fp)
 
 

@@ -181,6 +181,29 @@ class ModelStore:
         for p in (self.manifest_path(name), self.stamp_path(name)):
             p.unlink(missing_ok=True)
 
+    def copy_from(self, source: ModelStore, name: str) -> ModelEntry:
+        """Replace this store's copy of `name` with `source`'s (same machine: a plain file
+        copy with mtimes kept, so the carried stamp still verifies without re-hashing)."""
+        source_manifest = source.read_manifest(name)
+        if source_manifest is None:
+            raise ModelError(
+                f"Model {name!r} is not in the store at {source.root}",
+                model=name,
+                command="raylm model list",
+            )
+        # The copy lives here, even when the source was registered in place.
+        manifest = source_manifest.model_copy(update={"external_path": None})
+        self.forget(name)
+        dest = self.model_dir(name)
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source.path_of(source_manifest), dest)
+        self.write_manifest(manifest)
+        self.write_stamp(manifest)
+        entry = self.get(name)
+        assert entry is not None
+        return entry
+
     def stamp_ok(self, manifest: Manifest) -> bool:
         """Cheap check: every file has the size and mtime it had at the last full verify."""
         try:
