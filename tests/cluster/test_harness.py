@@ -27,13 +27,48 @@ def _probe(c: NetnsCluster, i: int, host: str, port: int) -> str:
     return c.run(i, [sys.executable, "-c", PROBE, host, str(port)], timeout=30).stdout.strip()
 
 
+# What raylm must work out itself; a machine of the harness must not be handed any of it.
+RAYLM_OWN = (
+    "RAY_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "RAYLM_CLUSTER_TOKEN",
+    "RAYLM_HOME",
+    "VLLM_HOST_IP",
+    "RAY_NODE_IP_ADDRESS",
+    "GLOO_SOCKET_IFNAME",
+    "NCCL_SOCKET_IFNAME",
+)
+
+
+def test_machines_get_only_their_network_home_and_tmpdir(
+    netns_cluster: NetnsCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = netns_cluster
+    # Even a test runner that exported them does not pass them on.
+    monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6379")
+    monkeypatch.setenv("RAYLM_CLUSTER_TOKEN", "leak")
+    for n in c.nodes:
+        env = dict(
+            line.split("=", 1)
+            for line in c.run(n.index, ["env"]).stdout.splitlines()
+            if "=" in line
+        )
+        assert not set(RAYLM_OWN) & set(env), sorted(set(RAYLM_OWN) & set(env))
+        assert env["HOME"] == str(n.home) and env["TMPDIR"] == str(n.tmp)
+        ips = c.run(n.index, ["ip", "-4", "-o", "addr"]).stdout
+        assert f"{n.ip}/24" in ips and "10.77" not in ips.replace(n.ip, "")
+
+
 def test_three_nodes_alive_with_token_auth(netns_cluster: NetnsCluster) -> None:
     c = netns_cluster
     assert c.wait_alive(3) == sorted(n.ip for n in c.nodes)
-    assert c.token and c.env_for(1)["RAY_AUTH_TOKEN"] == c.token
-    token_file = c.nodes[0].home / "cluster" / "token"
-    assert token_file.stat().st_mode & 0o777 == 0o600
-    # Each node's Ray processes carry that node's RAYLM_HOME.
+    token_file = c.nodes[0].raylm_home / "cluster" / "token"
+    assert c.token and token_file.stat().st_mode & 0o777 == 0o600
+    # The join line was the one `raylm up` printed, token included.
+    assert c.join_line == ["raylm", "join", c.address, "--token", c.token]
+    # Each node's Ray processes carry that node's raylm home: `raylm up`/`join` set it.
     for n in c.nodes:
         pids = c.ns_pids(n.index)
         assert pids, f"{n.name} runs nothing"
@@ -44,7 +79,7 @@ def test_three_nodes_alive_with_token_auth(netns_cluster: NetnsCluster) -> None:
             except OSError:
                 continue
             homes |= {e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"RAYLM_HOME=")}
-        assert homes == {str(n.home)}
+        assert homes == {str(n.raylm_home)}
 
 
 def test_block_port_and_unblock(netns_cluster: NetnsCluster) -> None:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.multinode
 
 
 def _store(c: NetnsCluster, i: int) -> ModelStore:
-    return ModelStore(c.nodes[i].home / "models")
+    return ModelStore(c.nodes[i].raylm_home / "models")
 
 
 def _drop(c: NetnsCluster, i: int) -> None:
@@ -87,7 +87,7 @@ def test_fresh_sync_to_every_worker(cluster: NetnsCluster, manifest: Manifest) -
         assert r["files_sent"] == sorted(f.path for f in manifest.files)
         assert r["bytes_sent"] == manifest.size_bytes
         # Same relative layout on every node: <RAYLM_HOME>/models/<name>.
-        assert r["path"] == str(n.home / "models" / DEMO_NAME)
+        assert r["path"] == str(n.raylm_home / "models" / DEMO_NAME)
     for i in (1, 2):
         _same_as_manifest(c, i, manifest)
         assert not list(_store(c, i).model_dir(DEMO_NAME).glob("*.part"))
@@ -106,8 +106,9 @@ def test_verify_on_nodes_api(cluster: NetnsCluster) -> None:
     c = cluster
     code = (
         "import json, sys\n"
-        "from raylm.models.sync import ensure_ray, verify_on_nodes\n"
-        "ensure_ray()\n"
+        "from raylm.cluster.context import ensure_attached\n"
+        "from raylm.models.sync import verify_on_nodes\n"
+        "ensure_attached()\n"
         "res = verify_on_nodes(sys.argv[1], sys.argv[2:])\n"
         "print(json.dumps({ip: r.model_dump(mode='json') for ip, r in res.items()}))\n"
     )
@@ -202,7 +203,7 @@ def test_object_store_transport(cluster: NetnsCluster, manifest: Manifest) -> No
 def test_full_disk_on_a_worker_is_reported(cluster: NetnsCluster, manifest: Manifest) -> None:
     c = cluster
     w = c.nodes[2]
-    root = w.home / "models"
+    root = w.raylm_home / "models"
     # A 64 MiB tmpfs as that node's store, visible only in its mount namespace.
     m = c.run(2, ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(root)])
     assert m.returncode == 0, m.stderr

@@ -95,7 +95,7 @@ def cluster(netns_cluster: NetnsCluster) -> NetnsCluster:
     c = netns_cluster
     src = ModelStore(raylm_home() / "models")
     src.resolve(None)  # converted once, cached in the user's store
-    head = ModelStore(c.nodes[0].home / "models")
+    head = ModelStore(c.nodes[0].raylm_home / "models")
     if head.get(DEMO_MODEL) is None or not head.verify(DEMO_MODEL).ok:
         head.copy_from(src, DEMO_MODEL)
     p = c.raylm(0, "model", "sync", DEMO_MODEL, timeout=900)
@@ -142,7 +142,7 @@ def _serve(c: NetnsCluster, tmp: Path, name: str, *args: str, spec: str = "") ->
 def test_serve_refuses_nodes_without_a_verified_copy(cluster: NetnsCluster) -> None:
     """A worker whose copy is missing is named, with the command that fixes it, and
     nothing is started (TP=3 needs all three nodes)."""
-    worker = ModelStore(cluster.nodes[2].home / "models")
+    worker = ModelStore(cluster.nodes[2].raylm_home / "models")
     manifest = worker.read_manifest(DEMO_MODEL)
     assert manifest is not None
     victim = worker.model_dir(DEMO_MODEL) / "config.json"

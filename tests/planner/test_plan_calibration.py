@@ -13,7 +13,9 @@ import pytest
 
 from raylm.errors import ReplicaError
 from raylm.models.facts import read_model_facts
-from raylm.planner import ClusterSpec, NodeSpec, parse_vllm_load_log, plan, vllm_command
+from raylm.planner import ClusterSpec, NodeSpec, parse_vllm_load_log, plan
+from raylm.serve.deployment import deployment_from_layout
+from raylm.serve.engine import printable
 
 GIB = 1024**3
 LOGS = Path(__file__).resolve().parents[1] / "fixtures" / "vllm_logs"
@@ -86,5 +88,8 @@ def test_planner_agrees_with_vllm_within_10_percent(
     assert lay.kv_cache_tokens_per_replica == pytest.approx(figs.kv_cache_tokens, rel=0.10)
     assert lay.max_concurrent_seqs == int(figs.max_concurrency or 0)
     assert figs.max_model_len == max_len
-    argv = vllm_command(lay, str(demo_dir), facts)
+    (launch,) = deployment_from_layout(
+        lay, model_path=str(demo_dir), served_model_name="demo"
+    ).planned_launches()
+    argv = printable(launch)
     assert "--enforce-eager" in argv and argv[argv.index("--dtype") + 1] == "float32"

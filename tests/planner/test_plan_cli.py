@@ -16,7 +16,6 @@ from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 from raylm.cli import plan as plan_cli
-from raylm.errors import ClusterError
 
 RAYLM = str(Path(sys.executable).with_name("raylm"))
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
@@ -106,7 +105,8 @@ def test_human_output_shows_plan_table_rejections_and_command(demo_dir: Path) ->
     assert "plan: TP=1 PP=1 x 4 replica(s)" in out
     assert "feasible layouts" in out
     assert "TP=2: 9 attention heads are not divisible by 2" in out
-    assert f"vllm serve {demo_dir} --tensor-parallel-size 1" in out
+    assert f"vllm serve {demo_dir} --served-model-name smollm2-135m-instruct" in out
+    assert "--tensor-parallel-size 1 --pipeline-parallel-size 1" in out
 
 
 def test_hub_id_fetches_only_config_and_index(tmp_path: Path) -> None:
@@ -148,12 +148,3 @@ def test_store_name_resolves_through_the_model_store(tmp_path: Path) -> None:
     doc = json.loads(p.stdout)
     assert doc["model"]["name"] == "tiny" and doc["model"]["weight_bytes"] == 8 * 4 * 2
     assert doc["vllm_command"][2] == str(model.resolve())
-
-
-def test_live_cluster_without_inventory_module_says_what_to_do(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Fault injection: the inventory module cannot be imported.
-    monkeypatch.setitem(sys.modules, "raylm.cluster.inventory", None)
-    with pytest.raises(ClusterError, match="--cluster"):
-        plan_cli.live_cluster()

@@ -16,9 +16,10 @@ from raylm.planner import (
     check_layout,
     parse_cluster_spec,
     plan,
-    vllm_command,
 )
 from raylm.planner.memory import kv_bytes_per_token, weight_bytes_per_device
+from raylm.serve.deployment import deployment_from_layout
+from raylm.serve.engine import printable
 
 GIB = 1024**3
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
@@ -70,26 +71,29 @@ def test_seed_004_layout_when_asked_and_its_command(
         pipeline_parallel_size=2,
     )
     assert r.plan is not None and r.alternatives == []
-    argv = vllm_command(r.plan, "Qwen/Qwen2.5-32B-Instruct-GPTQ-Int4", facts)
-    line = " ".join(argv)
-    assert argv[:3] == ["vllm", "serve", "Qwen/Qwen2.5-32B-Instruct-GPTQ-Int4"]
-    for part in (
-        "--tensor-parallel-size 4",
-        "--pipeline-parallel-size 2",
-        "--max-model-len 4096",
-        "--gpu-memory-utilization 0.9",
-        "--quantization gptq_marlin",
-        "--dtype float16",
-        "--distributed-executor-backend ray",
-    ):
-        assert part in line
-    # The user's own engine args win over planned ones and pass through untouched.
-    mine = vllm_command(r.plan, "m", facts, ["--max-model-len", "2048", "--enable-prefix-caching"])
-    assert mine.count("--max-model-len") == 1 and mine[-3:] == [
-        "--max-model-len",
-        "2048",
-        "--enable-prefix-caching",
-    ]
+    # Printed through the builder serve launches with: vLLM's own multi-node mode by
+    # default (one line per node), or the seeds' Ray executor.
+    ref = "Qwen/Qwen2.5-32B-Instruct-GPTQ-Int4"
+    mp = deployment_from_layout(r.plan, model_path=ref, served_model_name="q").planned_launches()
+    lines = [" ".join(printable(x)) for x in mp]
+    assert [printable(x)[:3] for x in mp] == [["vllm", "serve", ref]] * 2
+    for part in ("--tensor-parallel-size 4", "--pipeline-parallel-size 2", "--max-model-len 4096"):
+        assert all(part in line for line in lines)
+    assert "--nnodes 2 --node-rank 0" in lines[0] and "--headless" not in lines[0]
+    assert lines[1].endswith("--nnodes 2 --node-rank 1 --headless")
+    (ray,) = deployment_from_layout(
+        r.plan, model_path=ref, served_model_name="q", executor="ray"
+    ).planned_launches()
+    assert "--distributed-executor-backend ray" in " ".join(printable(ray))
+    assert "--nnodes" not in printable(ray)
+    # The user's own engine args pass through untouched, after raylm's.
+    (mine, _) = deployment_from_layout(
+        r.plan,
+        model_path="m",
+        served_model_name="m",
+        engine_args={"enable-prefix-caching": True, "max-num-seqs": 8},
+    ).planned_launches()
+    assert printable(mine)[-3:] == ["--enable-prefix-caching", "--max-num-seqs", "8"]
 
 
 def test_70b_bf16_fits_one_8x80gb_node(model_facts: Callable[[str], ModelFacts]) -> None:
@@ -135,8 +139,6 @@ def test_demo_model_heads(demo_dir: Path) -> None:
     assert any("TP=2: 9 attention heads are not divisible by 2" in x.reason for x in r.rejected)
     with pytest.raises(PlanError, match="9 attention heads are not divisible by 2"):
         plan(facts, parse_cluster_spec("1x4xL20"), tensor_parallel_size=2)
-    with pytest.raises(PlanError, match="9 attention heads"):
-        vllm_command(r.plan.model_copy(update={"tensor_parallel_size": 2}), "m", facts)  # type: ignore[union-attr]
 
 
 def test_kv_heads_are_replicated_beyond_their_count(

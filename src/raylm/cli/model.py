@@ -30,7 +30,7 @@ model_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ADDRESS_HELP = "Ray cluster address (default: RAY_ADDRESS)."
+ADDRESS_HELP = "Ray cluster address (default: RAY_ADDRESS, else the cluster this node joined)."
 NODES_HELP = "'all', or comma-separated node IPs."
 
 
@@ -62,9 +62,10 @@ def list_cmd(
     entries = _store().list_models()
     per_node: dict[str, list[Any]] = {}
     if nodes:
-        from raylm.models.sync import ensure_ray, list_on_nodes, resolve_nodes
+        from raylm.cluster.context import ensure_attached
+        from raylm.models.sync import list_on_nodes, resolve_nodes
 
-        ensure_ray(address)
+        ensure_attached(address)
         per_node = list_on_nodes(resolve_nodes(nodes))
     names = sorted({e.name for e in entries} | {e.name for es in per_node.values() for e in es})
     local = {e.name: e for e in entries}
@@ -159,9 +160,10 @@ def rm_cmd(
 ) -> None:
     """Remove a model (files registered in place are kept; only the manifest goes)."""
     if all_nodes:
-        from raylm.models.sync import ensure_ray, remove_on_nodes
+        from raylm.cluster.context import ensure_attached
+        from raylm.models.sync import remove_on_nodes
 
-        ensure_ray(address)
+        ensure_attached(address)
         done = remove_on_nodes(name)
         if not any(done.values()):
             raise ModelError(f"Model {name} is on no node", model=name, command="raylm model list")
@@ -184,9 +186,10 @@ def verify_cmd(
 ) -> None:
     """Hash every file (on each node with --nodes) and name every missing or differing one."""
     if nodes:
-        from raylm.models.sync import ensure_ray, verify_on_nodes
+        from raylm.cluster.context import ensure_attached
+        from raylm.models.sync import verify_on_nodes
 
-        ensure_ray(address)
+        ensure_attached(address)
         results = verify_on_nodes(name, nodes, full=True)
     else:
         r = _store().verify(name)
@@ -229,9 +232,12 @@ def sync_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Copy this node's verified copy to the other nodes through Ray; only what is missing."""
-    from raylm.models.sync import NodeProgress, ensure_ray, sync_model
+    from raylm.cluster.context import ensure_attached
+    from raylm.models.sync import NodeProgress, sync_model
 
-    ensure_ray(address)
+    ensure_attached(address)
+    with err.status(f"Checking {name} in this node's store...", spinner="dots"):
+        entry = _store().resolve(name)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -255,7 +261,7 @@ def sync_cmd(
                 )
 
         reports = sync_model(
-            name,
+            entry,
             nodes,
             limit_bytes_per_s=limit_rate * 1e6 if limit_rate else None,
             transport=transport,

@@ -2,105 +2,30 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import shlex
-from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from raylm.errors import ClusterError, ConfigError, ModelError, PlanError, RaylmError
-from raylm.models.facts import ModelFacts, fetch_hub_config, read_model_facts
-from raylm.planner import (
-    OBJECTIVES,
-    ClusterSpec,
-    Layout,
-    cluster_from_inventory,
-    parse_cluster_spec,
-    plan,
-    vllm_command,
-)
+from raylm.errors import ConfigError, PlanError
+from raylm.models.facts import ModelFacts
+from raylm.planner import OBJECTIVES, ClusterSpec, Layout, parse_cluster_spec, plan
+from raylm.serve.engine import RankLaunch, printable
 
 GIB = 1024**3
 out = Console()
 err = Console(stderr=True)
 
 
-def resolve_model(ref: str) -> tuple[ModelFacts, str]:
-    """Facts of MODEL (a directory, a config.json, a store name or a hub id) and the
-    reference a `vllm serve` line should use."""
-    p = Path(ref).expanduser()
-    if p.exists():
-        facts = read_model_facts(p)
-        if p.is_file() and p.name != "config.json":
-            return facts, facts.name  # a bare config: no weights to point vLLM at
-        return facts, str(p.parent if p.is_file() else p)
-    try:
-        from raylm.models.store import ModelStore
-    except ImportError:
-        store = None
-    else:
-        store = ModelStore()
-    if store is not None:
-        entry = store.get(ref) if _valid_name(ref) else None
-        entry = entry or store.find_by_repo(ref)
-        if entry is None and ref == _demo_name():
-            entry = store.resolve(ref)  # imported from its GGUF on first use, as serve does
-        if entry is not None:
-            return read_model_facts(entry.path).model_copy(update={"name": entry.name}), str(
-                entry.path
-            )
-    if p.is_absolute() or ref.startswith((".", "~")):
-        raise ModelError(
-            f"Model path {ref} does not exist",
-            model=ref,
-            fix="give a model directory, a config.json, a store name or a hub id",
-        )
-    if "/" not in ref:
-        raise ModelError(
-            f"Model {ref!r} is neither a path, a store name nor a hub id",
-            model=ref,
-            fix="pull or import it first, or give its hub id (owner/name)",
-            command="raylm model list",
-        )
-    d = fetch_hub_config(ref)
-    return read_model_facts(d).model_copy(update={"name": ref, "origin": ref}), ref
-
-
-def _demo_name() -> str | None:
-    try:
-        from raylm.models.gguf import DEMO_NAME
-    except ImportError:
-        return None
-    return DEMO_NAME
-
-
-def _valid_name(ref: str) -> bool:
-    try:
-        from raylm.models.store import check_name
-
-        check_name(ref)
-    except (ImportError, RaylmError):
-        return False
-    return True
-
-
 def live_cluster(address: str | None = None) -> ClusterSpec:
-    """The running cluster's inventory (`raylm status`), as a ClusterSpec."""
-    fix = "describe it instead (--cluster 2x4xL20) or pass a saved `raylm status --json` file"
-    try:
-        inv_mod = importlib.import_module("raylm.cluster.inventory")
-    except ImportError as e:
-        raise ClusterError(
-            "Cannot read the live cluster inventory",
-            why=f"raylm.cluster.inventory is not available ({e})",
-            fix=fix,
-        ) from e
-    data = inv_mod.cluster_inventory(address)
-    return cluster_from_inventory(data.model_dump() if hasattr(data, "model_dump") else data)
+    """The cluster this node belongs to (`raylm status`'s inventory), as a ClusterSpec."""
+    from raylm.cluster.inventory import cluster_inventory
+    from raylm.planner import cluster_from_inventory
+
+    return cluster_from_inventory(cluster_inventory(address).model_dump())
 
 
 def _gib(b: float) -> str:
@@ -124,7 +49,11 @@ def _layout_row(lay: Layout) -> list[str]:
 
 
 def _print_human(
-    facts: ModelFacts, cluster: ClusterSpec, result: Any, argv: list[str], show_all: bool
+    facts: ModelFacts,
+    cluster: ClusterSpec,
+    result: Any,
+    launches: list[RankLaunch],
+    show_all: bool,
 ) -> None:
     lay: Layout = result.plan
     q = f", {facts.quantization.method} {facts.quantization.bits}-bit" if facts.quantization else ""
@@ -183,8 +112,10 @@ def _print_human(
             out.print(f"  - {rej.reason}", highlight=False)
         if len(result.rejected) > len(shown):
             out.print(f"  ... {len(result.rejected) - len(shown)} more (--all shows them)")
-    out.print("\n[bold]each replica runs[/bold]:")
-    out.print(shlex.join(argv), soft_wrap=True, highlight=False)
+    across = " and, across nodes, --master-addr/--master-port" if len(launches) > 1 else ""
+    out.print(f"\n[bold]each replica runs[/bold] (raylm adds --host, --port{across} at launch):")
+    for launch in launches:
+        out.print(shlex.join(printable(launch)), soft_wrap=True, highlight=False)
 
 
 def plan_cmd(
@@ -205,8 +136,10 @@ def plan_cmd(
     max_model_len: int | None = typer.Option(
         None, "--max-model-len", help="Context length per sequence (default: the model's)."
     ),
-    gpu_memory_utilization: float = typer.Option(
-        0.9, "--gpu-memory-utilization", help="Share of each GPU's memory vLLM may use."
+    gpu_memory_utilization: float | None = typer.Option(
+        None,
+        "--gpu-memory-utilization",
+        help="Share of each GPU's memory vLLM may use [default: 0.9, vLLM's].",
     ),
     tp: int | None = typer.Option(None, "--tp", help="Only consider this tensor-parallel size."),
     pp: int | None = typer.Option(None, "--pp", help="Only consider this pipeline-parallel size."),
@@ -217,6 +150,9 @@ def plan_cmd(
     enforce_eager: bool = typer.Option(
         False, "--enforce-eager", help="Plan without the CUDA-graph reserve."
     ),
+    executor: str = typer.Option(
+        "mp", "--executor", help="mp|ray: the executor `raylm serve` would use (as its flag)."
+    ),
     show_all: bool = typer.Option(False, "--all", help="Show every alternative and rejection."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
@@ -225,14 +161,19 @@ def plan_cmd(
         raise ConfigError(
             f"Unknown objective {objective!r}", fix=f"use one of {', '.join(OBJECTIVES)}"
         )
+    if executor not in ("mp", "ray"):
+        raise ConfigError(f"Unknown executor {executor!r}", fix="use --executor mp or ray")
+    from raylm.models.reference import planning_reference
+    from raylm.serve.deployment import deployment_from_layout
+
     spec = live_cluster(address) if cluster == "live" else parse_cluster_spec(cluster)
-    facts, ref = resolve_model(model)
+    facts, ref = planning_reference(model)
     result = plan(
         facts,
         spec,
         objective=objective,
         max_model_len=max_model_len,
-        gpu_memory_utilization=gpu_memory_utilization,
+        gpu_memory_utilization=0.9 if gpu_memory_utilization is None else gpu_memory_utilization,
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
         replicas=replicas,
@@ -241,7 +182,18 @@ def plan_cmd(
     )
     if result.plan is None:  # plan() raises when nothing fits; kept for the type checker
         raise PlanError(f"No layout of {facts.name} fits {spec.summary()}")
-    argv = vllm_command(result.plan, ref, facts)
+    engine_args: dict[str, Any] = {}
+    if gpu_memory_utilization is not None:
+        engine_args["gpu-memory-utilization"] = gpu_memory_utilization
+    if enforce_eager:
+        engine_args["enforce-eager"] = True
+    launches = deployment_from_layout(
+        result.plan,
+        model_path=ref,
+        served_model_name=facts.name,
+        executor=executor,  # type: ignore[arg-type]
+        engine_args=engine_args,
+    ).planned_launches()
     if as_json:
         doc = {
             "model": facts.model_dump(mode="json"),
@@ -250,11 +202,12 @@ def plan_cmd(
             "plan": result.plan.model_dump(mode="json"),
             "alternatives": [a.model_dump(mode="json") for a in result.alternatives],
             "rejected": [r.model_dump(mode="json") for r in result.rejected],
-            "vllm_command": argv,
+            "vllm_command": printable(launches[0]),
+            "vllm_commands": [printable(x) for x in launches],
         }
         print(json.dumps(doc, indent=2))
         return
-    _print_human(facts, spec, result, argv, show_all)
+    _print_human(facts, spec, result, launches, show_all)
 
 
 def register(app: typer.Typer) -> None:

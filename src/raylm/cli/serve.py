@@ -45,7 +45,8 @@ class CliReporter:
         table.add_row("health", f"{endpoint}/health   metrics: {endpoint}/metrics")
         out.print("[bold green]raylm is ready[/bold green]")
         out.print(table)
-        auth = " -H 'Authorization: Bearer $RAYLM_API_KEY'" if api_key_set else ""
+        # Double quotes: the shell must expand the variable the user keeps the key in.
+        auth = ' -H "Authorization: Bearer $RAYLM_API_KEY"' if api_key_set else ""
         body = (
             '{"model":"' + model + '","messages":[{"role":"user","content":'
             '"What is the capital of France?"}],"temperature":0,"max_tokens":20}'

@@ -1,7 +1,8 @@
 """`raylm up`, `raylm join` and `raylm down`: start and stop this node's part of a cluster.
 
-State of what raylm started lives in `cluster_dir()` of `$RAYLM_HOME`: `token` (0600),
-`state.json` (role, address, run id, pids) and, on the head, `fingerprint.json`.
+What raylm started is recorded on the node (`raylm.cluster.record`). A record whose Ray node
+no longer runs (a reboot, `kill -9`) is stale: `up` and `join` clean what is left of it and
+start fresh, keeping the cluster token, so the join line printed before works again.
 
 The head's fingerprint is also put in the GCS internal key-value store (namespace
 `raylm`). A joining node reads it there before it starts anything: the GCS port is the
@@ -11,7 +12,6 @@ no new unauthenticated surface), and the value lives exactly as long as the clus
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -21,40 +21,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raylm.cluster import ray_process
+from raylm.cluster import context, ray_process, record
 from raylm.cluster.fingerprint import Difference, Fingerprint, compare, local_fingerprint
 from raylm.cluster.gpu import nvml_inventory
 from raylm.cluster.netif import NetInterface, choose_interface, network_env
 from raylm.cluster.ports import DEFAULT_PORTS, RayPorts
+from raylm.cluster.record import NodeState
 from raylm.errors import ClusterError
-from raylm.home import cluster_dir, raylm_home
+from raylm.home import raylm_home
 
 log = logging.getLogger(__name__)
 
 KV_NAMESPACE = b"raylm"
 KV_FINGERPRINT = b"fingerprint/head"
-TOKEN_ENV = "RAYLM_CLUSTER_TOKEN"
-
-
-class NodeState(BaseModel):
-    """What raylm started on this node (written by up/join, read by down/status/doctor)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    role: str = Field(description="'head' or 'worker'.")
-    node_ip: str = Field(description="The IP Ray uses on this node.")
-    iface: str = Field(description="The interface holding node_ip.")
-    address: str = Field(description="GCS address of the cluster, ip:port.")
-    run_id: str = Field(description="Marker in the environment of every process raylm started.")
-    processes: list[tuple[int, float]] = Field(
-        description="(pid, create time) of the Ray processes seen right after start."
-    )
-    temp_dir: str = Field(description="Ray's temp dir on this node.")
-    dashboard_host: str = Field(description="Address the dashboard binds to (head only).")
-    auth: bool = Field(description="Whether Ray token authentication is on.")
-    env: dict[str, str] = Field(description="Network variables given to the node's Ray processes.")
-    ports: RayPorts = Field(description="Ports Ray listens on.")
-    started_at: float = Field(description="Unix time of the start.")
 
 
 class UpResult(BaseModel):
@@ -65,38 +44,27 @@ class UpResult(BaseModel):
     state: NodeState = Field(description="The node's recorded state.")
     join_command: str = Field(description="Command to run on each worker ('' for a worker).")
     fingerprint: Fingerprint = Field(description="This node's fingerprint.")
+    diffs: list[Difference] = Field(
+        default_factory=list, description="Version differences with the head that were allowed."
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="What was found and done on the way, for the user."
+    )
 
 
-def token_path() -> Path:
-    return cluster_dir() / "token"
+class VersionMismatch(ClusterError):
+    """`join` refused: this node's versions differ from the head's (the data is in `diffs`)."""
 
-
-def state_path() -> Path:
-    return cluster_dir() / "state.json"
-
-
-def read_state() -> NodeState | None:
-    """This node's recorded state, or None when raylm started nothing here."""
-    p = state_path()
-    if not p.exists():
-        return None
-    try:
-        return NodeState.model_validate_json(p.read_text())
-    except ValueError as e:
-        raise ClusterError(
-            f"Cannot read {p}",
-            why=str(e).splitlines()[0],
-            fix="Remove the file if no raylm cluster runs on this node",
-            command=f"rm {p}",
-        ) from e
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
+    def __init__(self, address: str, diffs: list[Difference]) -> None:
+        self.diffs = diffs
+        table = "; ".join(f"{d.field}: head {d.expected}, here {d.actual}" for d in diffs)
+        fixes = "; ".join(f"{d.field}: {d.fix}" for d in diffs)
+        super().__init__(
+            f"This node's versions differ from the head's ({address}): {table}",
+            why="Ray and vLLM workers on different versions fail at run time, not at join",
+            fix=f"Make them equal ({fixes}), or pass --force to join anyway",
+            command=f"raylm join {address} --force",
+        )
 
 
 def _default_temp_dir() -> Path:
@@ -113,7 +81,7 @@ def _ray_env(nic: NetInterface, auth: bool, temp_dir: Path) -> dict[str, str]:
     if auth:
         env["RAY_AUTH_MODE"] = "token"
         # A path, not the token itself, so it does not show in every worker's environment.
-        env["RAY_AUTH_TOKEN_PATH"] = str(token_path())
+        env["RAY_AUTH_TOKEN_PATH"] = str(record.token_path())
     else:
         env["RAY_AUTH_MODE"] = "disabled"
     return env
@@ -123,18 +91,33 @@ def _gpu_count() -> int:
     return len(nvml_inventory()["gpus"])
 
 
-def _record_node(
+def _start_node(
     role: str,
     nic: NetInterface,
     address: str,
-    run_id: str,
-    tdir: Path,
-    env: dict[str, str],
+    token: str | None,
+    temp_dir: Path | None,
+    num_cpus: int | None,
+    num_gpus: int | None,
     ports: RayPorts,
-    auth: bool,
     dashboard_host: str,
+    **start: Any,
 ) -> NodeState:
-    """Write what raylm started on this node (0600), for `down`, `status` and `serve`."""
+    """Keep the token, `ray start` this node with its network environment, and record it."""
+    if token is not None:
+        record.write_private(record.token_path(), token)
+    tdir = (temp_dir or _default_temp_dir()).resolve()
+    argv = ray_process.ray_start_argv(
+        node_ip=nic.ip,
+        ports=ports,
+        temp_dir=tdir,
+        num_cpus=num_cpus,
+        num_gpus=_gpu_count() if num_gpus is None else num_gpus,
+        dashboard_host=dashboard_host,
+        **start,
+    )
+    env = _ray_env(nic, token is not None, tdir)
+    run_id, _ = ray_process.start_ray(argv, env)
     state = NodeState(
         role=role,
         node_ip=nic.ip,
@@ -144,72 +127,51 @@ def _record_node(
         processes=ray_process.snapshot(ray_process.processes_of_run(run_id)),
         temp_dir=str(tdir),
         dashboard_host=dashboard_host,
-        auth=auth,
+        auth=token is not None,
         env={k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"},
         ports=ports,
         started_at=time.time(),
     )
-    _write_private(state_path(), state.model_dump_json(indent=2))
+    record.write_state(state)
     return state
 
 
-def _start_node(
-    nic: NetInterface,
-    token: str | None,
-    temp_dir: Path | None,
-    num_cpus: int | None,
-    num_gpus: int | None,
-    ports: RayPorts,
-    **role: Any,
-) -> tuple[Path, str, dict[str, str]]:
-    """Keep the token, then `ray start` this node (head or worker, per `role`) with the
-    network environment; returns the temp dir, raylm's run id and that environment."""
-    if token is not None:
-        _write_private(token_path(), token)
-    tdir = (temp_dir or _default_temp_dir()).resolve()
-    argv = ray_process.ray_start_argv(
-        node_ip=nic.ip,
-        ports=ports,
-        temp_dir=tdir,
-        num_cpus=num_cpus,
-        num_gpus=_gpu_count() if num_gpus is None else num_gpus,
-        **role,
+def _clear_stale(state: NodeState, *, keep_token: bool) -> str:
+    """Stop what is left of a stale run and remove its record; returns a note for the user."""
+    left = ray_process.stop_run(state.run_id, recorded=state.processes, grace=3.0)
+    record.forget(keep_token=keep_token)
+    extra = f"; stopped {len(left)} leftover process(es)" if left else ""
+    return f"found a stale record ({state.describe()}; its Ray node no longer ran){extra}"
+
+
+def _refuse_running(state: NodeState) -> ClusterError:
+    return ClusterError(
+        f"raylm already runs {state.describe()}",
+        fix="Stop it first",
+        command="raylm down",
     )
-    env = _ray_env(nic, token is not None, tdir)
-    run_id, _ = ray_process.start_ray(argv, env)
-    return tdir, run_id, env
 
 
-def _guard_not_running() -> None:
-    st = read_state()
-    if st and ray_process.processes_of_run(st.run_id):
-        raise ClusterError(
-            f"raylm already runs a Ray {st.role} on this node ({st.address})",
-            fix="Stop it first",
-            command="raylm down",
-        )
-
-
-def _gcs_client(address: str, token: str | None) -> object:
-    if token is not None:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN"] = token
+def publish_fingerprint(address: str, fp: Fingerprint) -> None:
+    """Put the head's fingerprint in the GCS key-value store (auth already applied)."""
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
 
-    return GcsClient(address=address)
-
-
-def publish_fingerprint(address: str, fp: Fingerprint, token: str | None) -> None:
-    """Put the head's fingerprint in the GCS key-value store."""
-    c = _gcs_client(address, token)
-    c.internal_kv_put(KV_FINGERPRINT, fp.model_dump_json().encode(), True, KV_NAMESPACE)  # type: ignore[attr-defined]
+    GcsClient(address=address).internal_kv_put(
+        KV_FINGERPRINT, fp.model_dump_json().encode(), True, KV_NAMESPACE
+    )
 
 
 def read_head_fingerprint(address: str, token: str | None, timeout: float = 10) -> Fingerprint:
     """The head's fingerprint, read from its GCS (needs the cluster token)."""
+    # The short-lived CLI process holds the token it was given; `ray start` children do not
+    # inherit it (ray_process strips Ray's auth variables and passes a token path instead).
+    context.apply_auth(token=token)
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
+
     try:
-        c = _gcs_client(address, token)
-        raw = c.internal_kv_get(KV_FINGERPRINT, KV_NAMESPACE, timeout=timeout)  # type: ignore[attr-defined]
+        raw = GcsClient(address=address).internal_kv_get(
+            KV_FINGERPRINT, KV_NAMESPACE, timeout=timeout
+        )
     except Exception as e:
         raise ClusterError(
             f"Cannot read the head's fingerprint from {address}",
@@ -237,42 +199,51 @@ def up(
     temp_dir: Path | None = None,
 ) -> UpResult:
     """Start this node as the Ray head of a new cluster."""
-    _guard_not_running()
+    notes: list[str] = []
+    token: str | None = None
+    old = record.read_state()
+    if old is not None:
+        if record.is_live(old):
+            raise _refuse_running(old)
+        reuse = auth and old.role == "head" and old.auth
+        token = record.read_token() if reuse else None
+        notes.append(_clear_stale(old, keep_token=reuse))
+        if token:
+            notes.append("kept the cluster token, so the join lines printed before still work")
     nic = choose_interface(node_ip=node_ip, iface=iface)
-    token = secrets.token_hex(32) if auth else None
-    tdir, run_id, env = _start_node(
-        nic, token, temp_dir, num_cpus, num_gpus, ports, head=True, dashboard_host=dashboard_host
-    )
+    if auth and token is None:
+        token = secrets.token_hex(32)
     address = f"{nic.ip}:{ports.gcs}"
+    state = _start_node(
+        "head",
+        nic,
+        address,
+        token,
+        temp_dir,
+        num_cpus,
+        num_gpus,
+        ports,
+        dashboard_host,
+        head=True,
+    )
     fp = local_fingerprint()
     try:
-        publish_fingerprint(address, fp, token)
+        context.apply_auth(token_path=str(record.token_path()) if token else None)
+        publish_fingerprint(address, fp)
     except Exception as e:
-        ray_process.stop_run(run_id)
+        ray_process.stop_run(state.run_id)
+        record.forget()
         raise ClusterError(
             "Ray started but raylm could not record the head's fingerprint in its GCS",
             why=f"{type(e).__name__}: {e}",
             fix="Retry; if it persists run with --debug",
             command="raylm up --debug",
         ) from e
-    state = _record_node("head", nic, address, run_id, tdir, env, ports, auth, dashboard_host)
-    _write_private(cluster_dir() / "fingerprint.json", fp.model_dump_json(indent=2))
+    record.write_private(record.fingerprint_path(), fp.model_dump_json(indent=2))
     cmd = f"raylm join {address}"
     if token:
         cmd += f" --token {token}"
-    return UpResult(state=state, join_command=cmd, fingerprint=fp)
-
-
-def parse_head(head: str, default_port: int) -> tuple[str, int]:
-    host, _, port = head.partition(":")
-    if not host:
-        raise ClusterError(f"Bad head address {head!r}", fix="Use HEAD_IP or HEAD_IP:PORT")
-    try:
-        return host, int(port) if port else default_port
-    except ValueError as e:
-        raise ClusterError(
-            f"Bad port in head address {head!r}", fix="Use HEAD_IP or HEAD_IP:PORT"
-        ) from e
+    return UpResult(state=state, join_command=cmd, fingerprint=fp, notes=notes)
 
 
 def check_head_ports(host: str, ports: RayPorts, gcs_port: int) -> list[str]:
@@ -301,15 +272,15 @@ class JoinPreflight(BaseModel):
 
 
 def join_preflight(
-    head: str,
+    address: str,
     *,
     token: str | None,
     node_ip: str | None = None,
     iface: str | None = None,
     ports: RayPorts = DEFAULT_PORTS,
 ) -> JoinPreflight:
-    """Check the head's ports and compare fingerprints; start nothing."""
-    host, gcs_port = parse_head(head, ports.gcs)
+    """Check the head's ports and compare fingerprints; start and write nothing."""
+    host, gcs_port = context.split_address(address, ports.gcs)
     nic = choose_interface(node_ip=node_ip, iface=iface, reach=host)
     dead = check_head_ports(host, ports, gcs_port)
     if dead:
@@ -319,7 +290,6 @@ def join_preflight(
             fix=f"Open TCP {ports.firewall_rule()} between all nodes",
             command=f"nc -vz {host} {gcs_port}",
         )
-    address = f"{host}:{gcs_port}"
     try:
         head_fp = read_head_fingerprint(address, token)
     except ClusterError as e:
@@ -343,50 +313,50 @@ def join(
 ) -> UpResult:
     """Join this node to the cluster whose head is `head` (ip or ip:port).
 
-    Refuses (before starting Ray) when the head's ports do not answer or when Python,
-    Ray, vLLM or torch differ from the head's, unless `force`.
+    The token is `token`, else $RAYLM_CLUSTER_TOKEN, else the one kept from an earlier join
+    of the same cluster. Refuses (before starting Ray) when the head's ports do not answer or
+    when Python, Ray, vLLM or torch differ from the head's, unless `force`. Running the same
+    join line again on a node that is already part of that cluster changes nothing.
     """
-    _guard_not_running()
-    token = token or os.environ.get(TOKEN_ENV) or None
-    pre = join_preflight(head, token=token, node_ip=node_ip, iface=iface, ports=ports)
+    host, gcs_port = context.split_address(head, ports.gcs)
+    address = f"{host}:{gcs_port}"
+    old = record.read_state()
+    same = old is not None and context.same_cluster(old.address, address)
+    if old is not None and record.is_live(old):
+        if not same:
+            raise _refuse_running(old)
+        note = f"this node is already part of {address} ({old.describe()})"
+        return UpResult(state=old, join_command="", fingerprint=local_fingerprint(), notes=[note])
+    token = token or os.environ.get(context.TOKEN_ENV) or (record.read_token() if same else None)
+    pre = join_preflight(address, token=token, node_ip=node_ip, iface=iface, ports=ports)
     if pre.fingerprint_error and not force:
-        raise ClusterError(pre.fingerprint_error, command=f"raylm join {head} --token TOKEN")
+        raise ClusterError(pre.fingerprint_error, command=f"raylm join {address} --token TOKEN")
     if pre.blocking and not force:
-        raise mismatch_error(pre.address, pre.blocking)
-    address, nic = pre.address, pre.nic
-    fp = local_fingerprint()
-    auth = token is not None
-    tdir, run_id, env = _start_node(
-        nic, token, temp_dir, num_cpus, num_gpus, ports, head=False, head_address=address
+        raise VersionMismatch(address, pre.blocking)
+    notes = [_clear_stale(old, keep_token=False)] if old is not None else []
+    state = _start_node(
+        "worker",
+        pre.nic,
+        address,
+        token,
+        temp_dir,
+        num_cpus,
+        num_gpus,
+        ports,
+        "",
+        head=False,
+        head_address=address,
     )
-    state = _record_node("worker", nic, address, run_id, tdir, env, ports, auth, "")
-    return UpResult(state=state, join_command="", fingerprint=fp)
-
-
-def mismatch_error(address: str, diffs: list[Difference]) -> ClusterError:
-    """The error `join` raises when this node's versions differ from the head's."""
-    table = "; ".join(f"{d.field}: head {d.expected}, here {d.actual}" for d in diffs)
-    fixes = "; ".join(f"{d.field}: {d.fix}" for d in diffs)
-    return ClusterError(
-        f"This node's versions differ from the head's ({address}): {table}",
-        why="Ray and vLLM workers on different versions fail at run time, not at join",
-        fix=f"Make them equal ({fixes}), or pass --force to join anyway",
-        command=f"raylm join {address} --force",
+    return UpResult(
+        state=state, join_command="", fingerprint=local_fingerprint(), diffs=pre.diffs, notes=notes
     )
 
 
 def down() -> list[int]:
     """Stop what raylm started on this node; return the pids signalled."""
-    st = read_state()
+    st = record.read_state()
     if st is None:
         return []
     pids = ray_process.stop_run(st.run_id, recorded=st.processes)
-    state_path().unlink(missing_ok=True)
-    if st.role == "head":
-        (cluster_dir() / "fingerprint.json").unlink(missing_ok=True)
-    token_path().unlink(missing_ok=True)
+    record.forget()
     return pids
-
-
-def state_json(st: NodeState) -> str:
-    return json.dumps(st.model_dump(), indent=2)

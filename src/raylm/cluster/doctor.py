@@ -21,10 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from raylm.cluster.context import ensure_attached
 from raylm.cluster.fingerprint import MUST_MATCH, Fingerprint, compare
 from raylm.cluster.netif import list_interfaces
 from raylm.cluster.node import NodeFacts, local_node_facts
-from raylm.cluster.pinned import RayNode, attach, ray_nodes, run_on_nodes
+from raylm.cluster.pinned import RayNode, ray_nodes, run_on_nodes
 from raylm.cluster.ports import DEFAULT_PORTS, RayPorts
 
 log = logging.getLogger(__name__)
@@ -587,7 +588,7 @@ def run_doctor(
     """Attach to the cluster and run every check on every node."""
     import ray
 
-    addr = attach(address)
+    addr = ensure_attached(address)
     nodes = [n for n in ray_nodes() if n.alive]
     dead = [n for n in ray_nodes() if not n.alive]
     ips = {n.node_id: n.ip for n in nodes}

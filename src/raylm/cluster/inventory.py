@@ -8,9 +8,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from raylm.cluster.context import ensure_attached
 from raylm.cluster.fingerprint import Fingerprint
 from raylm.cluster.node import GpuInfo, NodeFacts, local_node_facts
-from raylm.cluster.pinned import RayNode, attach, ray_nodes, run_on_nodes
+from raylm.cluster.pinned import RayNode, ray_nodes, run_on_nodes
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def node_inventory(
 
 def cluster_inventory(address: str | None = None, *, timeout: float = 120) -> ClusterInventory:
     """Attach to the cluster (address, $RAY_ADDRESS, or this node's) and inventory every node."""
-    addr = attach(address)
+    addr = ensure_attached(address)
     nodes = ray_nodes()
     results = run_on_nodes(_facts_on_node, nodes, timeout=timeout)
     actors, actors_err = _actors_by_node()

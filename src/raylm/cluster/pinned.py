@@ -1,4 +1,4 @@
-"""Attach to the cluster and run a function on every alive node (a Ray task pinned there).
+"""Run a function on every alive node of the attached cluster (a Ray task pinned there).
 
 NVML, /dev/shm and interfaces can only be read on the node itself, so status and doctor
 send one small task per node with NodeAffinitySchedulingStrategy(soft=False).
@@ -7,18 +7,12 @@ send one small task per node with NodeAffinitySchedulingStrategy(soft=False).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raylm.errors import ClusterError
-
 log = logging.getLogger(__name__)
-
-NAMESPACE = "raylm"
 
 
 class RayNode(BaseModel):
@@ -31,63 +25,6 @@ class RayNode(BaseModel):
     alive: bool = Field(description="Whether the GCS sees it alive.")
     is_head: bool = Field(description="Whether it is the head node.")
     resources: dict[str, float] = Field(description="Ray resources it advertises.")
-
-
-def resolve_address(address: str | None) -> str:
-    """The cluster to attach to: the argument, $RAY_ADDRESS, or what `raylm up/join` recorded."""
-    from raylm.cluster.bringup import read_state
-
-    if address:
-        return address
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"]
-    st = read_state()
-    if st:
-        return st.address
-    raise ClusterError(
-        "No Ray cluster to attach to",
-        why="no --address, no RAY_ADDRESS, and raylm started no cluster on this node",
-        fix="Start one with `raylm up` (or join one), or pass --address HEAD_IP:6379",
-        command="raylm up",
-    )
-
-
-def attach(address: str | None = None) -> str:
-    """ray.init() against the cluster this node belongs to; returns the GCS address."""
-    import ray
-
-    from raylm.cluster.bringup import read_state, token_path
-
-    addr = resolve_address(address)
-    if ray.is_initialized():
-        return addr
-    st = read_state()
-    kwargs: dict[str, Any] = {}
-    if st is not None:
-        if st.auth and not os.environ.get("RAY_AUTH_TOKEN"):
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
-            os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token_path()))
-        # The driver finds this node's raylet under the node's own temp dir.
-        os.environ.setdefault("RAY_TMPDIR", str(Path(st.temp_dir).parent))
-        kwargs["_node_ip_address"] = st.node_ip
-    try:
-        ray.init(
-            address=addr,
-            namespace=NAMESPACE,
-            log_to_driver=False,
-            logging_level="ERROR",
-            configure_logging=False,
-            **kwargs,
-        )
-    except Exception as e:
-        raise ClusterError(
-            f"Cannot attach to the Ray cluster at {addr}",
-            why=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-            fix="Run this on a node of the cluster (after `raylm up`/`raylm join`), "
-            "with the cluster's token",
-            command="raylm doctor",
-        ) from None
-    return addr
 
 
 def ray_nodes() -> list[RayNode]:

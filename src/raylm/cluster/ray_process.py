@@ -26,6 +26,9 @@ from raylm.errors import ClusterError
 log = logging.getLogger(__name__)
 
 RUN_MARKER = "RAYLM_RAY_RUN"
+# Ray's auth settings: raylm may set them in its own process (to talk to the GCS), but a
+# node's Ray processes get theirs from `env` only (a token path, never the token).
+RAY_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 def ray_executable() -> str:
@@ -95,7 +98,8 @@ def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -
     which is how `processes_of_run` finds them later.
     """
     run_id = uuid.uuid4().hex
-    full = {**os.environ, **env, RUN_MARKER: run_id}
+    inherited = {k: v for k, v in os.environ.items() if k not in RAY_AUTH_VARS}
+    full = {**inherited, **env, RUN_MARKER: run_id}
     log.debug("starting: %s", " ".join(argv))
     try:
         p = subprocess.run(

@@ -48,6 +48,9 @@ def demo_gguf_path() -> Path:
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
     """Write the HF-format equivalent of `gguf_file` into `out_dir` (created if needed)."""
+    from raylm.compat import hide_broken_torch_extensions
+
+    hide_broken_torch_extensions()
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer

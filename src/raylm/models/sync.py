@@ -598,25 +598,6 @@ def _agent_class() -> Any:
 # ---- driver side -------------------------------------------------------------------------
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Attach to the cluster (`address`, else RAY_ADDRESS) unless this process already is."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        raise ClusterError(
-            "No Ray cluster to work on",
-            why="neither --address nor RAY_ADDRESS is set, and this process is not attached",
-            fix="start or join a cluster first, or pass its address",
-            command="raylm up",
-        )
-    from raylm.cluster.connect import connect
-
-    connect(address)
-
-
 def alive_nodes() -> dict[str, str]:
     """{node IP: Ray node id} of every alive node."""
     import ray
@@ -669,28 +650,19 @@ class _Agents:
 
 
 def _reference(model: str | ModelEntry | Manifest, store: ModelStore | None) -> Manifest:
+    """The manifest every node's copy is checked against: this node's, for a store name (the
+    demo model's name imports it on first use, as `raylm serve` does)."""
     if isinstance(model, Manifest):
         return model
-    store = store or ModelStore()
-    if isinstance(model, ModelEntry):
-        if model.manifest is None:
-            raise ModelError(
-                f"{model.path} has no manifest, so its copies cannot be verified",
-                model=model.name,
-                fix="register it in the store first",
-                command=f"raylm model import {model.path}",
-            )
-        m = Manifest.model_validate_json(Path(model.manifest).read_bytes())
-        return m
-    m_opt = store.read_manifest(model)
-    if m_opt is None:
+    entry = model if isinstance(model, ModelEntry) else (store or ModelStore()).resolve(model)
+    if entry.manifest is None:
         raise ModelError(
-            f"Model {model} is not in this node's store ({store.root})",
-            model=model,
-            fix="import or pull it here first, or run this on a node that has it",
-            command="raylm model list",
+            f"{entry.path} has no manifest, so its copies cannot be verified",
+            model=entry.name,
+            fix="register it in the store first",
+            command=f"raylm model import {entry.path}",
         )
-    return m_opt
+    return Manifest.model_validate_json(Path(entry.manifest).read_bytes())
 
 
 def resolve_nodes(nodes: Sequence[str] | str | None) -> list[str]:
@@ -716,7 +688,7 @@ def verify_on_nodes(
     last full hash (a stat per file) and hashes everything else; `full=True` hashes every
     file on every node. A node that is not alive gets a result with `error` set. A copy
     whose bytes all match but that lacks a manifest (placed by hand) is registered.
-    Needs an attached Ray cluster (see `ensure_ray`).
+    Needs an attached Ray cluster (see `raylm.cluster.context.ensure_attached`).
     """
     import ray
 

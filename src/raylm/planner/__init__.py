@@ -20,7 +20,6 @@ from raylm.planner.layout import (
     Rejection,
     check_layout,
     plan,
-    vllm_command,
 )
 from raylm.planner.memory import PlannerConstants
 
@@ -41,5 +40,4 @@ __all__ = [
     "parse_cluster_spec",
     "parse_vllm_load_log",
     "plan",
-    "vllm_command",
 ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -642,42 +641,3 @@ def _with_replicas(lay: Layout, n: int, objective: str) -> Layout:
     tps = lay.est_tokens_per_s * n / lay.replicas
     score = tps if objective == "throughput" else lay.score
     return lay.model_copy(update={"replicas": n, "est_tokens_per_s": round(tps, 1), "score": score})
-
-
-def vllm_command(
-    layout: Layout,
-    model_ref: str,
-    facts: ModelFacts | None = None,
-    extra_engine_args: Sequence[str] = (),
-) -> list[str]:
-    """The `vllm serve` argv one replica runs (what the seeds typed by hand).
-
-    With `facts`, the layout is checked against the model first (PlanError if invalid).
-
-    A flag the user passes in `extra_engine_args` wins over the planned one. A replica over
-    several nodes gets `--distributed-executor-backend ray` (the seeds' path on GPUs).
-    """
-    if facts is not None:
-        bad = check_layout(facts, layout.tensor_parallel_size, layout.pipeline_parallel_size)
-        if bad:
-            raise PlanError(f"Layout cannot serve {facts.name}", why="; ".join(bad))
-    given = {a.split("=", 1)[0] for a in extra_engine_args if a.startswith("--")}
-    planned: list[tuple[str, str | None]] = [
-        ("--tensor-parallel-size", str(layout.tensor_parallel_size)),
-        ("--pipeline-parallel-size", str(layout.pipeline_parallel_size)),
-        ("--max-model-len", str(layout.max_model_len)),
-        ("--gpu-memory-utilization", f"{layout.gpu_memory_utilization:g}"),
-        ("--dtype", layout.dtype),
-    ]
-    if layout.quantization:
-        planned.append(("--quantization", layout.quantization))
-    if layout.nodes_per_replica > 1 and layout.accelerator == "gpu":
-        planned.append(("--distributed-executor-backend", "ray"))
-    if layout.accelerator == "cpu" and "--enforce-eager" not in given:
-        planned.append(("--enforce-eager", None))
-    argv = ["vllm", "serve", model_ref]
-    for flag, value in planned:
-        if flag in given:
-            continue
-        argv += [flag] if value is None else [flag, value]
-    return argv + list(extra_engine_args)

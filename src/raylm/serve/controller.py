@@ -25,7 +25,6 @@ from ray.util.scheduling_strategies import (
 )
 
 from raylm.serve.deployment import DeploymentConfig
-from raylm.serve.engine import RankLaunch
 from raylm.serve.state import ReplicaInfo, ReplicaState
 from raylm.serve.supervisor import ReplicaSupervisor
 
@@ -325,22 +324,13 @@ class Controller:
             master_port = await head.reserve_port.remote(None) if c.nodes_per_replica > 1 else None
             launches = []
             for rank, sup in enumerate(r.supervisors):
-                spec = RankLaunch(
-                    model_path=c.node_model_paths.get(r.node_ips[rank], c.model_path),
-                    served_model_name=c.served_model_name,
+                spec = c.rank_launch(
+                    rank,
+                    node_ip=r.node_ips[rank],
                     host=c.bind_host or r.node_ips[0],
                     port=port,
-                    tensor_parallel_size=c.tensor_parallel_size,
-                    pipeline_parallel_size=c.pipeline_parallel_size,
-                    nnodes=c.nodes_per_replica,
-                    node_rank=rank,
-                    master_addr=r.node_ips[0] if c.nodes_per_replica > 1 else None,
+                    master_addr=r.node_ips[0],
                     master_port=master_port,
-                    dtype=c.dtype,
-                    max_model_len=c.max_model_len,
-                    executor=c.executor,
-                    device=c.device,
-                    engine_args=c.engine_args,
                 )
                 launches.append(sup.launch.remote(spec.model_dump(), r.slots[rank][1]))
             results = await asyncio.gather(*launches)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from raylm.serve.engine import RankLaunch, resolve_dtype
+
+if TYPE_CHECKING:
+    from raylm.planner import Layout
 
 
 class DeploymentConfig(BaseModel):
@@ -51,6 +56,71 @@ class DeploymentConfig(BaseModel):
     @property
     def controller_name(self) -> str:
         return controller_actor_name(self.name)
+
+    def rank_launch(
+        self,
+        rank: int,
+        *,
+        node_ip: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        master_addr: str | None = None,
+        master_port: int | None = None,
+    ) -> RankLaunch:
+        """What rank `rank` of a replica on `node_ip` runs; the address fields (where rank 0
+        serves, the rendezvous) stay None in a plan."""
+        return RankLaunch(
+            model_path=self.node_model_paths.get(node_ip or "", self.model_path),
+            served_model_name=self.served_model_name,
+            host=host,
+            port=port,
+            tensor_parallel_size=self.tensor_parallel_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            nnodes=self.nodes_per_replica,
+            node_rank=rank,
+            master_addr=master_addr if self.nodes_per_replica > 1 else None,
+            master_port=master_port if self.nodes_per_replica > 1 else None,
+            dtype=self.dtype,
+            max_model_len=self.max_model_len,
+            executor=self.executor,
+            device=self.device,
+            engine_args=self.engine_args,
+        )
+
+    def planned_launches(self) -> list[RankLaunch]:
+        """One launch per rank of a replica, as `raylm plan` prints them."""
+        return [self.rank_launch(r) for r in range(self.nodes_per_replica)]
+
+
+def deployment_from_layout(
+    layout: Layout,
+    *,
+    model_path: str,
+    served_model_name: str,
+    executor: Literal["mp", "ray"] = "mp",
+    dtype: str = "auto",
+    engine_args: dict[str, Any] | None = None,
+    name: str = "default",
+) -> DeploymentConfig:
+    """The deployment `raylm serve` runs for a planner layout (what `raylm plan` prints)."""
+    device: Literal["cpu", "cuda"] = "cuda" if layout.accelerator == "gpu" else "cpu"
+    ray_executor = executor == "ray"
+    return DeploymentConfig(
+        name=name,
+        model_path=model_path,
+        served_model_name=served_model_name,
+        replicas=layout.replicas,
+        tensor_parallel_size=layout.tensor_parallel_size,
+        pipeline_parallel_size=layout.pipeline_parallel_size,
+        # vLLM's Ray executor places a replica's GPU workers itself, from one process.
+        nodes_per_replica=1 if ray_executor else layout.nodes_per_replica,
+        device=device,
+        gpus_per_node=0 if ray_executor else layout.gpus_per_node,
+        dtype=resolve_dtype(dtype, device),
+        max_model_len=layout.max_model_len,
+        executor=executor,
+        engine_args=dict(engine_args or {}),
+    )
 
 
 CONTROLLER_NAMESPACE = "raylm"

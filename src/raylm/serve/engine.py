@@ -1,7 +1,9 @@
 """How one rank of a replica runs vLLM: its command line and environment.
 
-raylm owns only what it computes (parallel sizes, ports, node ranks, devices, network
-environment); the user's engine arguments pass through to `vllm serve` untouched.
+This is the one builder of the `vllm serve` line: the controller launches what it builds,
+and `raylm plan` prints what it builds, so the two cannot disagree. raylm owns only what
+it computes (parallel sizes, ports, node ranks, devices, network environment); the user's
+engine arguments pass through to `vllm serve` untouched.
 """
 
 from __future__ import annotations
@@ -23,14 +25,24 @@ class RankLaunch(BaseModel):
 
     model_path: str = Field(description="Model directory on the node (same path on every node).")
     served_model_name: str = Field(description="Name clients use in `model`.")
-    host: str = Field(description="Address rank 0's OpenAI server binds to (the node's IP).")
-    port: int = Field(description="Port of rank 0's OpenAI server.")
+    host: str | None = Field(
+        default=None,
+        description="Address rank 0's OpenAI server binds to (the node's IP); None in a plan, "
+        "where it is chosen at launch.",
+    )
+    port: int | None = Field(
+        default=None, description="Port of rank 0's OpenAI server; None in a plan (a free port)."
+    )
     tensor_parallel_size: int = Field(ge=1, description="TP of the replica.")
     pipeline_parallel_size: int = Field(ge=1, description="PP of the replica.")
     nnodes: int = Field(default=1, ge=1, description="Nodes the replica spans.")
     node_rank: int = Field(default=0, ge=0, description="This node's rank within the replica.")
-    master_addr: str | None = Field(default=None, description="Rank 0's node IP when nnodes > 1.")
-    master_port: int | None = Field(default=None, description="Rendezvous port when nnodes > 1.")
+    master_addr: str | None = Field(
+        default=None, description="Rank 0's node IP when nnodes > 1 (None in a plan)."
+    )
+    master_port: int | None = Field(
+        default=None, description="Rendezvous port when nnodes > 1 (None in a plan)."
+    )
     dtype: str = Field(default="auto", description="dtype handed to vLLM.")
     max_model_len: int | None = Field(default=None, description="Context length, if set.")
     executor: str = Field(default="mp", description="vLLM distributed executor backend.")
@@ -61,16 +73,16 @@ def engine_arg_flags(engine_args: dict[str, Any]) -> list[str]:
 
 
 def vllm_argv(launch: RankLaunch) -> list[str]:
-    """The `vllm serve ...` arguments of this rank (without the interpreter and launcher)."""
-    argv = [
-        "serve",
-        launch.model_path,
-        "--served-model-name",
-        launch.served_model_name,
-        "--host",
-        launch.host,
-        "--port",
-        str(launch.port),
+    """The `vllm serve ...` arguments of this rank (without the interpreter and launcher).
+
+    Fields a plan leaves open (host, port, master address and port) are left out.
+    """
+    argv = ["serve", launch.model_path, "--served-model-name", launch.served_model_name]
+    if launch.host is not None:
+        argv += ["--host", launch.host]
+    if launch.port is not None:
+        argv += ["--port", str(launch.port)]
+    argv += [
         "--tensor-parallel-size",
         str(launch.tensor_parallel_size),
         "--pipeline-parallel-size",
@@ -91,16 +103,11 @@ def vllm_argv(launch: RankLaunch) -> list[str]:
         if not keys & {"gpu-memory-utilization", "kv-cache-memory-bytes"}:
             user["kv-cache-memory-bytes"] = CPU_KV_CACHE_BYTES
     if launch.nnodes > 1:
-        argv += [
-            "--nnodes",
-            str(launch.nnodes),
-            "--node-rank",
-            str(launch.node_rank),
-            "--master-addr",
-            str(launch.master_addr),
-            "--master-port",
-            str(launch.master_port),
-        ]
+        argv += ["--nnodes", str(launch.nnodes), "--node-rank", str(launch.node_rank)]
+        if launch.master_addr is not None:
+            argv += ["--master-addr", launch.master_addr]
+        if launch.master_port is not None:
+            argv += ["--master-port", str(launch.master_port)]
         if launch.node_rank > 0:
             argv.append("--headless")
     elif launch.executor == "ray":
@@ -111,7 +118,17 @@ def vllm_argv(launch: RankLaunch) -> list[str]:
 
 def command(launch: RankLaunch) -> list[str]:
     """The full child-process command line: this interpreter, raylm's launcher, vLLM's args."""
+    missing = [f for f in ("host", "port") if getattr(launch, f) is None]
+    if launch.nnodes > 1:
+        missing += [f for f in ("master_addr", "master_port") if getattr(launch, f) is None]
+    if missing:
+        raise ValueError(f"a launch needs {', '.join(missing)}; a plan's launch cannot run")
     return [sys.executable, "-m", "raylm.serve.launcher", *vllm_argv(launch)]
+
+
+def printable(launch: RankLaunch) -> list[str]:
+    """The line as a person types it: `vllm serve ...`."""
+    return ["vllm", *vllm_argv(launch)]
 
 
 def rank_env(

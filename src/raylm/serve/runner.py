@@ -137,7 +137,7 @@ def build_deployment(
     # supervisor (rank 0, no devices of its own) per replica and passes the cluster on.
     ray_executor = spec.executor == "ray"
     max_len = spec.max_model_len
-    if max_len is None and layout.device == "cpu" and "max-model-len" not in spec.engine_args:
+    if max_len is None and layout.device == "cpu":
         native = int(_model_config(model_path).get("max_position_embeddings") or 0)
         max_len = min(native, _CPU_DEFAULT_MAX_MODEL_LEN) if native else _CPU_DEFAULT_MAX_MODEL_LEN
     config = DeploymentConfig(
@@ -341,7 +341,7 @@ def _signals_to(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterato
 
 async def serve(spec: ServeSpec, reporter: Reporter) -> None:
     """Run a deployment in the foreground until SIGINT/SIGTERM, then drain and stop it all."""
-    from raylm.cluster.connect import connect
+    from raylm.cluster.context import connect
     from raylm.gateway import GatewayServer, GatewaySettings, create_gateway
     from raylm.models.store import ModelStore
 
@@ -381,7 +381,7 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
             )
             await gateway.start()
             if await wait_until_ready(controller, reporter, stop):
-                endpoint = f"http://{spec.host}:{spec.port}"
+                endpoint = f"http://{_reachable_host(spec.host)}:{spec.port}"
                 reporter.ready(endpoint, config.served_model_name, layout, spec.api_key is not None)
             await _watch(controller, reporter, stop)
         finally:
@@ -394,6 +394,15 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                 await _stop_controller(controller)
             reporter.stopping("disconnecting from Ray" if not conn.started_here else "stopping Ray")
             await loop.run_in_executor(None, conn.close)
+
+
+def _reachable_host(host: str) -> str:
+    """The address clients use for a gateway bound to `host` (a wildcard: this node's IP)."""
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    import ray
+
+    return str(ray.util.get_node_ip_address())
 
 
 async def _watch(controller: Any, reporter: Reporter, stop: asyncio.Event) -> None:

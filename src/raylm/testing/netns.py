@@ -1,9 +1,12 @@
 """A real multi-node Ray cluster on one machine, made of Linux network namespaces.
 
-Each node is a network namespace on a bridge in the root namespace, with its own IP,
-temp dir and `$RAYLM_HOME`; the cluster comes up through `raylm up` and `raylm join`
-(token auth on), exactly as a user would run them. Fault helpers kill a node, cut it
-off the network, block a port, shrink its /dev/shm, and bring it back.
+Each node is a network namespace on a bridge in the root namespace. A node gets what a
+separate machine has of its own and nothing more: its network, its HOME (so its own
+`~/.raylm`) and its TMPDIR. It gets none of the variables raylm must work out itself
+(cluster address, token, node IP, interface names): the cluster comes up through the
+commands a user types, `raylm up` and then the `raylm join` line it printed, verbatim.
+Fault helpers kill a node, cut it off the network, block a port, shrink its /dev/shm,
+and bring it back.
 
 Every process of a node runs through `nsenter` into the namespaces of one anchor
 process per node (`ip netns exec NAME sleep infinity`): the anchor's mount namespace
@@ -15,7 +18,7 @@ Needs root and iproute2. Usage::
 
     with NetnsCluster(3, workdir=tmp_path) as c:
         c.start()
-        print(c.run(0, [sys.executable, "-m", "raylm.cli.main", "status"]).stdout)
+        print(c.raylm(1, "status").stdout)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -50,6 +54,14 @@ def raylm_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "raylm.cli.main", *args]
 
 
+def printed_join_line(up_output: str) -> list[str]:
+    """The `raylm join ...` line `raylm up` printed, as a user would copy it."""
+    lines = [ln.strip() for ln in up_output.splitlines() if ln.strip().startswith("raylm join ")]
+    if not lines:
+        raise RuntimeError(f"`raylm up` printed no join line:\n{up_output}")
+    return shlex.split(lines[-1])
+
+
 def netns_unavailable_reason() -> str | None:
     """Why network-namespace clusters cannot be built here, or None when they can."""
     if sys.platform != "linux":
@@ -69,19 +81,43 @@ def netns_unavailable_reason() -> str | None:
 
 @dataclass
 class NetnsNode:
-    """One node of a NetnsCluster."""
+    """One node of a NetnsCluster: a machine with its own network, HOME and TMPDIR."""
 
     index: int
     name: str
     ip: str
     netns: str
-    home: Path
-    tmp: Path
+    root: Path
     host_veth: str
     anchor: subprocess.Popen[bytes] | None = None
     pids: set[int] = field(default_factory=set)
     blocked_ports: set[int] = field(default_factory=set)
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def home(self) -> Path:
+        """The machine's HOME."""
+        return self.root / "home"
+
+    @property
+    def tmp(self) -> Path:
+        """The machine's TMPDIR."""
+        return self.root / "tmp"
+
+    @property
+    def raylm_home(self) -> Path:
+        """Where raylm keeps this machine's state by default: `~/.raylm`."""
+        return self.home / ".raylm"
+
+
+# Variables a test runner may carry that a fresh machine does not have: they must never
+# reach a namespace machine, or the harness would do raylm's work for it.
+_FOREIGN_PREFIXES = ("RAY_", "RAYLM_", "VLLM_", "NCCL_", "GLOO_", "HF_", "OMP_")
+
+
+def machine_base_env() -> dict[str, str]:
+    """This process's environment less everything a separate machine would not share."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_PREFIXES)}
 
 
 class NetnsCluster:
@@ -90,9 +126,11 @@ class NetnsCluster:
     Args:
         n_nodes: number of nodes; node 0 is the head.
         subnet: first three octets; node i gets `<subnet>.<i+1>`, the bridge `<subnet>.254`.
-        workdir: where each node's RAYLM_HOME lives (`workdir/node<i>/home`).
+        workdir: where logs of the harness go (each node's HOME and TMPDIR live under a
+            short /tmp directory: Ray's unix sockets must fit in 108 bytes).
         env: extra environment for every process of every node.
-        num_cpus: CPUs each Ray node advertises (keep it small on shared machines).
+        num_cpus: passed as `--num-cpus` to `up`/`join` when set; None (the default) runs
+            the commands exactly as a user types them.
     """
 
     def __init__(
@@ -102,7 +140,7 @@ class NetnsCluster:
         subnet: str = "10.77.0",
         workdir: Path,
         env: dict[str, str] | None = None,
-        num_cpus: int = 1,
+        num_cpus: int | None = None,
     ) -> None:
         if not 1 <= n_nodes <= 200:
             raise ValueError(f"n_nodes must be 1..200, got {n_nodes}")
@@ -114,21 +152,20 @@ class NetnsCluster:
         self.prefix = f"rl{os.getpid() % 100000}x{next(_counter)}"
         self.bridge = f"{self.prefix}br"
         self.token = ""
+        self.join_line: list[str] = []
         self.started = False
         self._closed = False
         self._built = False
         self.nodes: list[NetnsNode] = []
         for i in range(n_nodes):
-            root = self.workdir / f"node{i}"
             self.nodes.append(
                 NetnsNode(
                     index=i,
                     name=f"node{i}",
                     ip=f"{subnet}.{i + 1}",
                     netns=f"{self.prefix}n{i}",
-                    home=root / "home",
                     # Short on purpose: Ray's unix sockets live under it (108-byte limit).
-                    tmp=Path(tempfile.mkdtemp(prefix=f"{self.prefix}n{i}-", dir="/tmp")),
+                    root=Path(tempfile.mkdtemp(prefix=f"{self.prefix}n{i}-", dir="/tmp")),
                     host_veth=f"{self.prefix}v{i}",
                 )
             )
@@ -149,26 +186,11 @@ class NetnsCluster:
         return f"{self.head_ip}:{GCS_PORT}"
 
     def env_for(self, i: int) -> dict[str, str]:
-        """Environment for a process on node i (a Ray driver, raylm, vLLM)."""
+        """What node i's processes get of their own: HOME and TMPDIR (plus this
+        interpreter's bin directory first on PATH, where `pip install` puts `raylm`)."""
         n = self.nodes[i]
-        env = {
-            "RAYLM_HOME": str(n.home),
-            "RAY_ADDRESS": self.address,
-            "RAY_TMPDIR": str(n.tmp),
-            "TMPDIR": str(n.tmp),
-            "RAY_NODE_IP_ADDRESS": n.ip,
-            "VLLM_HOST_IP": n.ip,
-            "GLOO_SOCKET_IFNAME": "eth0",
-            "NCCL_SOCKET_IFNAME": "eth0",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-        if self.token:
-            env |= {
-                "RAY_AUTH_MODE": "token",
-                "RAY_AUTH_TOKEN": self.token,
-                "RAYLM_CLUSTER_TOKEN": self.token,
-            }
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {"HOME": str(n.home), "TMPDIR": str(n.tmp), "PATH": path, "PYTHONUNBUFFERED": "1"}
         return {**self.env, **env, **n.extra_env}
 
     # ---- processes -----------------------------------------------------------------
@@ -179,7 +201,7 @@ class NetnsCluster:
         return ["nsenter", "-t", str(anchor.pid), "--net", "--mount", "--", *map(str, argv)]
 
     def _full_env(self, i: int, env: dict[str, str] | None) -> dict[str, str]:
-        return {**os.environ, **self.env_for(i), **(env or {})}
+        return {**machine_base_env(), **self.env_for(i), **(env or {})}
 
     def run(
         self,
@@ -249,6 +271,7 @@ class NetnsCluster:
         _ip("link", "set", self.bridge, "up")
         for n in self.nodes:
             n.home.mkdir(parents=True, exist_ok=True)
+            n.tmp.mkdir(parents=True, exist_ok=True)
             _ip("netns", "add", n.netns)
             _ip(
                 "link", "add", n.host_veth, "type", "veth", "peer", "name", "eth0", "netns", n.netns
@@ -289,31 +312,24 @@ class NetnsCluster:
                     )
 
     def start(self, timeout: float = 240) -> None:
-        """Build the nodes, `raylm up` on node 0, `raylm join` on the others, wait for all."""
+        """Build the nodes, run `raylm up` on node 0 as a user types it, then the join line it
+        printed, verbatim, on every other node."""
         self.build()
-        head = self.nodes[0]
-        up = self.raylm(
-            0,
-            "up",
-            "--node-ip",
-            head.ip,
-            "--num-cpus",
-            str(self.num_cpus),
-            "--temp-dir",
-            str(head.tmp / "ray"),
-            "--json",
-            timeout=timeout,
-        )
+        up = self.raylm(0, "up", *self._cpu_args(), timeout=timeout)
         if up.returncode != 0:
             raise RuntimeError(f"raylm up failed on node0:\n{up.stdout}\n{up.stderr}")
-        self.token = (head.home / "cluster" / "token").read_text().strip()
+        self.join_line = printed_join_line(up.stdout)
+        self.token = (self.nodes[0].raylm_home / "cluster" / "token").read_text().strip()
         for n in self.nodes[1:]:
             self.join_node(n.index, timeout=timeout)
         self.wait_alive(len(self.nodes), timeout=timeout)
         self.started = True
 
+    def _cpu_args(self) -> list[str]:
+        return [] if self.num_cpus is None else ["--num-cpus", str(self.num_cpus)]
+
     def join_node(self, i: int, *extra: str, timeout: float = 240) -> None:
-        """Run `raylm join` on node i (raises with its output when it fails)."""
+        """Run the join line `raylm up` printed on node i (raises with its output on failure)."""
         n = self.nodes[i]
         p = self.join_cmd(i, *extra, timeout=timeout)
         if p.returncode != 0:
@@ -322,38 +338,19 @@ class NetnsCluster:
     def join_cmd(
         self, i: int, *extra: str, env: dict[str, str] | None = None, timeout: float = 240
     ) -> subprocess.CompletedProcess[str]:
-        """Run `raylm join` on node i (env added) and return the result, whatever it is."""
-        n = self.nodes[i]
-        return self.raylm(
-            i,
-            "join",
-            self.address,
-            "--num-cpus",
-            str(self.num_cpus),
-            "--temp-dir",
-            str(n.tmp / "ray"),
-            *extra,
-            env=env,
-            timeout=timeout,
-        )
+        """Run the printed join line on node i (env and flags added); return the result."""
+        if not self.join_line:
+            raise RuntimeError("no join line yet: start() runs `raylm up` first")
+        argv = [*raylm_argv(), *self.join_line[1:], *self._cpu_args(), *extra]
+        return self.run(i, argv, env=env, timeout=timeout)
 
-    def alive_node_ips(self, timeout: float = 60) -> list[str]:
-        """IPs of the nodes Ray's GCS reports alive (asked from node 0)."""
-        code = (
-            "import json, ray\n"
-            "ray.init(logging_level='ERROR', log_to_driver=False)\n"
-            "ips = [n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]\n"
-            "print('RAYLM_IPS', json.dumps(sorted(ips)))\n"
-        )
-        p = self.run(0, [sys.executable, "-c", code], timeout=timeout)
+    def alive_node_ips(self, timeout: float = 120) -> list[str]:
+        """IPs of the nodes `raylm status` on node 0 reports alive."""
+        p = self.raylm(0, "status", "--json", timeout=timeout)
         if p.returncode != 0:
-            raise RuntimeError(f"cannot list Ray nodes:\n{p.stderr[-2000:]}")
-        # Ray may print its own lines to stdout; ours carries a tag.
-        tagged = [ln for ln in p.stdout.splitlines() if ln.startswith("RAYLM_IPS ")]
-        if not tagged:
-            raise RuntimeError(f"no node list in the driver's output:\n{p.stdout[-2000:]}")
-        ips: list[str] = json.loads(tagged[-1].split(" ", 1)[1])
-        return ips
+            raise RuntimeError(f"raylm status failed:\n{p.stderr[-2000:]}")
+        nodes = json.loads(p.stdout)["nodes"]
+        return sorted(n["ip"] for n in nodes if n["alive"])
 
     def wait_alive(self, n_alive: int, timeout: float = 120) -> list[str]:
         """Wait until Ray reports exactly n_alive nodes alive; return their IPs."""
@@ -364,7 +361,7 @@ class NetnsCluster:
                 ips = self.alive_node_ips()
                 if len(ips) == n_alive:
                     return ips
-            except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
+            except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
                 log.debug("waiting for nodes: %s", e)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"expected {n_alive} alive Ray nodes, saw {ips}")
@@ -382,20 +379,19 @@ class NetnsCluster:
         n.pids.clear()
         return sorted(pids)
 
-    def restart_node(self, i: int, *, extra_env: dict[str, str] | None = None) -> None:
-        """Bring a killed node back: `raylm down` leftovers cleared, then `raylm join` again.
+    def restart_node(self, i: int, *extra: str, extra_env: dict[str, str] | None = None) -> None:
+        """Kill every process of node i, as a crash or reboot does, then run the same join
+        line again (its files, `~/.raylm` included, stay as they were).
 
         extra_env (kept for later commands on that node) lets a test give the node e.g. a
-        PYTHONPATH with different package metadata.
+        PYTHONPATH with different package metadata; extra flags go to `raylm join`.
         """
         if i == 0:
             raise ValueError("restarting the head is not supported: build a new cluster")
         self.kill_node(i)
-        n = self.nodes[i]
         if extra_env is not None:
-            n.extra_env = dict(extra_env)
-        (n.home / "cluster" / "state.json").unlink(missing_ok=True)
-        self.join_node(i, "--force")
+            self.nodes[i].extra_env = dict(extra_env)
+        self.join_node(i, *extra)
 
     def cut_node(self, i: int) -> None:
         """Take node i off the network (its bridge port down)."""
@@ -490,7 +486,7 @@ class NetnsCluster:
             if self._built:
                 subprocess.run(["ip", "netns", "del", n.netns], capture_output=True)
                 subprocess.run(["ip", "link", "del", n.host_veth], capture_output=True)
-            shutil.rmtree(n.tmp, ignore_errors=True)
+            shutil.rmtree(n.root, ignore_errors=True)
         if self._built:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
@@ -501,8 +497,8 @@ class NetnsCluster:
         for n in self.nodes:
             if n.netns in names:
                 out.append(f"netns {n.netns}")
-            if n.tmp.exists():
-                out.append(f"dir {n.tmp}")
+            if n.root.exists():
+                out.append(f"dir {n.root}")
             for pid in n.pids:
                 if _alive(pid):
                     out.append(f"pid {pid}")

@@ -27,9 +27,10 @@ def require_netns() -> None:
 
 @pytest.fixture(scope="session")
 def netns_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
-    """A started cluster: head (node 0) + 2 workers, token auth on, subnet 10.77.0/24.
-
-    `RAYLM_TEST_SUBNET` picks another /24 (e.g. when two suites run at once).
+    """Three machines (network namespaces with their own network, HOME and TMPDIR) made a
+    cluster as the README says: `raylm up` on node 0, then the join line it printed on
+    nodes 1 and 2. Subnet 10.77.0/24; `RAYLM_TEST_SUBNET` picks another /24 (e.g. when two
+    suites run at once).
     """
     require_netns()
     subnet = os.environ.get(NETNS_SUBNET_ENV, "10.77.0")
