@@ -22,6 +22,8 @@ import httpx
 import psutil
 import pytest
 
+from raylm.testing.netns import machine_base_env
+
 pytest_plugins = ["raylm.testing.pytest_netns"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,8 +141,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serve")
     port = free_port()
     key = secrets.token_hex(16)
-    env = {**os.environ, "RAYLM_API_KEY": key, "RAYLM_HOME": str(raylm_home())}
-    env.pop("RAY_ADDRESS", None)
+    # A user's shell: their API key and raylm home (the demo model's conversion is cached
+    # there across runs), nothing of Ray's or vLLM's that raylm must set up itself.
+    env = {**machine_base_env(), "RAYLM_API_KEY": key, "RAYLM_HOME": str(raylm_home())}
     log_path = tmp / "serve.log"
     proc = start_serve(
         ["--replicas", "2", "--port", str(port), "--name", "pytest", "--max-batch-size", "8"],

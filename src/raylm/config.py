@@ -29,7 +29,7 @@ OWNED_ENGINE_ARGS: dict[str, str] = {
     "pipeline-parallel-size": "--pp",
     "pp": "--pp",
     "dp": "--replicas",
-    "distributed-executor-backend": "executor = \"ray\" in the spec, or --executor ray",
+    "distributed-executor-backend": 'executor = "ray" in the spec, or --executor ray',
     "nnodes": _SPAN,
     "node-rank": _SPAN,
     "master-addr": _SPAN,
@@ -89,7 +89,8 @@ class ServeSpec(BaseModel):
     )
     address: str | None = Field(
         default=None,
-        description="Ray cluster ('auto' or host:port); None: RAY_ADDRESS, else a local one.",
+        description="Ray cluster (host:port); None: RAY_ADDRESS, else the cluster this node "
+        "joined (raylm up/join), else a private one for this run.",
     )
     executor: Executor = Field(
         default="mp",

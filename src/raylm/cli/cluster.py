@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _up(
@@ -160,20 +160,23 @@ def _status(
     if as_json:
         print(json.dumps(inv.model_dump(), indent=2))
         return
-    t = Table(title=f"raylm cluster {inv.address}")
-    for c in (
-        "node",
-        "role",
-        "alive",
-        "CPUs",
-        "memory",
-        "store free",
-        "/dev/shm",
-        "GPUs",
-        "versions",
-        "raylm runs",
-    ):
-        t.add_column(c)
+    versions = {_versions(n.versions) for n in inv.nodes if n.versions}
+    differ = len(versions) > 1
+    alive = sum(n.alive for n in inv.nodes)
+    console.print(
+        f"raylm cluster {inv.address}: {alive} of {len(inv.nodes)} node(s) alive"
+        + (f"; on every node: {next(iter(versions))}" if len(versions) == 1 else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    t = Table()
+    for c in ("node", "role", "alive", "CPUs", "memory", "store free", "/dev/shm"):
+        # IPs and figures are what people read and grep: never cut or wrapped.
+        t.add_column(c, no_wrap=True)
+    t.add_column("GPUs")
+    if differ:
+        t.add_column("versions")
+    t.add_column("raylm runs")
     for n in inv.nodes:
         gpus = (
             "\n".join(
@@ -183,9 +186,7 @@ def _status(
             )
             or "-"
         )
-        v = n.versions
-        ver = f"py{v.python} ray {v.ray} vllm {v.vllm or '-'} torch {v.torch or '-'}" if v else "-"
-        t.add_row(
+        row = [
             n.ip,
             n.role,
             "[green]yes[/green]" if n.alive else "[red]no[/red]",
@@ -194,10 +195,16 @@ def _status(
             _gib(n.disk_free_bytes),
             _gib(n.shm_bytes),
             gpus,
-            ver,
-            ", ".join(n.raylm_actors) or ("-" if not n.error else f"[red]{n.error}[/red]"),
-        )
+        ]
+        if differ:
+            row.append(_versions(n.versions) if n.versions else "-")
+        row.append(", ".join(n.raylm_actors) or ("-" if not n.error else f"[red]{n.error}[/red]"))
+        t.add_row(*row)
     console.print(t)
+
+
+def _versions(v: Any) -> str:
+    return f"python {v.python}, ray {v.ray}, vllm {v.vllm or '-'}, torch {v.torch or '-'}"
 
 
 def _doctor(

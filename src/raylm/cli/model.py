@@ -21,8 +21,8 @@ from rich.table import Table
 
 from raylm.errors import ModelError
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 model_app = typer.Typer(
     name="model",

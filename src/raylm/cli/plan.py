@@ -16,8 +16,8 @@ from raylm.planner import OBJECTIVES, ClusterSpec, Layout, parse_cluster_spec, p
 from raylm.serve.engine import RankLaunch, printable
 
 GIB = 1024**3
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def live_cluster(address: str | None = None) -> ClusterSpec:
@@ -84,24 +84,28 @@ def _print_human(
     for w in lay.warnings:
         out.print(f"  [yellow]warning[/yellow]: {w}", highlight=False)
     table = Table(title="feasible layouts (best first)", title_justify="left")
-    # Short headers: the table must fit an 80-column terminal.
-    for h in (
-        "TP",
-        "PP",
-        "repl",
-        "GPUs",
-        "nodes",
-        "max len",
-        "W GiB",
-        "KV tok",
-        "seqs",
-        "tok/s",
-        "ms/tok",
-    ):
-        table.add_column(h, justify="right")
     rows = [lay, *result.alternatives]
-    for i, r in enumerate(rows if show_all else rows[:10]):
-        table.add_row(*_layout_row(r), style="bold green" if i == 0 else None)
+    cells = [_layout_row(r) for r in (rows if show_all else rows[:10])]
+    # Short headers keep it within 80 columns; numbers are never cut, even in a pipe.
+    for col, h in enumerate(
+        (
+            "TP",
+            "PP",
+            "repl",
+            "GPUs",
+            "nodes",
+            "max len",
+            "W GiB",
+            "KV tok",
+            "seqs",
+            "tok/s",
+            "ms/tok",
+        )
+    ):
+        width = max(len(row[col]) for row in cells)
+        table.add_column(h, justify="right", no_wrap=True, min_width=width)
+    for i, row in enumerate(cells):
+        table.add_row(*row, style="bold green" if i == 0 else None)
     out.print(table)
     if len(rows) > 10 and not show_all:
         out.print(f"  ... {len(rows) - 10} more (--all shows them)")

@@ -10,14 +10,14 @@ from typing import Any
 import typer
 import uvloop
 from rich.console import Console
-from rich.table import Table
 
 from raylm.config import load_spec, parse_engine_arg
 from raylm.serve.placement import Placement
 from raylm.serve.state import ReplicaInfo
 
-console = Console(stderr=True)
-out = Console()
+# soft_wrap: progress lines are read in logs and grepped; rich would cut them at 80 columns.
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 class CliReporter:
@@ -38,13 +38,15 @@ class CliReporter:
                 console.print(f"  replica [bold]{i.replica_id}[/bold] on {where}: {line}")
 
     def ready(self, endpoint: str, model: str, layout: Placement, api_key_set: bool) -> None:
-        table = Table(show_header=False, box=None)
-        table.add_row("endpoint", f"{endpoint}/v1")
-        table.add_row("model", model)
-        table.add_row("layout", layout.describe())
-        table.add_row("health", f"{endpoint}/health   metrics: {endpoint}/metrics")
         out.print("[bold green]raylm is ready[/bold green]")
-        out.print(table)
+        # Plain lines, not a table: a table cuts a long URL to fit the terminal.
+        for name, value in (
+            ("endpoint", f"{endpoint}/v1"),
+            ("model", model),
+            ("layout", layout.describe()),
+            ("health", f"{endpoint}/health   metrics: {endpoint}/metrics"),
+        ):
+            out.print(f" {name:<9} {value}", highlight=False)
         # Double quotes: the shell must expand the variable the user keeps the key in.
         auth = ' -H "Authorization: Bearer $RAYLM_API_KEY"' if api_key_set else ""
         body = (
@@ -80,7 +82,9 @@ def serve(
         None, help="Require this bearer key [env: RAYLM_API_KEY].", show_default=False
     ),
     address: str | None = typer.Option(
-        None, help="Ray cluster address [default: $RAY_ADDRESS, else a local cluster]."
+        None,
+        help="Ray cluster address [default: $RAY_ADDRESS, else the cluster this machine "
+        "joined, else a private one].",
     ),
     name: str | None = typer.Option(None, help="Deployment name [default: default]."),
     executor: str | None = typer.Option(None, help="mp|ray: vLLM executor for multi-GPU."),

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from raylm.cluster.context import ensure_attached
+from raylm.cluster.exposure import Exposure, ListeningPort, listening_ports, probe_ports
 from raylm.cluster.fingerprint import MUST_MATCH, Fingerprint, compare
 from raylm.cluster.netif import list_interfaces
 from raylm.cluster.node import NodeFacts, local_node_facts
@@ -144,6 +145,7 @@ def node_probe(
         "interfaces": [i.model_dump() for i in list_interfaces()],
         "reach": reach,
         "dashboard": _http_status(dashboard_url, timeout) if dashboard_url else "",
+        "listening": listening_ports(),
     }
 
 
@@ -456,6 +458,72 @@ def check_auth(
     return out
 
 
+def check_exposure(found: list[Exposure], ips: list[str]) -> list[Check]:
+    """Per node: the Ray or vLLM ports a peer reached without credentials."""
+    out = []
+    for ip in ips:
+        mine = [e for e in found if e.node == ip]
+        api = sorted({e.port.port for e in mine if e.api_open})
+        loose = sorted(
+            {(e.port.port, e.port.process, e.detail) for e in mine if e.unauthenticated}
+            - {(e.port.port, e.port.process, e.detail) for e in mine if e.api_open}
+        )
+        if api:
+            out.append(
+                _c(
+                    "exposure",
+                    ip,
+                    "FAIL",
+                    "a vLLM replica serves its API to anyone on port(s) "
+                    + ", ".join(map(str, api))
+                    + ": clients can bypass the gateway and its --api-key",
+                    "restart the deployment with this raylm (its replicas require a private "
+                    "key), or firewall these ports to the gateway's node",
+                )
+            )
+        if loose:
+            out.append(
+                _c(
+                    "exposure",
+                    ip,
+                    "WARN",
+                    "reachable without credentials: "
+                    + ", ".join(f"{p} ({proc}: {d})" for p, proc, d in loose)
+                    + "; Ray's are read-only metrics, vLLM's internal ports have no "
+                    "authentication of their own",
+                    "fine on a trusted network; otherwise let only the cluster's nodes (and "
+                    "your monitoring hosts) reach them",
+                )
+            )
+        if not api and not loose:
+            n = len({e.port.port for e in mine})
+            out.append(
+                _c(
+                    "exposure",
+                    ip,
+                    "PASS",
+                    f"each of its {n} reachable Ray/vLLM port(s) asks for the cluster token "
+                    "or the replica key",
+                )
+            )
+    return out
+
+
+def run_exposure(
+    nodes: list[RayNode],
+    listening: dict[str, list[ListeningPort]],
+    ips: dict[str, str],
+    timeout: float,
+) -> list[Exposure]:
+    """Each node tries the listed ports of every other node (of itself when alone)."""
+    per: dict[str, tuple[Any, ...]] = {}
+    for n in nodes:
+        others = [o for o in nodes if o.node_id != n.node_id] or [n]
+        per[n.node_id] = ([(ips[o.node_id], listening.get(o.node_id, [])) for o in others],)
+    raw = run_on_nodes(probe_ports, nodes, timeout=timeout, per_node_args=per)
+    return [e for r in raw.values() if isinstance(r, list) for e in r]
+
+
 def check_clock(nodes: list[RayNode]) -> list[Check]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -661,6 +729,11 @@ def run_doctor(
     for nid, f in facts.items():
         checks += [check_shm(ips[nid], f), check_disk(ips[nid], f), check_gpus(ips[nid], f)]
     checks += check_auth(head.ip, res, ips, ports)
+    listening = {nid: r["listening"] for nid, r in res.items()}
+    alive = [n for n in nodes if n.node_id in res]
+    checks += check_exposure(
+        run_exposure(alive, listening, ips, timeout), [ips[n.node_id] for n in alive]
+    )
     checks += check_clock(nodes)
     nccl_results: list[dict[str, Any]] = []
     if nccl:

@@ -107,6 +107,10 @@ class Gateway:
         self.metrics = gm.GatewayMetrics(self.table)
         self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         self._session: aiohttp.ClientSession | None = None
+        key = settings.upstream_api_key
+        self._upstream_headers = {"Content-Type": "application/json"} | (
+            {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        )
         self._refresher: asyncio.Task[None] | None = None
         self._started_at = time.time()
         self._draining = False
@@ -365,10 +369,7 @@ class Gateway:
         timeout = self._stream_timeout if stream else self._buffered_timeout
         try:
             resp = await self._session.post(
-                replica.url + path,
-                data=body,
-                headers={"Content-Type": "application/json"},
-                timeout=timeout,
+                replica.url + path, data=body, headers=self._upstream_headers, timeout=timeout
             )
         except aiohttp.ServerTimeoutError as e:
             if isinstance(e, aiohttp.ConnectionTimeoutError):

@@ -14,6 +14,11 @@ class GatewaySettings(BaseModel):
         default=None,
         description="When set, every route but /health needs `Authorization: Bearer <key>`.",
     )
+    upstream_api_key: SecretStr | None = Field(
+        default=None,
+        description="Key the gateway presents to its replicas (raylm gives each deployment's "
+        "replicas a private one); the client's own Authorization never goes upstream.",
+    )
     max_batch_size: int = Field(
         default=64, ge=1, description="Most prompts one POST /batch_generate may carry."
     )

@@ -72,6 +72,12 @@ def _stop_all(actors: list[Any]) -> None:
             ray.kill(a, no_restart=True)
 
 
+def _first_line(e: BaseException) -> str:
+    """`Type: first line` of an error: Ray's carry a page of detail; a state needs one line."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".strip()
+
+
 class Controller:
     """Reconciles `config.replicas` replicas of one model. Run as a detached named actor."""
 
@@ -267,6 +273,7 @@ class Controller:
             probe_interval_s=c.probe_interval_s,
             probe_timeout_s=c.probe_timeout_s,
             probe_strikes=c.probe_strikes,
+            api_key=c.replica_api_key.get_secret_value() if c.replica_api_key else None,
         )
 
     async def _place(self, r: _Replica) -> bool:
@@ -341,4 +348,4 @@ class Controller:
             raise
         except Exception as e:
             logger.warning("replica %s could not start: %s", r.replica_id, e)
-            await self._fail(r, f"could not start: {type(e).__name__}: {e}")
+            await self._fail(r, f"could not start: {_first_line(e)}")

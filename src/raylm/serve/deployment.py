@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from raylm.serve.engine import RankLaunch, resolve_dtype
 
@@ -44,6 +44,11 @@ class DeploymentConfig(BaseModel):
         description="Address replicas listen on; None: their node's IP (local runs: 127.0.0.1).",
     )
     executor: Literal["mp", "ray"] = Field(default="mp", description="vLLM executor backend.")
+    replica_api_key: SecretStr | None = Field(
+        default=None,
+        description="Private key the replicas require on every path but /health (see "
+        "raylm.serve.replica_auth); only the gateway and the probes hold it.",
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="User's vLLM engine arguments, untouched."
     )

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from raylm.serve import replica_auth
+
 CPU_KV_CACHE_BYTES = 1 << 30
 """KV cache per CPU rank unless the user sizes it (~23k float32 tokens of the demo model)."""
 
@@ -93,6 +95,9 @@ def vllm_argv(launch: RankLaunch) -> list[str]:
     if launch.max_model_len:
         argv += ["--max-model-len", str(launch.max_model_len)]
     user = dict(launch.engine_args)
+    # The replica key check (replica_auth) comes first; a user's own middleware follows it.
+    theirs = user.pop("middleware", [])
+    user["middleware"] = [replica_auth.PATH, *(theirs if isinstance(theirs, list) else [theirs])]
     if launch.device == "cpu":
         # Measured: CUDA-graph-free start is ~35 s instead of ~170 s; CPU has no graphs anyway.
         user.setdefault("enforce-eager", True)

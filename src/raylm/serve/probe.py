@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import aiohttp
 
 
@@ -17,15 +15,20 @@ async def http_ok(session: aiohttp.ClientSession, url: str, timeout_s: float) ->
 
 
 async def generate_one_token(
-    session: aiohttp.ClientSession, base_url: str, model: str, timeout_s: float
+    session: aiohttp.ClientSession,
+    base_url: str,
+    model: str,
+    timeout_s: float,
+    api_key: str | None = None,
 ) -> tuple[bool, str]:
     """Ask for one token; (True, "") on a real completion, else (False, why)."""
     body = {"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
-    start = time.monotonic()
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         async with session.post(
             f"{base_url}/v1/completions",
             json=body,
+            headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as r:
             if r.status != 200:
@@ -38,5 +41,4 @@ async def generate_one_token(
     usage = data.get("usage") or {}
     if not data.get("choices") or usage.get("completion_tokens", 0) < 1:
         return False, "probe completion carried no generated token"
-    _ = time.monotonic() - start
     return True, ""

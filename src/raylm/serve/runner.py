@@ -9,10 +9,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import SecretStr
 
 from raylm.config import ServeSpec
 from raylm.errors import ConfigError, PlanError, ReplicaError
@@ -162,6 +165,7 @@ def build_deployment(
         probe_timeout_s=spec.probe_timeout_s,
         probe_strikes=spec.probe_strikes,
         bind_host="127.0.0.1" if local else None,
+        replica_api_key=SecretStr(secrets.token_urlsafe(24)),
     )
     return config, layout
 
@@ -372,6 +376,7 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                     ControllerReplicaSource(controller),
                     GatewaySettings(
                         api_key=spec.api_key,
+                        upstream_api_key=config.replica_api_key,
                         max_batch_size=spec.max_batch_size,
                         drain_timeout_s=spec.drain_timeout_s,
                     ),

@@ -20,7 +20,7 @@ import aiohttp
 import psutil
 
 from raylm.home import logs_dir
-from raylm.serve import engine
+from raylm.serve import engine, replica_auth
 from raylm.serve.probe import generate_one_token, http_ok
 from raylm.serve.process import EngineProcess
 from raylm.serve.state import ReplicaState
@@ -78,6 +78,7 @@ class ReplicaSupervisor:
         probe_interval_s: float = 5.0,
         probe_timeout_s: float = 30.0,
         probe_strikes: int = 3,
+        api_key: str | None = None,
     ) -> None:
         import ray
 
@@ -92,6 +93,7 @@ class ReplicaSupervisor:
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
         self.probe_strikes = probe_strikes
+        self.api_key = api_key
         self.state = ReplicaState.PENDING
         self.detail = "waiting to launch"
         self.proc: EngineProcess | None = None
@@ -136,6 +138,8 @@ class ReplicaSupervisor:
             import ray
 
             env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        if self.api_key:
+            env[replica_auth.KEY_ENV] = self.api_key
         log_path = logs_dir() / self.deployment / f"{self.replica_id}-rank{self.rank}.log"
         self.proc = EngineProcess(engine.command(spec), env, log_path)
         self.state = ReplicaState.STARTING
@@ -183,7 +187,7 @@ class ReplicaSupervisor:
                 if self.rank > 0:
                     continue
                 ok, why = await generate_one_token(
-                    session, base, spec.served_model_name, self.probe_timeout_s
+                    session, base, spec.served_model_name, self.probe_timeout_s, self.api_key
                 )
                 if ok:
                     strikes = 0
@@ -209,7 +213,11 @@ class ReplicaSupervisor:
             if await http_ok(session, f"{base}/health", 5.0):
                 # The first generation also warms the engine up: give it longer.
                 ok, why = await generate_one_token(
-                    session, base, spec.served_model_name, max(self.probe_timeout_s, 120.0)
+                    session,
+                    base,
+                    spec.served_model_name,
+                    max(self.probe_timeout_s, 120.0),
+                    self.api_key,
                 )
                 if ok:
                     self.state, self.detail = ReplicaState.READY, "first generation succeeded"

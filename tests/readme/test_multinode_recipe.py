@@ -1,0 +1,279 @@
+"""The README's "Multi-node serving" recipe, typed verbatim on three fresh machines (network
+namespaces with only their own network, HOME and TMPDIR). The test substitutes only the join
+line `raylm up` printed; the endpoint is asked from outside the machines with the official
+openai client. Then a worker machine dies under load, and the same join line brings it back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from raylm.models.store import ModelStore
+from raylm.testing.netns import NetnsCluster, printed_join_line
+from raylm.testing.pytest_netns import require_netns
+from tests.readme.readme_doc import Step, assert_shows, recipe, shown_output
+
+pytestmark = pytest.mark.multinode
+
+TITLE = "Multi-node serving"
+MODEL = "smollm2-135m-instruct"
+KEY = "readme-test-key"  # the user's own secret, in their shell as $KEY
+
+
+@dataclass
+class Recipe:
+    cluster: NetnsCluster
+    steps: list[Step]
+    logs: Path
+    outputs: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
+    serve: subprocess.Popen[bytes] | None = None
+    serve_log: Path | None = None
+
+    def run(self, i: int, line: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """Run one README line as typed on machine i (bash, with the user's $KEY)."""
+        p = self.cluster.run(i, ["bash", "-c", line], env={"KEY": KEY}, timeout=timeout)
+        self.outputs[f"{i}: {line}"] = p
+        return p
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.cluster.head_ip}:8000"
+
+    def replicas(self) -> list[dict[str, Any]]:
+        r = httpx.get(self.base_url + "/", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+        return r.json()["replicas"]  # type: ignore[no-any-return]
+
+    def wait(self, pred: Any, timeout: float, what: str) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        rs: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            try:
+                rs = self.replicas()
+                if pred(rs):
+                    return rs
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(1)
+        raise AssertionError(f"{what} within {timeout:.0f} s; replicas: {rs}")
+
+
+def _steps(where: str, steps: list[Step]) -> list[str]:
+    return [s.line for s in steps if s.where == where]
+
+
+@pytest.fixture(scope="module")
+def typed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recipe]:
+    """The recipe typed up to the serve line, which then runs (in the foreground, as in a
+    terminal) until the module's last test stops it."""
+    require_netns()
+    logs = tmp_path_factory.mktemp("readme-multinode")
+    c = NetnsCluster(3, subnet="10.77.8", workdir=logs)
+    r = Recipe(c, recipe(TITLE), logs)
+    try:
+        c.build()
+        head_lines = _steps("head", r.steps)
+        up = r.run(0, head_lines[0], timeout=300)
+        assert up.returncode == 0, up.stderr
+        c.join_line = printed_join_line(up.stdout)
+        (join,) = _steps("each worker", r.steps)
+        # The README's join line is the printed one with the head's address and token.
+        assert shlex.split(join)[:2] == c.join_line[:2] and join.endswith("--token ...")
+        typed_join = shlex.join(c.join_line)
+        for i in (1, 2):
+            p = r.run(i, typed_join, timeout=300)
+            assert p.returncode == 0, p.stderr
+        for line in _steps("any node", r.steps):
+            r.run(1, line, timeout=600)  # from a worker: every node knows its cluster
+        for line in head_lines[1:]:
+            if line.startswith("raylm serve"):
+                r.serve_log = logs / "serve.log"
+                with open(r.serve_log, "wb") as log:
+                    r.serve = c.popen(
+                        0,
+                        ["bash", "-c", line],
+                        env={"KEY": KEY},
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                _wait_ready(r)
+            else:
+                r.run(0, line)
+        yield r
+    finally:
+        if r.serve is not None and r.serve.poll() is None:
+            r.serve.send_signal(signal.SIGTERM)
+            r.serve.wait(timeout=180)
+        c.close()
+
+
+def _wait_ready(r: Recipe) -> None:
+    assert r.serve is not None and r.serve_log is not None
+    deadline = time.monotonic() + 900
+    while "raylm is ready" not in r.serve_log.read_text(errors="replace"):
+        assert r.serve.poll() is None, r.serve_log.read_text()[-4000:]
+        assert time.monotonic() < deadline, r.serve_log.read_text()[-4000:]
+        time.sleep(2)
+
+
+def test_every_line_before_serve_exits_0(typed: Recipe) -> None:
+    assert {k: p.returncode for k, p in typed.outputs.items()} == dict.fromkeys(typed.outputs, 0)
+    ran = [k.split(": ", 1)[1] for k in typed.outputs]
+    for line in (
+        "raylm status",
+        "raylm doctor",
+        "raylm doctor --nccl",
+        f"raylm model sync {MODEL}",
+    ):
+        assert any(k.startswith(line) for k in ran), (line, ran)
+
+
+def test_status_from_a_worker_lists_every_machine(typed: Recipe) -> None:
+    (status,) = [p for k, p in typed.outputs.items() if k.startswith("1: raylm status")]
+    for n in typed.cluster.nodes:
+        assert n.ip in status.stdout, status.stdout
+
+
+def test_sync_leaves_a_verified_copy_in_each_machines_own_store(typed: Recipe) -> None:
+    for n in typed.cluster.nodes:
+        store = ModelStore(n.raylm_home / "models")
+        assert store.get(MODEL) is not None, n.name
+        assert store.verify(MODEL).ok, n.name
+
+
+def test_serve_prints_what_the_readme_shows(typed: Recipe) -> None:
+    assert typed.serve_log is not None
+    command, expected = shown_output(TITLE, "raylm serve")
+    assert command == next(s.line for s in typed.steps if s.line.startswith("raylm serve"))
+    assert_shows(expected, typed.serve_log.read_text(errors="replace"))
+
+
+def test_openai_client_from_outside_and_replicas_on_two_machines(typed: Recipe) -> None:
+    nodes = [rep["node"] for rep in typed.replicas()]
+    assert len(set(nodes)) == 2, nodes
+    client = openai.OpenAI(base_url=f"{typed.base_url}/v1", api_key=KEY, timeout=120)
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    out = client.chat.completions.create(model=MODEL, messages=q, temperature=0, max_tokens=20)  # type: ignore[arg-type]
+    assert "Paris" in (out.choices[0].message.content or "")
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=q,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=20,
+        stream=True,
+    )
+    assert "Paris" in "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{typed.base_url}/v1", api_key="wrong").models.list()
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+def _load(base_url: str, stop_at: float) -> tuple[list[int], list[str]]:
+    """Non-streaming and streaming requests until stop_at: (statuses, stream endings)."""
+    headers = _auth()
+
+    def plain(i: int) -> int:
+        body = {"model": MODEL, "prompt": f"Count {i}:", "max_tokens": 12}
+        return httpx.post(
+            f"{base_url}/v1/completions", json=body, headers=headers, timeout=120
+        ).status_code
+
+    def streamed(i: int) -> str:
+        body = {"model": MODEL, "prompt": f"Story {i}:", "max_tokens": 24, "stream": True}
+        last = ""
+        with httpx.stream(
+            "POST", f"{base_url}/v1/completions", json=body, headers=headers, timeout=60
+        ) as r:
+            if r.status_code != 200:
+                return f"status {r.status_code}"
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    last = line[6:]
+        if last == "[DONE]":
+            return "done"
+        return "error" if '"error"' in last else f"cut: {last[:80]}"
+
+    statuses: list[int] = []
+    endings: list[str] = []
+    with cf.ThreadPoolExecutor(4) as pool:
+        i = 0
+        while time.monotonic() < stop_at:
+            futs = [pool.submit(plain, i), pool.submit(plain, i + 1), pool.submit(streamed, i)]
+            statuses += [futs[0].result(), futs[1].result()]
+            endings.append(futs[2].result())
+            i += 2
+    return statuses, endings
+
+
+def _ready_on(rs: list[dict[str, Any]]) -> set[str]:
+    return {r["node"] for r in rs if r["state"] == "ready"}
+
+
+def test_a_worker_machine_dies_under_load_and_its_join_line_brings_it_back(
+    typed: Recipe,
+) -> None:
+    c = typed.cluster
+    join = shlex.join(c.join_line)
+    victim_ip = next(n for n in _ready_on(typed.replicas()) if n != c.head_ip)
+    victim = next(n.index for n in c.nodes if n.ip == victim_ip)
+    spare = next(n for n in c.nodes[1:] if n.index != victim)
+    with cf.ThreadPoolExecutor(1) as bg:
+        load = bg.submit(_load, typed.base_url, time.monotonic() + 40)
+        time.sleep(10)
+        c.kill_node(victim)  # every process of that machine, as a power cut does
+        t_kill = time.monotonic()
+        typed.wait(lambda rs: victim_ip not in _ready_on(rs), 5, "loss not visible")
+        assert time.monotonic() - t_kill <= 5.5
+        health = httpx.get(f"{typed.base_url}/health", timeout=10).json()
+        assert health["status"] == "degraded", health
+        statuses, endings = load.result(timeout=300)
+    assert statuses and all(s == 200 for s in statuses), statuses
+    assert endings and all(e in ("done", "error") for e in endings), endings
+    # The lost replica moves to the spare machine, the only one with room.
+    typed.wait(lambda rs: _ready_on(rs) == {c.head_ip, spare.ip}, 900, "not rescheduled")
+    assert httpx.get(f"{typed.base_url}/health", timeout=10).json()["status"] == "ok"
+    metrics = httpx.get(f"{typed.base_url}/metrics", headers=_auth(), timeout=10).text
+    assert "raylm_replica_restarts_total{" in metrics
+    # The dead machine's raylm names its state and the command that fixes it ...
+    p = c.raylm(victim, "status")
+    assert p.returncode == 1 and "stale" in p.stderr and f"raylm join {c.address}" in p.stderr
+    # ... and that command, the very line `raylm up` printed, brings it back.
+    back = typed.run(victim, join, timeout=300)
+    assert back.returncode == 0, back.stderr
+    c.wait_alive(3)
+    # With the spare machine gone too, the replica has one place left: the rejoined machine.
+    c.kill_node(spare.index)
+    typed.wait(lambda rs: _ready_on(rs) == {c.head_ip, victim_ip}, 900, "not back on it")
+    again = typed.run(spare.index, join, timeout=300)
+    assert again.returncode == 0, again.stderr
+    c.wait_alive(3)
+
+
+def test_ctrl_c_then_down_on_each_machine_leaves_nothing(typed: Recipe) -> None:
+    assert typed.serve is not None
+    typed.serve.send_signal(signal.SIGINT)
+    assert typed.serve.wait(timeout=180) == 0
+    (down,) = _steps("each node", typed.steps)
+    for n in typed.cluster.nodes:
+        p = typed.run(n.index, down, timeout=120)
+        assert p.returncode == 0, p.stderr
+    deadline = time.monotonic() + 30
+    while any(typed.cluster.ns_pids(n.index) for n in typed.cluster.nodes):
+        assert time.monotonic() < deadline, {
+            n.name: typed.cluster.ns_pids(n.index) for n in typed.cluster.nodes
+        }
+        time.sleep(1)
