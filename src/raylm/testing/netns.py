@@ -194,11 +194,13 @@ class NetnsCluster:
         return {**self.env, **env, **n.extra_env}
 
     # ---- processes -----------------------------------------------------------------
-    def _ns_argv(self, i: int, argv: Sequence[str]) -> list[str]:
+    def _ns_argv(self, i: int, argv: Sequence[str], cwd: str | None = None) -> list[str]:
         anchor = self.nodes[i].anchor
         if anchor is None:
             raise RuntimeError(f"node {i} is not built (call build() or start())")
-        return ["nsenter", "-t", str(anchor.pid), "--net", "--mount", "--", *map(str, argv)]
+        # Entering the mount namespace resets the working directory: name it again.
+        wd = [f"--wd={cwd}"] if cwd else []
+        return ["nsenter", "-t", str(anchor.pid), "--net", "--mount", *wd, "--", *map(str, argv)]
 
     def _full_env(self, i: int, env: dict[str, str] | None) -> dict[str, str]:
         return {**machine_base_env(), **self.env_for(i), **(env or {})}
@@ -239,7 +241,8 @@ class NetnsCluster:
         """Start argv in node i's namespaces (own process group); stopped by kill_node/close."""
         env = self._full_env(i, kw.pop("env", None))
         kw.setdefault("start_new_session", True)
-        p: subprocess.Popen[Any] = subprocess.Popen(self._ns_argv(i, argv), env=env, **kw)
+        argv = self._ns_argv(i, argv, kw.pop("cwd", None))
+        p: subprocess.Popen[Any] = subprocess.Popen(argv, env=env, **kw)
         self.nodes[i].pids.add(p.pid)
         return p
 
