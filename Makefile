@@ -29,7 +29,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy src
 
 pytest: $(STAMP)
-	$(BIN)/pytest -ra $(ARGS)
+	$(BIN)/pytest -ra --durations=25 $(ARGS)
 
 test: lint typecheck pytest
 

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from raylm.errors import ConfigError
+from raylm.gateway.limits import GatewayLimits
+from raylm.serve.health import Probing
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16", "half", "float"]
 Executor = Literal["mp", "ray"]
@@ -103,8 +105,10 @@ class ServeSpec(BaseModel):
         default_factory=dict,
         description="vLLM engine arguments passed to `vllm serve` untouched (--key value).",
     )
-    max_batch_size: int = Field(
-        default=64, ge=1, description="Most prompts one /batch_generate request may carry."
+    limits: GatewayLimits = Field(
+        default_factory=GatewayLimits,
+        description="What one client may ask of the gateway ([serve.limits]; see "
+        "raylm.gateway.limits): body size, JSON depth, n, best_of, prompts, tokens, timeouts.",
     )
     startup_timeout_s: float = Field(
         default=900.0, gt=0, description="How long a replica may take to become ready."
@@ -121,9 +125,25 @@ class ServeSpec(BaseModel):
     probe_strikes: int = Field(
         default=3, ge=1, description="Failed probes in a row before a replica is replaced."
     )
+    progress_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A replica with requests in its engine and no token progress for this long "
+        "is hung and replaced; a busy one making progress is never killed for a slow probe.",
+    )
     skip_verify: bool = Field(
         default=False, description="Place replicas even where the model copy is unverified."
     )
+
+    def probing(self) -> Probing:
+        """The health settings the deployment's replicas run with."""
+        return Probing(
+            startup_timeout_s=self.startup_timeout_s,
+            interval_s=self.probe_interval_s,
+            timeout_s=self.probe_timeout_s,
+            strikes=self.probe_strikes,
+            progress_timeout_s=self.progress_timeout_s,
+        )
 
     @model_validator(mode="after")
     def _check(self) -> ServeSpec:
@@ -163,6 +183,9 @@ def load_spec(path: Path | None, overrides: dict[str, Any]) -> ServeSpec:
         data = data.get("serve", data)
     engine_args = dict(data.pop("engine_args", {}) or {})
     engine_args.update(overrides.pop("engine_args", {}) or {})
+    limits = dict(data.pop("limits", {}) or {})
+    limits.update({k: v for k, v in (overrides.pop("limits", {}) or {}).items() if v is not None})
+    data["limits"] = limits
     data.update({k: v for k, v in overrides.items() if v is not None})
     data["engine_args"] = engine_args
     try:

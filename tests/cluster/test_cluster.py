@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,44 @@ def test_open_dashboard_without_auth_fails_and_down_cleans(tmp_path: Path) -> No
         again = c.raylm(0, "down", "--json")
         assert json.loads(again.stdout)["stopped_pids"] == []
     assert c.leftovers() == []
+
+
+# An unprotected vLLM replica, as raylm before replica keys (or a hand-started vLLM) left
+# one: it answers /v1/models to anyone. Its command line names raylm's launcher, as a
+# replica's does; it carries the node's run id, as everything Ray starts there does.
+OPEN_REPLICA = """
+import http.server, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"object":"list","data":[]}'
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+socketserver.TCPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_doctor_names_ports_reachable_without_authentication(netns_cluster: NetnsCluster) -> None:
+    c = netns_cluster
+    state = json.loads((c.nodes[1].raylm_home / "cluster" / "state.json").read_text())
+    fake = c.popen(
+        1,
+        [sys.executable, "-c", OPEN_REPLICA, "18123", "raylm.serve.launcher"],
+        env={"RAYLM_RAY_RUN": state["run_id"]},
+    )
+    try:
+        time.sleep(1)
+        rc, rep = doctor(c)
+    finally:
+        fake.kill()
+        fake.wait(10)
+    exposure = {(x["node"], x["status"]): x for x in rep["checks"] if x["check"] == "exposure"}
+    bad = exposure[(c.nodes[1].ip, "FAIL")]
+    assert rc == 1 and "18123" in bad["finding"] and "--api-key" in bad["finding"]
+    # Ray's own ports ask for the token; what answers anyone is read-only metrics, named.
+    for n in (c.nodes[0], c.nodes[2]):
+        assert (n.ip, "FAIL") not in exposure
+        warn = exposure.get((n.ip, "WARN"))
+        assert warn is None or "metrics" in warn["finding"], warn
+    rc, rep = doctor(c)
+    assert not [x for x in rep["checks"] if x["check"] == "exposure" and x["status"] == "FAIL"]

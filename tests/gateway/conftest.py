@@ -16,6 +16,8 @@ import httpx
 import pytest
 from gateway_harness import MAX_MODEL_LEN, MODEL, RunningGateway, free_port, replica
 
+from raylm.gateway.limits import GatewayLimits
+
 
 @pytest.fixture(scope="session")
 def demo_model_path() -> Path:
@@ -73,7 +75,9 @@ def replica_url(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def gw(replica_url: str) -> Iterator[RunningGateway]:
     """The gateway most tests share: one real replica, no API key, batch limit 4."""
-    with RunningGateway([replica(replica_url, restarts=2)], max_batch_size=4) as g:
+    with RunningGateway(
+        [replica(replica_url, restarts=2)], limits=GatewayLimits(max_prompts=4)
+    ) as g:
         yield g
 
 

@@ -111,6 +111,6 @@ def test_unknown_route_and_wrong_method(client: httpx.Client) -> None:
 
 
 def test_oversized_body(client: httpx.Client, gw: Any) -> None:
-    limit = gw.gateway.settings.max_body_bytes
+    limit = gw.gateway.settings.limits.max_body_bytes
     r = client.post("/generate", content=b"x" * (limit + 1))
     assert_error(r, 413)

@@ -13,6 +13,7 @@ import openai
 import pytest
 from gateway_harness import MODEL, RunningGateway, dead_url, replica, start_faulty_replica
 
+from raylm.gateway.limits import GatewayLimits
 from raylm.serve.state import ReplicaState
 
 CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
@@ -143,7 +144,7 @@ def test_source_failure_keeps_the_last_table(replica_url: str) -> None:
 def test_requests_spread_over_replicas(replica_url: str) -> None:
     # Two entries for the same engine: the policy, not the engine, is under test.
     reps = [replica(replica_url, "a"), replica(replica_url, "b")]
-    with RunningGateway(reps, max_batch_size=8) as gw, gw.client() as c:
+    with RunningGateway(reps, limits=GatewayLimits(max_prompts=8)) as gw, gw.client() as c:
         r = c.post("/batch_generate", json={"prompts": ["Hi"] * 8, "max_tokens": 2})
         assert r.status_code == 200
         a = gw.metric("raylm_replica_requests_total", replica="a")

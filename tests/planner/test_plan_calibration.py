@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from raylm.config import ServeSpec
 from raylm.errors import ReplicaError
 from raylm.models.facts import read_model_facts
 from raylm.planner import ClusterSpec, NodeSpec, parse_vllm_load_log, plan
@@ -89,7 +90,7 @@ def test_planner_agrees_with_vllm_within_10_percent(
     assert lay.max_concurrent_seqs == int(figs.max_concurrency or 0)
     assert figs.max_model_len == max_len
     (launch,) = deployment_from_layout(
-        lay, model_path=str(demo_dir), served_model_name="demo"
+        lay, ServeSpec(), model_path=str(demo_dir), served_model_name="demo"
     ).planned_launches()
     argv = printable(launch)
     assert "--enforce-eager" in argv and argv[argv.index("--dtype") + 1] == "float32"

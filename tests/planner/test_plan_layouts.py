@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from raylm.config import ServeSpec
 from raylm.errors import PlanError
 from raylm.models.facts import ModelFacts, facts_from_config, read_model_facts
 from raylm.planner import (
@@ -74,26 +75,32 @@ def test_seed_004_layout_when_asked_and_its_command(
     # Printed through the builder serve launches with: vLLM's own multi-node mode by
     # default (one line per node), or the seeds' Ray executor.
     ref = "Qwen/Qwen2.5-32B-Instruct-GPTQ-Int4"
-    mp = deployment_from_layout(r.plan, model_path=ref, served_model_name="q").planned_launches()
+    mp = deployment_from_layout(
+        r.plan, ServeSpec(), model_path=ref, served_model_name="q"
+    ).planned_launches()
     lines = [" ".join(printable(x)) for x in mp]
     assert [printable(x)[:3] for x in mp] == [["vllm", "serve", ref]] * 2
     for part in ("--tensor-parallel-size 4", "--pipeline-parallel-size 2", "--max-model-len 4096"):
         assert all(part in line for line in lines)
     assert "--nnodes 2 --node-rank 0" in lines[0] and "--headless" not in lines[0]
-    assert lines[1].endswith("--nnodes 2 --node-rank 1 --headless")
+    assert "--nnodes 2 --node-rank 1 --headless" in lines[1]
     (ray,) = deployment_from_layout(
-        r.plan, model_path=ref, served_model_name="q", executor="ray"
+        r.plan, ServeSpec(executor="ray"), model_path=ref, served_model_name="q"
     ).planned_launches()
     assert "--distributed-executor-backend ray" in " ".join(printable(ray))
     assert "--nnodes" not in printable(ray)
     # The user's own engine args pass through untouched, after raylm's.
+    spec = ServeSpec(engine_args={"enable-prefix-caching": True, "max-num-seqs": 8})
     (mine, _) = deployment_from_layout(
-        r.plan,
-        model_path="m",
-        served_model_name="m",
-        engine_args={"enable-prefix-caching": True, "max-num-seqs": 8},
+        r.plan, spec, model_path="m", served_model_name="m"
     ).planned_launches()
-    assert printable(mine)[-3:] == ["--enable-prefix-caching", "--max-num-seqs", "8"]
+    assert printable(mine)[-5:] == [
+        "--enable-prefix-caching",
+        "--max-num-seqs",
+        "8",
+        "--middleware",
+        "raylm.serve.replica_auth.ReplicaAuth",
+    ]
 
 
 def test_70b_bf16_fits_one_8x80gb_node(model_facts: Callable[[str], ModelFacts]) -> None:

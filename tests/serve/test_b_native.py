@@ -7,6 +7,7 @@ import re
 
 import httpx
 
+from raylm.serve.replica_auth import KEY_ENV
 from tests.conftest import Served
 
 
@@ -59,7 +60,10 @@ def _replica_success_counts(served: Served) -> dict[int, float]:
     for p in served.engine_pids():
         argv = p.cmdline()
         port = int(argv[argv.index("--port") + 1])
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        # A replica answers only with its deployment's private key (see test_replica_key).
+        key = p.environ()[KEY_ENV]
+        auth = {"Authorization": f"Bearer {key}"}
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=auth, timeout=10).text
         counts[port] = sum(
             float(m) for m in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)", text, re.M)
         )

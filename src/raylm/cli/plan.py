@@ -165,8 +165,7 @@ def plan_cmd(
         raise ConfigError(
             f"Unknown objective {objective!r}", fix=f"use one of {', '.join(OBJECTIVES)}"
         )
-    if executor not in ("mp", "ray"):
-        raise ConfigError(f"Unknown executor {executor!r}", fix="use --executor mp or ray")
+    from raylm.config import load_spec
     from raylm.models.reference import planning_reference
     from raylm.serve.deployment import deployment_from_layout
 
@@ -191,12 +190,10 @@ def plan_cmd(
         engine_args["gpu-memory-utilization"] = gpu_memory_utilization
     if enforce_eager:
         engine_args["enforce-eager"] = True
+    # The spec `raylm serve` would run with these flags, checked the same way.
+    serve_spec = load_spec(None, {"executor": executor, "engine_args": engine_args})
     launches = deployment_from_layout(
-        result.plan,
-        model_path=ref,
-        served_model_name=facts.name,
-        executor=executor,  # type: ignore[arg-type]
-        engine_args=engine_args,
+        result.plan, serve_spec, model_path=ref, served_model_name=facts.name
     ).planned_launches()
     if as_json:
         doc = {

@@ -92,7 +92,9 @@ def serve(
     engine_arg: list[str] = typer.Option(
         [], "--engine-arg", help="KEY=VALUE handed to `vllm serve` unchanged (repeatable)."
     ),
-    max_batch_size: int | None = typer.Option(None, help="Most prompts per /batch_generate."),
+    max_batch_size: int | None = typer.Option(
+        None, help="Most prompts per request ([serve.limits] max_prompts) [default: 64]."
+    ),
     skip_verify: bool = typer.Option(False, help="Serve even where a model copy is unverified."),
 ) -> None:
     """Serve MODEL on Ray behind an OpenAI-compatible gateway, until Ctrl+C or SIGTERM."""
@@ -113,7 +115,7 @@ def serve(
         "name": name,
         "executor": executor,
         "cpus_per_replica": cpus_per_replica,
-        "max_batch_size": max_batch_size,
+        "limits": {"max_prompts": max_batch_size},
         "skip_verify": skip_verify or None,
         "engine_args": dict(parse_engine_arg(a) for a in engine_arg),
     }

@@ -318,7 +318,7 @@ def join(
     when Python, Ray, vLLM or torch differ from the head's, unless `force`. Running the same
     join line again on a node that is already part of that cluster changes nothing.
     """
-    host, gcs_port = context.split_address(head, ports.gcs)
+    host, gcs_port = context.split_address(head, ports.gcs, "head address")
     address = f"{host}:{gcs_port}"
     old = record.read_state()
     same = old is not None and context.same_cluster(old.address, address)

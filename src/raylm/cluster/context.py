@@ -61,17 +61,19 @@ class ClusterContext(BaseModel):
     auth: bool = Field(description="Whether the cluster expects a token.")
 
 
-def split_address(address: str, default_port: int = DEFAULT_GCS_PORT) -> tuple[str, int]:
-    """(host, port) of 'HOST' or 'HOST:PORT'; ClusterError when malformed."""
+def split_address(
+    address: str, default_port: int = DEFAULT_GCS_PORT, what: str = "cluster address"
+) -> tuple[str, int]:
+    """(host, port) of 'HOST' or 'HOST:PORT'; ClusterError naming `what` when malformed."""
     host, _, port = address.strip().rpartition(":") if ":" in address else (address, "", "")
     host = host.strip() or ""
     if not host:
-        raise ClusterError(f"Bad cluster address {address!r}", fix="Use HEAD_IP or HEAD_IP:PORT")
+        raise ClusterError(f"Bad {what} {address!r}", fix="Use HEAD_IP or HEAD_IP:PORT")
     try:
         return host, int(port) if port else default_port
     except ValueError:
         raise ClusterError(
-            f"Bad port in cluster address {address!r}", fix="Use HEAD_IP or HEAD_IP:PORT"
+            f"Bad port in {what} {address!r}", fix="Use HEAD_IP or HEAD_IP:PORT"
         ) from None
 
 
@@ -140,7 +142,7 @@ def require(address: str | None = None) -> ClusterContext:
     ctx = resolve(address)
     if ctx is None:
         raise ClusterError(
-            "No Ray cluster to work on",
+            "No Ray cluster to attach to",
             why="no --address, no RAY_ADDRESS, and this node never ran `raylm up` or `raylm join`",
             fix="Start a cluster on this node, or join one with the line `raylm up` printed",
             command="raylm up",

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from pydantic import ValidationError
@@ -27,6 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from raylm import __version__
 from raylm.gateway import metrics as gm
+from raylm.gateway.body import ClientGone, parse_object, read_body, wait_disconnect
+from raylm.gateway.limits import Refusal, admit
 from raylm.gateway.native import (
     BatchGenerateRequest,
     GenerateRequest,
@@ -49,6 +51,10 @@ from raylm.serve.state import ReplicaInfo
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+
+CLIENT_CLOSED = 499
+"""Status counted (never sent) when the client left before its answer: nginx's 499."""
 
 # Enough of a stream's end to find its final usage chunk and the [DONE] marker.
 _TAIL_BYTES = 8192
@@ -80,16 +86,25 @@ class _ReplicaFailed(Exception):
 
 class _RelayResponse(StreamingResponse):
     """A stream whose replica is released exactly once, however it ends (done, broken,
-    or the client gone before the first byte, when the generator never even started)."""
+    or the client gone before the first byte, when the generator never even started).
+    `client_gone` tells, afterwards, whether the client left before the stream ended."""
 
     def __init__(
         self, content: AsyncIterator[bytes], on_close: Callable[[], object], **kw: Any
     ) -> None:
-        super().__init__(content, **kw)
+        super().__init__(self._to_the_end(content), **kw)
         self._on_close: Callable[[], object] | None = on_close
+        self.client_gone = True
+
+    async def _to_the_end(self, content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in content:
+            yield chunk
+        self.client_gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
+            # Starlette cancels the stream when the client disconnects; closing the
+            # unfinished upstream answer (on_close) then makes vLLM abort the request.
             await super().__call__(scope, receive, send)
         finally:
             on_close, self._on_close = self._on_close, None
@@ -258,6 +273,10 @@ class Gateway:
         else:
             try:
                 response = await route[1](Request(scope, receive))
+            except ClientGone:
+                # Not the gateway's fault and nothing to answer: counted as nginx does.
+                self.metrics.observe(label, CLIENT_CLOSED, time.perf_counter() - started)
+                return
             except Exception:
                 # A bug must still answer in the OpenAI shape, never a bare 500 page.
                 logger.exception("gateway error on %s %s", method, path)
@@ -265,7 +284,9 @@ class Gateway:
                     500, "Internal gateway error; see the gateway log.", type="internal_error"
                 )
         await response(scope, receive, send)
-        self.metrics.observe(label, response.status_code, time.perf_counter() - started)
+        gone = isinstance(response, _RelayResponse) and response.client_gone
+        status = CLIENT_CLOSED if gone else response.status_code
+        self.metrics.observe(label, status, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -288,24 +309,52 @@ class Gateway:
 
     # ------------------------------------------------------------ request body
 
-    async def _json_object(self, request: Request) -> dict[str, Any] | Response:
+    async def _read_json(self, request: Request) -> tuple[dict[str, Any], bytes] | Response:
+        """The body as a JSON object and its exact bytes, or the 4xx that says why not;
+        raises ClientGone when the client leaves while sending it."""
+        limits = self.settings.limits
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
-            return error_response(
-                413, f"Request body over {self.settings.max_body_bytes} bytes.", code="too_large"
+        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+            return refused(
+                Refusal(
+                    413,
+                    f"Request body over {limits.max_body_bytes} bytes.",
+                    None,
+                    "request_too_large",
+                )
             )
-        body = await request.body()
-        if len(body) > self.settings.max_body_bytes:
-            return error_response(
-                413, f"Request body over {self.settings.max_body_bytes} bytes.", code="too_large"
-            )
+        body = await read_body(request.receive, limits.max_body_bytes)
+        if isinstance(body, Refusal):
+            return refused(body)
+        parsed = parse_object(body, limits)
+        if isinstance(parsed, Refusal):
+            return refused(parsed)
+        return parsed, body
+
+    def _context(self, model: str) -> int | None:
+        """The context length of `model`'s replicas, when they report it."""
+        lens = [
+            r.max_model_len
+            for r in self.table.replicas
+            if r.model == model and r.max_model_len is not None
+        ]
+        return min(lens) if lens else None
+
+    async def _unless_client_leaves(self, work: Awaitable[T], receive: Receive) -> T:
+        """`work`'s result; when the client leaves first, `work` is cancelled (its upstream
+        request closed, so the replica stops generating) and ClientGone is raised."""
+        task = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(wait_disconnect(receive))
         try:
-            parsed = json.loads(body)
-        except ValueError as e:
-            return error_response(400, f"Malformed JSON in the request body: {e}.")
-        if not isinstance(parsed, dict):
-            return error_response(400, "The request body must be a JSON object.")
-        return parsed
+            await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientGone
 
     def _resolve_model(self, requested: object) -> str | Response:
         """The model a request is for; an OpenAI-style error when it cannot be served."""
@@ -531,9 +580,10 @@ class Gateway:
 
     async def _proxy(self, request: Request, route: str, path: str, required: str) -> Response:
         t0 = time.perf_counter()
-        parsed = await self._json_object(request)
-        if isinstance(parsed, Response):
-            return parsed
+        got = await self._read_json(request)
+        if isinstance(got, Response):
+            return got
+        parsed, body = got
         if required not in parsed:
             return error_response(400, f"Missing required field `{required}`.", param=required)
         stream = parsed.get("stream", False)
@@ -542,9 +592,13 @@ class Gateway:
         model = self._resolve_model(parsed.get("model"))
         if isinstance(model, Response):
             return model
-        body = await request.body()  # cached: the exact bytes the client sent
+        refusal = admit(parsed, self.settings.limits, self._context(model))
+        if refusal is not None:
+            return refused(refusal)
         if not stream:
-            up = await self._buffered(route, model, path, body)
+            up = await self._unless_client_leaves(
+                self._buffered(route, model, path, body), request.receive
+            )
             if isinstance(up, Response):
                 return up
             if up.status == 200:
@@ -670,17 +724,25 @@ class Gateway:
     async def _native_params(
         self, request: Request, kind: type[SamplingFields]
     ) -> tuple[Any, str] | Response:
-        parsed = await self._json_object(request)
-        if isinstance(parsed, Response):
-            return parsed
+        got = await self._read_json(request)
+        if isinstance(got, Response):
+            return got
         try:
-            params = kind.model_validate(parsed)
+            params = kind.model_validate(got[0])
         except ValidationError as e:
             message, param = validation_message(e)
             return error_response(400, message, param=param)
         model = self._resolve_model(params.model)
         if isinstance(model, Response):
             return model
+        prompts = getattr(params, "prompts", None) or [getattr(params, "prompt", "")]
+        refusal = admit(
+            {"prompt": prompts, "max_tokens": params.max_tokens},
+            self.settings.limits,
+            self._context(model),
+        )
+        if refusal is not None:
+            return refused(refusal)
         return params, model
 
     async def _complete_one(
@@ -714,7 +776,9 @@ class Gateway:
         if isinstance(got, Response):
             return got
         params, model = got
-        result = await self._complete_one(params, params.prompt, model, "generate")
+        result = await self._unless_client_leaves(
+            self._complete_one(params, params.prompt, model, "generate"), request.receive
+        )
         if isinstance(result, Response):
             return result
         return json_response(result.model_dump())
@@ -724,18 +788,13 @@ class Gateway:
         if isinstance(got, Response):
             return got
         params, model = got
-        n, limit = len(params.prompts), self.settings.max_batch_size
-        if n == 0:
+        if not params.prompts:
             return error_response(400, "`prompts` is empty.", param="prompts", code="empty_batch")
-        if n > limit:
-            return error_response(
-                400,
-                f"{n} prompts is over this gateway's batch limit of {limit}; split the batch.",
-                param="prompts",
-                code="batch_too_large",
-            )
-        results = await asyncio.gather(
-            *(self._complete_one(params, p, model, "batch_generate") for p in params.prompts)
+        results = await self._unless_client_leaves(
+            asyncio.gather(
+                *(self._complete_one(params, p, model, "batch_generate") for p in params.prompts)
+            ),
+            request.receive,
         )
         for i, result in enumerate(results):
             if isinstance(result, Response):
@@ -754,6 +813,13 @@ class Gateway:
             for k, v in r.usage.items():
                 usage[k] = usage.get(k, 0) + v
         return json_response({"results": [r.model_dump() for r in done], "usage": usage})
+
+
+def refused(r: Refusal) -> Response:
+    """A limit's refusal as an OpenAI error answer. A body too large also ends the
+    connection: the client would otherwise go on sending the rest of it."""
+    headers = {"Connection": "close"} if r.status == 413 else None
+    return error_response(r.status, r.message, param=r.param, code=r.code, headers=headers)
 
 
 def create_gateway(source: ReplicaSource, settings: GatewaySettings | None = None) -> Gateway:

@@ -17,6 +17,7 @@ import uvicorn
 
 from raylm.errors import ConfigError
 from raylm.gateway.app import Gateway
+from raylm.gateway.protocol import guarded
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +77,17 @@ class GatewayServer:
         """Bind, start the gateway's refresh, and serve; returns once accepting."""
         self._sock = bind_socket(self.host, self._requested_port)
         await self.gateway.start()
+        settings = self.gateway.settings
         config = uvicorn.Config(
             self.gateway.app,
             lifespan="off",
-            http="httptools",
+            # httptools with header/body deadlines and a connection cap (protocol.py).
+            http=guarded(settings.limits, settings.retry_after_s),
             access_log=False,
             log_level="warning",
             server_header=False,
             date_header=False,
-            timeout_keep_alive=30,
+            timeout_keep_alive=settings.limits.keep_alive_timeout_s,  # type: ignore[arg-type]
             timeout_graceful_shutdown=5,
         )
         self._server = _Server(config)

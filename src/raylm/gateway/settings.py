@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from raylm.gateway.limits import GatewayLimits
+
 
 class GatewaySettings(BaseModel):
     """Settings of one gateway; every field has a safe default for local serving."""
@@ -19,8 +21,9 @@ class GatewaySettings(BaseModel):
         description="Key the gateway presents to its replicas (raylm gives each deployment's "
         "replicas a private one); the client's own Authorization never goes upstream.",
     )
-    max_batch_size: int = Field(
-        default=64, ge=1, description="Most prompts one POST /batch_generate may carry."
+    limits: GatewayLimits = Field(
+        default_factory=GatewayLimits,
+        description="What one client may ask: request and connection limits (see limits.py).",
     )
     refresh_interval_s: float = Field(
         default=0.5, gt=0, description="How often the replica table is refreshed from the source."
@@ -49,9 +52,6 @@ class GatewaySettings(BaseModel):
         ge=0,
         description="How long a replica that refused a connection is skipped by routing, "
         "unless the source reports a new generation of it sooner.",
-    )
-    max_body_bytes: int = Field(
-        default=32 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
     )
     retry_after_s: int = Field(
         default=2, ge=1, description="Retry-After seconds sent with 503 answers."

@@ -269,10 +269,7 @@ class Controller:
             rank,
             deployment=c.name,
             cpus=int(need.get("CPU", 0)),
-            startup_timeout_s=c.startup_timeout_s,
-            probe_interval_s=c.probe_interval_s,
-            probe_timeout_s=c.probe_timeout_s,
-            probe_strikes=c.probe_strikes,
+            probing=c.probing,
             api_key=c.replica_api_key.get_secret_value() if c.replica_api_key else None,
         )
 

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from raylm.serve.engine import RankLaunch, resolve_dtype
+from raylm.serve.health import Probing
 
 if TYPE_CHECKING:
+    from raylm.config import ServeSpec
     from raylm.planner import Layout
 
 
@@ -52,10 +54,7 @@ class DeploymentConfig(BaseModel):
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="User's vLLM engine arguments, untouched."
     )
-    startup_timeout_s: float = Field(default=900.0, description="Time a replica may take to load.")
-    probe_interval_s: float = Field(default=5.0, description="Seconds between health probes.")
-    probe_timeout_s: float = Field(default=30.0, description="Deadline of one probe generation.")
-    probe_strikes: int = Field(default=3, description="Failed probes in a row before restart.")
+    probing: Probing = Field(description="How each replica's health is judged (from the spec).")
     max_backoff_s: float = Field(default=30.0, description="Longest wait between restarts.")
 
     @property
@@ -98,22 +97,16 @@ class DeploymentConfig(BaseModel):
 
 
 def deployment_from_layout(
-    layout: Layout,
-    *,
-    model_path: str,
-    served_model_name: str,
-    executor: Literal["mp", "ray"] = "mp",
-    dtype: str = "auto",
-    engine_args: dict[str, Any] | None = None,
-    name: str = "default",
+    layout: Layout, spec: ServeSpec, *, model_path: str, served_model_name: str
 ) -> DeploymentConfig:
-    """The deployment `raylm serve` runs for a planner layout (what `raylm plan` prints)."""
+    """The deployment `raylm serve` runs for a planner layout and a spec (what `raylm plan`
+    prints, through the same launches)."""
     device: Literal["cpu", "cuda"] = "cuda" if layout.accelerator == "gpu" else "cpu"
-    ray_executor = executor == "ray"
+    ray_executor = spec.executor == "ray"
     return DeploymentConfig(
-        name=name,
+        name=spec.name,
         model_path=model_path,
-        served_model_name=served_model_name,
+        served_model_name=spec.served_model_name or served_model_name,
         replicas=layout.replicas,
         tensor_parallel_size=layout.tensor_parallel_size,
         pipeline_parallel_size=layout.pipeline_parallel_size,
@@ -121,10 +114,11 @@ def deployment_from_layout(
         nodes_per_replica=1 if ray_executor else layout.nodes_per_replica,
         device=device,
         gpus_per_node=0 if ray_executor else layout.gpus_per_node,
-        dtype=resolve_dtype(dtype, device),
+        dtype=resolve_dtype(spec.dtype, device),
         max_model_len=layout.max_model_len,
-        executor=executor,
-        engine_args=dict(engine_args or {}),
+        executor=spec.executor,
+        engine_args=dict(spec.engine_args),
+        probing=spec.probing(),
     )
 
 

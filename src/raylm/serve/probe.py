@@ -1,8 +1,11 @@
-"""Readiness that cannot be fooled: a real one-token generation within a deadline."""
+"""What raylm asks a replica: /health, its engine load from /metrics, and a real one-token
+generation within a deadline (when to ask which: raylm.serve.health)."""
 
 from __future__ import annotations
 
 import aiohttp
+
+from raylm.serve.health import EngineLoad, parse_engine_load
 
 
 async def http_ok(session: aiohttp.ClientSession, url: str, timeout_s: float) -> bool:
@@ -42,3 +45,19 @@ async def generate_one_token(
     if not data.get("choices") or usage.get("completion_tokens", 0) < 1:
         return False, "probe completion carried no generated token"
     return True, ""
+
+
+async def engine_load(
+    session: aiohttp.ClientSession, base_url: str, timeout_s: float, api_key: str | None = None
+) -> EngineLoad | None:
+    """The engine's load from the replica's /metrics, or None when it does not answer."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with session.get(
+            f"{base_url}/metrics", headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as r:
+            if r.status != 200:
+                return None
+            return parse_engine_load(await r.text())
+    except (TimeoutError, aiohttp.ClientError, OSError, UnicodeDecodeError):
+        return None

@@ -160,10 +160,7 @@ def build_deployment(
         max_model_len=max_len,
         executor=spec.executor,
         engine_args=spec.engine_args,
-        startup_timeout_s=spec.startup_timeout_s,
-        probe_interval_s=spec.probe_interval_s,
-        probe_timeout_s=spec.probe_timeout_s,
-        probe_strikes=spec.probe_strikes,
+        probing=spec.probing(),
         bind_host="127.0.0.1" if local else None,
         replica_api_key=SecretStr(secrets.token_urlsafe(24)),
     )
@@ -377,7 +374,7 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                     GatewaySettings(
                         api_key=spec.api_key,
                         upstream_api_key=config.replica_api_key,
-                        max_batch_size=spec.max_batch_size,
+                        limits=spec.limits,
                         drain_timeout_s=spec.drain_timeout_s,
                     ),
                 ),
@@ -386,6 +383,9 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
             )
             await gateway.start()
             if await wait_until_ready(controller, reporter, stop):
+                # The gateway reads the table on its own clock: make it current first, so
+                # a request sent the moment `ready` is printed finds the replicas.
+                await gateway.gateway.refresh()
                 endpoint = f"http://{_reachable_host(spec.host)}:{spec.port}"
                 reporter.ready(endpoint, config.served_model_name, layout, spec.api_key is not None)
             await _watch(controller, reporter, stop)

@@ -21,7 +21,8 @@ import psutil
 
 from raylm.home import logs_dir
 from raylm.serve import engine, replica_auth
-from raylm.serve.probe import generate_one_token, http_ok
+from raylm.serve.health import Judgement, Probing, ProgressWatch
+from raylm.serve.probe import engine_load, generate_one_token, http_ok
 from raylm.serve.process import EngineProcess
 from raylm.serve.state import ReplicaState
 
@@ -73,11 +74,8 @@ class ReplicaSupervisor:
         rank: int,
         *,
         deployment: str,
+        probing: Probing,
         cpus: int = 0,
-        startup_timeout_s: float = 900.0,
-        probe_interval_s: float = 5.0,
-        probe_timeout_s: float = 30.0,
-        probe_strikes: int = 3,
         api_key: str | None = None,
     ) -> None:
         import ray
@@ -89,10 +87,7 @@ class ReplicaSupervisor:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.cpu_slot = 0
         self.cpus = cpus
-        self.startup_timeout_s = startup_timeout_s
-        self.probe_interval_s = probe_interval_s
-        self.probe_timeout_s = probe_timeout_s
-        self.probe_strikes = probe_strikes
+        self.probing = probing
         self.api_key = api_key
         self.state = ReplicaState.PENDING
         self.detail = "waiting to launch"
@@ -165,7 +160,7 @@ class ReplicaSupervisor:
 
     async def _watch_loop(self) -> None:
         assert self.proc is not None and self.launch_spec is not None
-        spec = self.launch_spec
+        spec, p = self.launch_spec, self.probing
         base = f"http://{spec.host}:{spec.port}"
         async with aiohttp.ClientSession() as session:
             if self.rank == 0 and not await self._wait_ready(session, base, spec):
@@ -173,11 +168,12 @@ class ReplicaSupervisor:
             if self.rank > 0:
                 self.state = ReplicaState.READY
                 self.detail = "headless rank running"
+            watch = ProgressWatch(p.progress_timeout_s)
             strikes = 0
             while True:
                 jitter = random.uniform(0.8, 1.2)
-                # Process exit is checked every second; probes run every interval.
-                deadline = time.monotonic() + self.probe_interval_s * jitter
+                # Process exit is checked every second; health every interval.
+                deadline = time.monotonic() + p.interval_s * jitter
                 while time.monotonic() < deadline:
                     if (code := self.proc.poll()) is not None:
                         self.exit_code = code
@@ -185,26 +181,60 @@ class ReplicaSupervisor:
                         return
                     await asyncio.sleep(1.0)
                 if self.rank > 0:
-                    continue
-                ok, why = await generate_one_token(
-                    session, base, spec.served_model_name, self.probe_timeout_s, self.api_key
-                )
+                    continue  # rank 0's engine stalls when a headless rank hangs
+                ok, why = await self._check(session, base, spec, watch)
                 if ok:
                     strikes = 0
-                    self.state, self.detail = ReplicaState.READY, "last probe generated a token"
+                    self.state, self.detail = ReplicaState.READY, why
                     continue
                 strikes += 1
-                if strikes >= self.probe_strikes:
-                    self._dead(f"{strikes} probes in a row failed; last: {why}")
+                if strikes >= p.strikes:
+                    self._dead(f"{strikes} health checks in a row failed; last: {why}")
                     return
                 self.state = ReplicaState.UNHEALTHY
-                self.detail = f"probe strike {strikes}/{self.probe_strikes}: {why}"
+                self.detail = f"health strike {strikes}/{p.strikes}: {why}"
+
+    async def _check(
+        self,
+        session: aiohttp.ClientSession,
+        base: str,
+        spec: engine.RankLaunch,
+        watch: ProgressWatch,
+    ) -> tuple[bool, str]:
+        """One health check (the rule is in raylm.serve.health): (healthy, what was seen)."""
+        p = self.probing
+        if not await http_ok(session, f"{base}/health", p.timeout_s):
+            return False, f"vLLM's /health did not answer 200 within {p.timeout_s:g} s"
+        load = await engine_load(session, base, p.timeout_s, self.api_key)
+        if load is None:
+            return False, f"vLLM's /metrics did not answer within {p.timeout_s:g} s"
+        now = time.monotonic()
+        judged = watch.judge(load, now)
+        if judged is Judgement.BUSY:
+            return True, f"busy ({load.running} running, {load.waiting} waiting), making progress"
+        if judged is Judgement.STALLED:
+            return False, (
+                f"{load.in_engine} request(s) in the engine and no progress for "
+                f"{watch.stalled_for(now):.0f} s"
+            )
+        ok, why = await generate_one_token(
+            session, base, spec.served_model_name, p.timeout_s, self.api_key
+        )
+        if ok:
+            return True, "idle; a probe generated a token"
+        # Requests that arrived meanwhile may have queued the probe behind them: busy.
+        after = await engine_load(session, base, p.timeout_s, self.api_key)
+        if after is not None and after.in_engine and after.progress != load.progress:
+            watch.judge(after, time.monotonic())
+            return True, f"busy ({after.running} running, {after.waiting} waiting), making progress"
+        return False, why
 
     async def _wait_ready(
         self, session: aiohttp.ClientSession, base: str, spec: engine.RankLaunch
     ) -> bool:
         assert self.proc is not None
-        deadline = time.monotonic() + self.startup_timeout_s
+        p = self.probing
+        deadline = time.monotonic() + p.startup_timeout_s
         while time.monotonic() < deadline:
             if (code := self.proc.poll()) is not None:
                 self.exit_code = code
@@ -213,18 +243,14 @@ class ReplicaSupervisor:
             if await http_ok(session, f"{base}/health", 5.0):
                 # The first generation also warms the engine up: give it longer.
                 ok, why = await generate_one_token(
-                    session,
-                    base,
-                    spec.served_model_name,
-                    max(self.probe_timeout_s, 120.0),
-                    self.api_key,
+                    session, base, spec.served_model_name, max(p.timeout_s, 120.0), self.api_key
                 )
                 if ok:
                     self.state, self.detail = ReplicaState.READY, "first generation succeeded"
                     return True
                 self.detail = f"up, but {why}"
             await asyncio.sleep(1.0)
-        self._dead(f"not ready within {self.startup_timeout_s:.0f} s")
+        self._dead(f"not ready within {p.startup_timeout_s:.0f} s")
         return False
 
     async def stop(self, grace_s: float = 10.0) -> None:

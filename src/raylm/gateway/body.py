@@ -1,0 +1,74 @@
+"""Reading and parsing a request body the way a hostile client cannot exploit: bounded in
+size while it arrives, any parse failure (syntax, encoding, nesting) a 400, and a client
+that leaves while it sends told apart from a failure of the gateway."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.types import Receive
+
+from raylm.gateway.limits import GatewayLimits, Refusal, json_depth_over
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the gateway answered (counted as 499)."""
+
+
+_DECODER = msgspec.json.Decoder()
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | Refusal:
+    """The whole body, read as it arrives; a Refusal once it passes `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def too_large(limit: int) -> Refusal:
+    """The refusal of a body over `limit` bytes."""
+    return Refusal(413, f"Request body over {limit} bytes.", None, "request_too_large")
+
+
+def parse_object(body: bytes, limits: GatewayLimits) -> dict[str, Any] | Refusal:
+    """The body as a JSON object, or the 400 that says why it is not one."""
+    try:
+        parsed = _DECODER.decode(body)
+    except RecursionError:
+        return _too_deep(limits)
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as e:
+        return Refusal(400, f"Malformed JSON in the request body: {e}.", None, "invalid_json")
+    if not isinstance(parsed, dict):
+        return Refusal(400, "The request body must be a JSON object.", None, "invalid_json")
+    # Counting brackets is cheap and bounds the depth: walk only when there are many.
+    if body.count(b"[") + body.count(b"{") > limits.max_json_depth and json_depth_over(
+        parsed, limits.max_json_depth
+    ):
+        return _too_deep(limits)
+    return parsed
+
+
+def _too_deep(limits: GatewayLimits) -> Refusal:
+    return Refusal(
+        400,
+        f"The request body nests arrays or objects deeper than {limits.max_json_depth} levels.",
+        None,
+        "json_too_deep",
+    )
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    """Return when the client has gone (after its body was read, only that can arrive)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
