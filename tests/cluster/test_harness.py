@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,37 @@ def test_close_is_idempotent_and_leaves_nothing(tmp_path: Path) -> None:
     c.close()
     c.close()
     assert c.leftovers() == []
+
+
+def _dead_pid() -> int:
+    """A pid number (mod 100000, as cluster names keep it) that no running process has."""
+    used = {int(e) % 100000 for e in os.listdir("/proc") if e.isdigit()}
+    return next(p for p in range(99999, 1000, -1) if p not in used)
+
+
+def test_leftovers_of_a_killed_suite_do_not_block_the_next(tmp_path: Path) -> None:
+    # What a SIGKILLed suite leaves: a bridge holding the subnet, a namespace with a
+    # process in it and a /tmp root, all named after a pid that no longer runs.
+    require_netns()
+    stale = f"rl{_dead_pid()}x0"
+    subprocess.run(["ip", "link", "add", f"{stale}br", "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", "10.77.9.254/24", "dev", f"{stale}br"], check=True)
+    subprocess.run(["ip", "netns", "add", f"{stale}n0"], check=True)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", f"{stale}n0", "sleep", "300"])
+    root = Path(tempfile.mkdtemp(prefix=f"{stale}n0-", dir="/tmp"))
+    c = NetnsCluster(1, subnet="10.77.9", workdir=tmp_path)
+    try:
+        c.build()  # would fail "subnet 10.77.9.0/24 is already used" without the cleanup
+        assert sleeper.wait(10) is not None
+        names = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        assert f"{stale}br" not in names
+        assert (
+            f"{stale}n0"
+            not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        )
+        assert not root.exists()
+    finally:
+        c.close()
+        sleeper.kill()
+        subprocess.run(["ip", "link", "del", f"{stale}br"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", f"{stale}n0"], capture_output=True)

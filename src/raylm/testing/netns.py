@@ -43,6 +43,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from raylm.testing.orphans import remove_orphans
+
 log = logging.getLogger(__name__)
 
 _counter = itertools.count()
@@ -267,6 +269,7 @@ class NetnsCluster:
         reason = netns_unavailable_reason()
         if reason:
             raise RuntimeError(reason)
+        remove_orphans()
         self._check_subnet_free()
         self._built = True
         _ip("link", "add", self.bridge, "type", "bridge")
