@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from raylm.cluster import nccl_probe
-from raylm.cluster.doctor import check_gpus, check_shm
+from raylm.cluster.doctor import check_gpu_memory, check_gpus, check_shm
 from raylm.cluster.fingerprint import compare, local_fingerprint
 from raylm.cluster.netif import choose_interface, list_interfaces
-from raylm.cluster.node import GpuInfo, local_node_facts
+from raylm.cluster.node import GpuInfo, GpuProcess, local_node_facts
 from raylm.cluster.ports import RayPorts
 from raylm.errors import ClusterError
 
@@ -47,6 +47,28 @@ def test_gpu_check_on_real_nvml_inventory() -> None:
     )
     bad = check_gpus("10.0.0.1", old)
     assert bad.status == "FAIL" and "Tesla P100 cc 6.0" in bad.finding and "7.0" in bad.fix
+
+
+def test_gpu_memory_held_by_other_processes_is_named() -> None:
+    inv = json.loads((FIX / "gpu_h200x2.json").read_text())
+    gpus = [GpuInfo.model_validate(g) for g in inv["gpus"]]
+    held = 120 << 30
+    busy = gpus[0].model_copy(
+        update={
+            "memory_used_bytes": held + (1 << 30),
+            "processes": [
+                GpuProcess(pid=4242, name="python", memory_bytes=held),
+                GpuProcess(pid=77, name="VLLM::EngineCore", memory_bytes=1 << 30, raylm=True),
+            ],
+        }
+    )
+    facts = local_node_facts().model_copy(update={"gpus": [busy, gpus[1]]})
+    (warn,) = check_gpu_memory("10.0.0.1", facts)
+    assert warn.status == "WARN" and warn.finding.startswith("GPU0 NVIDIA H200: 120.00 GiB")
+    assert "pid 4242 (python)" in warn.finding and "EngineCore" not in warn.finding
+    assert "19.40 GiB of 140.40 GiB free" in warn.finding and "raylm plan" in warn.fix
+    quiet = local_node_facts().model_copy(update={"gpus": gpus})
+    assert [c.status for c in check_gpu_memory("10.0.0.1", quiet)] == ["PASS"]
 
 
 def test_shm_thresholds() -> None:

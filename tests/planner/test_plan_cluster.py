@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from raylm.errors import ConfigError
+from raylm.errors import ConfigError, PlanError
 from raylm.models.facts import ModelFacts
 from raylm.planner import cluster_from_inventory, find_gpu, gpu_table, parse_cluster_spec, plan
 
@@ -147,8 +147,16 @@ def test_dead_nodes_and_busy_gpus(model_facts: Callable[[str], ModelFacts]) -> N
     c = cluster_from_inventory(busy)
     assert [n.name for n in c.nodes] == ["10.0.0.1"]
     assert c.nodes[0].gpu_memory_free_bytes == 46068 * 1024**2 - 20 * GIB
+    free = 46068 * 1024**2 - 20 * GIB
     lay = plan(model_facts("qwen3-0.6b"), c, max_model_len=4096).plan
     assert lay is not None
-    assert any("free now" in w for w in lay.warnings)
+    # Planned around the memory others hold: vLLM's share fits in what is free.
+    assert any("free" in w and "planned with" in w for w in lay.warnings), lay.warnings
+    assert lay.gpu_memory_utilization < 0.9
+    assert lay.gpu_memory_utilization * 46068 * 1024**2 <= free - GIB
+    # A share the user pinned is kept, and a layout it cannot start with is refused.
+    with pytest.raises(PlanError) as e:
+        plan(model_facts("qwen3-0.6b"), c, max_model_len=4096, gpu_memory_utilization=0.9)
+    assert "free" in e.value.message() and "other processes hold" in e.value.message()
     with pytest.raises(ConfigError, match="alive"):
         cluster_from_inventory({"nodes": [{**INVENTORY["nodes"][0], "alive": False}]})

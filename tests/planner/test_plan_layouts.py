@@ -94,10 +94,12 @@ def test_seed_004_layout_when_asked_and_its_command(
     (mine, _) = deployment_from_layout(
         r.plan, spec, model_path="m", served_model_name="m"
     ).planned_launches()
-    assert printable(mine)[-5:] == [
+    assert printable(mine)[-7:] == [
         "--enable-prefix-caching",
         "--max-num-seqs",
         "8",
+        "--gpu-memory-utilization",
+        "0.9",
         "--middleware",
         "raylm.serve.replica_auth.ReplicaAuth",
     ]

@@ -176,7 +176,7 @@ def plan_cmd(
         spec,
         objective=objective,
         max_model_len=max_model_len,
-        gpu_memory_utilization=0.9 if gpu_memory_utilization is None else gpu_memory_utilization,
+        gpu_memory_utilization=gpu_memory_utilization,
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
         replicas=replicas,
@@ -186,8 +186,6 @@ def plan_cmd(
     if result.plan is None:  # plan() raises when nothing fits; kept for the type checker
         raise PlanError(f"No layout of {facts.name} fits {spec.summary()}")
     engine_args: dict[str, Any] = {}
-    if gpu_memory_utilization is not None:
-        engine_args["gpu-memory-utilization"] = gpu_memory_utilization
     if enforce_eager:
         engine_args["enforce-eager"] = True
     # The spec `raylm serve` would run with these flags, checked the same way.

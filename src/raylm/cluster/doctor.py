@@ -380,6 +380,33 @@ def check_gpus(ip: str, f: NodeFacts) -> Check:
     )
 
 
+def check_gpu_memory(ip: str, f: NodeFacts) -> list[Check]:
+    """GPU memory other processes hold: vLLM needs its whole share free to start."""
+    out = []
+    for g in f.gpus:
+        others = [p for p in g.processes if not p.raylm and p.memory_bytes > 0]
+        held = sum(p.memory_bytes for p in others)
+        if held < 256 << 20:
+            continue
+        free = g.memory_total_bytes - g.memory_used_bytes
+        who = ", ".join(f"pid {p.pid} ({p.name}) {_gib(p.memory_bytes)}" for p in others)
+        out.append(
+            _c(
+                "gpu-memory",
+                ip,
+                "WARN",
+                f"GPU{g.index} {g.name}: {_gib(held)} held by other processes ({who}); "
+                f"{_gib(free)} of {_gib(g.memory_total_bytes)} free",
+                "`raylm plan --cluster live` and `raylm serve` plan with the free memory (a "
+                "lower --gpu-memory-utilization, or refuse with the numbers); stop those "
+                "processes to use the whole GPU",
+            )
+        )
+    if f.gpus and not out:
+        out.append(_c("gpu-memory", ip, "PASS", "no GPU memory held by other processes"))
+    return out
+
+
 def check_reach(
     res: dict[str, dict[str, Any]], ips: dict[str, str], ports: RayPorts
 ) -> tuple[list[Check], dict[str, dict[str, list[int]]]]:
@@ -571,15 +598,23 @@ def run_nccl(
         ng = len(facts[n.node_id].gpus)
         if ng < 2:
             continue
-        r = run_on_nodes(nccl_local, [n], timeout=300)[n.node_id]
+        # The task holds the node's GPUs: Ray shows a task only the GPUs it was given.
+        r = run_on_nodes(nccl_local, [n], timeout=300, num_gpus=ng)[n.node_id]
         if isinstance(r, BaseException) or not r.get("ok"):
+            busy = isinstance(r, TimeoutError)
             checks.append(
                 _c(
                     "nccl-intra",
                     n.ip,
                     "FAIL",
-                    f"all-reduce over {ng} GPUs failed: {r}",
-                    "run python -m raylm.cluster.nccl_probe on the node with NCCL_DEBUG=INFO",
+                    f"all-reduce over {ng} GPUs failed: {r}"
+                    + (
+                        "; Ray could not give the check the node's GPUs (a deployment holds them?)"
+                        if busy
+                        else ""
+                    ),
+                    "run it while no deployment holds the GPUs, or run python -m "
+                    "raylm.cluster.nccl_probe on the node with NCCL_DEBUG=INFO",
                 )
             )
             continue
@@ -728,6 +763,7 @@ def run_doctor(
     checks += reach_checks
     for nid, f in facts.items():
         checks += [check_shm(ips[nid], f), check_disk(ips[nid], f), check_gpus(ips[nid], f)]
+        checks += check_gpu_memory(ips[nid], f)
     checks += check_auth(head.ip, res, ips, ports)
     listening = {nid: r["listening"] for nid, r in res.items()}
     alive = [n for n in nodes if n.node_id in res]

@@ -21,8 +21,8 @@ def nvml_inventory() -> dict[str, Any]:
 
     Returns a dict: {"available": bool, "error": str, "driver": str, "cuda_driver": str,
     "gpus": [{"index", "name", "uuid", "memory_total_bytes", "memory_used_bytes",
-    "utilization_pct", "compute_capability", "pci_bus_id"}]}. Never raises: a node without
-    NVML reports available=False and why.
+    "utilization_pct", "compute_capability", "pci_bus_id", "processes": [{"pid", "name",
+    "memory_bytes"}]}]}. Never raises: a node without NVML reports available=False and why.
     """
     out: dict[str, Any] = {"available": False, "error": "", "driver": "", "cuda_driver": ""}
     out["gpus"] = []
@@ -62,6 +62,7 @@ def nvml_inventory() -> dict[str, Any]:
                     "utilization_pct": util,
                     "compute_capability": f"{major}.{minor}",
                     "pci_bus_id": _s(pynvml.nvmlDeviceGetPciInfo(h).busId),
+                    "processes": _processes(pynvml, h),
                 }
             )
     except Exception as e:
@@ -70,6 +71,29 @@ def nvml_inventory() -> dict[str, Any]:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
     return out
+
+
+def _processes(pynvml: Any, handle: Any) -> list[dict[str, Any]]:
+    """The processes holding memory on a GPU (compute and graphics), with their names."""
+    found: dict[int, int] = {}
+    for query in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+        try:
+            for p in getattr(pynvml, query)(handle):
+                used = getattr(p, "usedGpuMemory", None)
+                found[int(p.pid)] = found.get(int(p.pid), 0) + (int(used) if used else 0)
+        except Exception:
+            continue
+    return [
+        {"pid": pid, "name": _proc_name(pid), "memory_bytes": mem} for pid, mem in found.items()
+    ]
+
+
+def _proc_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"  # another PID namespace (a container) or gone
 
 
 def main() -> int:

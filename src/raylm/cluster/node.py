@@ -6,13 +6,28 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from raylm.cluster.fingerprint import Fingerprint, local_fingerprint
 from raylm.cluster.gpu import nvml_inventory
+from raylm.cluster.ray_process import RUN_MARKER
 from raylm.home import models_dir
+
+
+class GpuProcess(BaseModel):
+    """A process holding memory on a GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pid: int = Field(description="Its process id (as this node sees it).")
+    name: str = Field(description="Its name ('?' when not visible from here).")
+    memory_bytes: int = Field(description="GPU memory it holds (0 when NVML does not say).")
+    raylm: bool = Field(
+        default=False, description="Whether raylm started it on this node (a replica's engine)."
+    )
 
 
 class GpuInfo(BaseModel):
@@ -28,6 +43,9 @@ class GpuInfo(BaseModel):
     utilization_pct: int | None = Field(description="GPU utilization now, percent.")
     compute_capability: str = Field(description="CUDA compute capability, e.g. '9.0'.")
     pci_bus_id: str = Field(description="PCI bus id.")
+    processes: list[GpuProcess] = Field(
+        default_factory=list, description="Processes holding memory on it now."
+    )
 
 
 class NodeFacts(BaseModel):
@@ -64,6 +82,19 @@ def shm_size(path: str = "/dev/shm") -> int:
     return st.f_blocks * st.f_frsize
 
 
+def _ours(pid: int) -> bool:
+    run_id = os.environ.get(RUN_MARKER)
+    try:
+        return bool(run_id) and psutil.Process(pid).environ().get(RUN_MARKER) == run_id
+    except (psutil.Error, OSError):
+        return False
+
+
+def _gpu(raw: dict[str, Any]) -> GpuInfo:
+    procs = [GpuProcess(**p, raylm=_ours(int(p["pid"]))) for p in raw.get("processes", [])]
+    return GpuInfo.model_validate({**raw, "processes": procs})
+
+
 def local_node_facts() -> NodeFacts:
     """This node's CPU, memory, disk, /dev/shm, GPUs and versions."""
     inv = nvml_inventory()
@@ -78,7 +109,7 @@ def local_node_facts() -> NodeFacts:
         shm_bytes=shm_size(),
         model_store=str(store),
         disk_free_bytes=free,
-        gpus=[GpuInfo.model_validate(g) for g in inv["gpus"]],
+        gpus=[_gpu(g) for g in inv["gpus"]],
         nvml_error=str(inv["error"]),
         fingerprint=local_fingerprint(),
         time_unix=time.time(),

@@ -54,12 +54,16 @@ def run_on_nodes(
     *args: Any,
     timeout: float = 120,
     per_node_args: dict[str, tuple[Any, ...]] | None = None,
+    num_gpus: float = 0,
 ) -> dict[str, Any]:
-    """Run fn(*args) once on each alive node; return {node_id: result or Exception}."""
+    """Run fn(*args) once on each alive node; return {node_id: result or Exception}.
+
+    `num_gpus`: GPUs the task holds there (Ray shows a task only the GPUs it was given).
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    remote = ray.remote(num_cpus=0, max_retries=0)(fn)
+    remote = ray.remote(num_cpus=0, num_gpus=num_gpus, max_retries=0)(fn)
     refs = {}
     for n in nodes:
         if not n.alive:

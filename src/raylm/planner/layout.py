@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 Objective = Literal["throughput", "latency", "context"]
 OBJECTIVES: tuple[str, ...] = ("throughput", "latency", "context")
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+"""vLLM's own default share of a GPU's memory."""
 
 
 class Layout(BaseModel):
@@ -76,6 +78,11 @@ class Rejection(BaseModel):
     tensor_parallel_size: int = Field(description="TP of the rejected layout.")
     pipeline_parallel_size: int = Field(description="PP of the rejected layout.")
     reason: str = Field(description="Why it cannot work, in one sentence.")
+    cause: Literal["layout", "memory", "busy"] = Field(
+        default="layout",
+        description="layout: the shape cannot work; memory: it does not fit the GPUs; busy: it "
+        "would fit, but other processes hold the memory it needs now.",
+    )
     needed_bytes_per_gpu: int | None = Field(
         default=None, description="Memory one device would need, for memory rejections."
     )
@@ -256,6 +263,7 @@ def _evaluate(
     max_model_len: int | None,
     objective: str,
     util: float,
+    util_pinned: bool,
     allow_cross: bool,
     c: PlannerConstants,
     eager: bool,
@@ -311,10 +319,24 @@ def _evaluate(
         default=None,
     )
     if free is not None and free < budget:
+        # vLLM starts only when its whole share is free: plan with what is free, or say so.
+        held = f"other processes hold {_gib(node.gpu_memory_bytes - free)}"
+        lowered = int((free - c.free_memory_margin_bytes) * 100 / node.gpu_memory_bytes) / 100
+        if util_pinned or lowered <= 0:
+            return Rejection(
+                tensor_parallel_size=tp,
+                pipeline_parallel_size=pp,
+                reason=f"TP={tp}, PP={pp}: a GPU has only {_gib(free)} free ({held}); "
+                f"--gpu-memory-utilization {util:g} needs {_gib(budget)} free to start",
+                cause="busy",
+                needed_bytes_per_gpu=budget,
+                available_bytes_per_gpu=free,
+            )
         warnings.append(
-            f"a GPU has only {_gib(free)} free now but --gpu-memory-utilization {util:g} asks "
-            f"for {_gib(budget)}: vLLM will refuse to start until other processes free it"
+            f"a GPU has only {_gib(free)} free ({held}): planned with "
+            f"--gpu-memory-utilization {lowered:g} instead of {util:g}"
         )
+        util, budget = lowered, int(node.gpu_memory_bytes * lowered)
     kv_tok = kv_bytes_per_token(facts, dtype, tp, pp)
     kv_bytes = budget - weights - reserve
     blocks = max(0, kv_bytes) // (kv_tok * c.kv_block_size)
@@ -349,6 +371,7 @@ def _evaluate(
                 tensor_parallel_size=tp,
                 pipeline_parallel_size=pp,
                 reason=f"{label}: {what}",
+                cause="memory",
                 needed_bytes_per_gpu=needed,
                 available_bytes_per_gpu=budget,
             )
@@ -442,7 +465,21 @@ def _nothing_fits(
     util: float,
     max_model_len: int | None,
 ) -> PlanError:
-    mem = [r for r in rejected if r.needed_bytes_per_gpu is not None]
+    mem = [r for r in rejected if r.cause == "memory"]
+    busy = [r for r in rejected if r.cause == "busy"]
+    if busy and not mem:
+        r = busy[0]
+        free = int(r.available_bytes_per_gpu or 0)
+        return PlanError(
+            f"{facts.name} cannot start on {cluster.summary()} now: other processes hold the "
+            "GPU memory it needs",
+            needed_bytes=r.needed_bytes_per_gpu,
+            available_bytes=free,
+            why=r.reason,
+            fix="Free that memory (doctor names the processes), or leave "
+            "--gpu-memory-utilization out so raylm plans with what is free",
+            command="raylm doctor",
+        )
     if not mem:
         reasons = "; ".join(dict.fromkeys(r.reason for r in rejected)) or "no GPUs"
         return PlanError(
@@ -484,7 +521,7 @@ def plan(
     *,
     objective: str = "throughput",
     max_model_len: int | None = None,
-    gpu_memory_utilization: float = 0.9,
+    gpu_memory_utilization: float | None = None,
     tensor_parallel_size: int | None = None,
     pipeline_parallel_size: int | None = None,
     replicas: int | None = None,
@@ -494,10 +531,17 @@ def plan(
 ) -> PlanResult:
     """Every feasible layout of `facts` on `cluster`, ranked by `objective`.
 
-    Raises PlanError (with needed/available bytes and a remedy) when nothing fits or when
-    the given tensor_parallel_size / pipeline_parallel_size / replicas cannot work.
+    `gpu_memory_utilization` None means vLLM's default (0.9), lowered on a live cluster to
+    what other processes leave free; a given value is kept, and a layout it cannot start
+    with is rejected. Raises PlanError (with needed/available bytes and a remedy) when
+    nothing fits or when the given tensor_parallel_size / pipeline_parallel_size /
+    replicas cannot work.
     """
     c = constants or PlannerConstants()
+    util_pinned = gpu_memory_utilization is not None
+    gpu_memory_utilization = (
+        DEFAULT_GPU_MEMORY_UTILIZATION if gpu_memory_utilization is None else gpu_memory_utilization
+    )
     if objective not in OBJECTIVES:
         raise PlanError(
             f"Unknown objective {objective!r}", fix=f"use one of {', '.join(OBJECTIVES)}"
@@ -552,6 +596,7 @@ def plan(
                 max_model_len=max_model_len,
                 objective=objective,
                 util=gpu_memory_utilization,
+                util_pinned=util_pinned,
                 allow_cross=allow_cross_node_tp,
                 c=c,
                 eager=enforce_eager,

@@ -22,6 +22,12 @@ class PlannerConstants(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    free_memory_margin_bytes: int = Field(
+        default=1 * GIB,
+        description="Memory kept free on a GPU other processes partly use, when the planner "
+        "lowers gpu_memory_utilization to what is free: vLLM refuses to start unless its "
+        "whole share is free, and its own CUDA context needs some on top.",
+    )
     gpu_overhead_bytes: int = Field(
         default=1 * GIB,
         description="Per-GPU memory vLLM counts outside weights and KV that does not grow "

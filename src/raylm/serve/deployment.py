@@ -103,6 +103,13 @@ def deployment_from_layout(
     prints, through the same launches)."""
     device: Literal["cpu", "cuda"] = "cuda" if layout.accelerator == "gpu" else "cpu"
     ray_executor = spec.executor == "ray"
+    engine_args = dict(spec.engine_args)
+    if device == "cuda":
+        # The share the layout was planned with (serve passes the same: runner.apply_plan).
+        engine_args = {
+            k: v for k, v in engine_args.items() if k.replace("_", "-") != "gpu-memory-utilization"
+        }
+        engine_args["gpu-memory-utilization"] = layout.gpu_memory_utilization
     return DeploymentConfig(
         name=spec.name,
         model_path=model_path,
@@ -117,7 +124,7 @@ def deployment_from_layout(
         dtype=resolve_dtype(spec.dtype, device),
         max_model_len=layout.max_model_len,
         executor=spec.executor,
-        engine_args=dict(spec.engine_args),
+        engine_args=engine_args,
         probing=spec.probing(),
     )
 

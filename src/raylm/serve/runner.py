@@ -172,34 +172,47 @@ def apply_plan(spec: ServeSpec, facts: ModelFacts, cluster: ClusterSpec) -> tupl
     given sizes that cannot work. Returns the completed spec and the plan, in words."""
     from raylm.planner import plan
 
-    gmu = spec.engine_args.get(
-        "gpu-memory-utilization", spec.engine_args.get("gpu_memory_utilization", 0.9)
+    given = spec.engine_args.get(
+        "gpu-memory-utilization", spec.engine_args.get("gpu_memory_utilization")
     )
     result = plan(
         facts,
         cluster,
         max_model_len=spec.max_model_len,
-        gpu_memory_utilization=float(gmu),
+        gpu_memory_utilization=None if given is None else float(given),
         tensor_parallel_size=spec.tensor_parallel_size,
         pipeline_parallel_size=spec.pipeline_parallel_size,
         replicas=spec.replicas,
+        # Without CUDA graphs vLLM reserves no memory for them: plan the same way.
+        enforce_eager=any(
+            k.replace("_", "-") == "enforce-eager" and v is True
+            for k, v in spec.engine_args.items()
+        ),
     )
     chosen = result.plan
     if chosen is None:  # plan() raises when nothing fits; keep the user's spec otherwise
         return spec, "no plan"
+    engine_args = {
+        k: v for k, v in spec.engine_args.items() if k.replace("_", "-") != "gpu-memory-utilization"
+    }
+    # The share the plan fits in (lowered to what other processes leave free, if need be).
+    engine_args["gpu-memory-utilization"] = chosen.gpu_memory_utilization
     done = spec.model_copy(
         update={
             "tensor_parallel_size": chosen.tensor_parallel_size,
             "pipeline_parallel_size": chosen.pipeline_parallel_size,
             "replicas": chosen.replicas,
             "max_model_len": spec.max_model_len or chosen.max_model_len,
+            "engine_args": engine_args,
         }
     )
     words = (
         f"plan: {chosen.replicas} replica(s) x TP={chosen.tensor_parallel_size} "
         f"PP={chosen.pipeline_parallel_size}, max_model_len {chosen.max_model_len}, "
         f"{chosen.kv_cache_tokens_per_replica} KV-cache tokens and "
-        f"{chosen.max_concurrent_seqs} full-length sequences per replica"
+        f"{chosen.max_concurrent_seqs} full-length sequences per replica, "
+        f"gpu_memory_utilization {chosen.gpu_memory_utilization:g}"
+        + "".join(f"; {w}" for w in chosen.warnings)
     )
     return done, words
 
