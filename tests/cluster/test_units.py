@@ -144,3 +144,41 @@ def test_cli_bad_input_is_one_clear_error(tmp_path: Path, args: list[str], messa
 def test_down_with_nothing_started(tmp_path: Path) -> None:
     p = _raylm("down", "--json", home=tmp_path)
     assert p.returncode == 0 and json.loads(p.stdout) == {"stopped_pids": []}
+
+
+def test_ray_temp_dir_stays_short_under_a_deep_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found on a GPU machine: `raylm up` under a deep HOME died in Ray with "AF_UNIX path
+    # length cannot exceed 107 bytes".
+    from raylm.cluster import bringup
+
+    deep = tmp_path / ("d" * 60) / "home"
+    monkeypatch.setenv("HOME", str(deep))
+    monkeypatch.delenv("RAYLM_HOME", raising=False)
+    tdir = bringup._default_temp_dir()
+    assert len(str(tdir)) <= 37 and str(tdir).startswith("/tmp/raylm-")
+    assert bringup._default_temp_dir() == tdir  # the same dir for the same home, every time
+    monkeypatch.setenv("HOME", "/root")
+    assert bringup._default_temp_dir() == Path("/root/.raylm/ray")
+    with pytest.raises(ClusterError, match="107 bytes") as e:
+        bringup._check_temp_dir(deep / "ray")
+    assert e.value.command == "raylm up --temp-dir /tmp/raylm"
+
+
+def test_ray_cli_found_without_its_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray installed into a `pip --target` dir has no `ray` script anywhere.
+    from raylm.cluster import ray_process
+
+    python = sys.executable
+    monkeypatch.setattr(sys, "executable", "/nonexistent/bin/python3")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert ray_process.ray_executable() == [
+        "/nonexistent/bin/python3",
+        "-m",
+        "ray.scripts.scripts",
+    ]
+    p = subprocess.run(
+        [python, "-m", "ray.scripts.scripts", "--version"], capture_output=True, text=True
+    )
+    assert p.returncode == 0 and "version" in p.stdout, p.stderr

@@ -12,6 +12,7 @@ no new unauthenticated surface), and the value lives exactly as long as the clus
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -67,9 +68,29 @@ class VersionMismatch(ClusterError):
         )
 
 
+# Ray puts unix sockets at <temp dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store,
+# and a socket path has at most 107 bytes: that leaves about 37 for the temp dir.
+_MAX_TEMP_DIR = 37
+
+
 def _default_temp_dir() -> Path:
     # Ray's default /tmp/ray is shared by every Ray on the host; one per RAYLM_HOME is not.
-    return raylm_home() / "ray"
+    home = raylm_home().resolve()
+    if len(str(home / "ray")) <= _MAX_TEMP_DIR:
+        return home / "ray"
+    # A deep HOME would make Ray's socket paths too long: a short dir named after it.
+    return Path("/tmp") / f"raylm-{hashlib.sha256(str(home).encode()).hexdigest()[:10]}"
+
+
+def _check_temp_dir(tdir: Path) -> None:
+    if len(str(tdir)) > _MAX_TEMP_DIR:
+        raise ClusterError(
+            f"Ray's temp dir {tdir} is {len(str(tdir))} characters long",
+            why=f"Ray's unix socket paths under it would exceed 107 bytes (keep it to "
+            f"{_MAX_TEMP_DIR} or fewer)",
+            fix="Pick a shorter --temp-dir, or leave it out",
+            command="raylm up --temp-dir /tmp/raylm",
+        )
 
 
 def _ray_env(nic: NetInterface, auth: bool, temp_dir: Path) -> dict[str, str]:
@@ -107,6 +128,7 @@ def _start_node(
     if token is not None:
         record.write_private(record.token_path(), token)
     tdir = (temp_dir or _default_temp_dir()).resolve()
+    _check_temp_dir(tdir)
     argv = ray_process.ray_start_argv(
         node_ip=nic.ip,
         ports=ports,

@@ -8,6 +8,7 @@ starts with a run id and stops exactly the processes that carry it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -31,19 +32,22 @@ RUN_MARKER = "RAYLM_RAY_RUN"
 RAY_AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
-def ray_executable() -> str:
-    """The `ray` script of this Python environment (the one raylm runs in)."""
+def ray_executable() -> list[str]:
+    """How to run Ray's CLI from the Python environment raylm runs in: its `ray` script, or
+    the same CLI as a module where Ray was installed without scripts (a `--target` dir)."""
     exe = Path(sys.executable).parent / "ray"
     if exe.exists():
-        return str(exe)
+        return [str(exe)]
     found = shutil.which("ray")
-    if not found:
-        raise ClusterError(
-            "The `ray` command is not installed in this environment",
-            fix="Install Ray in the environment that runs raylm",
-            command="pip install 'ray[default]'",
-        )
-    return found
+    if found:
+        return [found]
+    if importlib.util.find_spec("ray") is not None:
+        return [sys.executable, "-m", "ray.scripts.scripts"]
+    raise ClusterError(
+        "Ray is not installed in this environment",
+        fix="Install Ray in the environment that runs raylm",
+        command="pip install 'ray[default]'",
+    )
 
 
 def ray_start_argv(
@@ -59,7 +63,7 @@ def ray_start_argv(
     resources: str | None = None,
 ) -> list[str]:
     """The full `ray start` command line for this node."""
-    argv = [ray_executable(), "start", f"--node-ip-address={node_ip}"]
+    argv = [*ray_executable(), "start", f"--node-ip-address={node_ip}"]
     if head:
         argv += [
             "--head",
