@@ -68,9 +68,9 @@ class VersionMismatch(ClusterError):
         )
 
 
-# Ray puts unix sockets at <temp dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store,
-# and a socket path has at most 107 bytes: that leaves about 37 for the temp dir.
-_MAX_TEMP_DIR = 37
+# Ray puts unix sockets at <temp dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store
+# (64 bytes after the temp dir with a 7-digit pid), and a socket path has at most 107.
+_MAX_TEMP_DIR = 43
 
 
 def _default_temp_dir() -> Path:
