@@ -234,6 +234,25 @@ def test_throughput_lowers_the_default_context_and_says_so(
     best = plan(facts, parse_cluster_spec("1x1x4GB")).plan
     assert best is not None and best.max_model_len < 40960
     assert any("max_model_len lowered" in w for w in best.warnings)
+    assert best.max_model_len_lowered
+
+
+def test_a_lowered_context_ranks_after_every_full_context(
+    model_facts: Callable[[str], ModelFacts],
+) -> None:
+    facts = model_facts("qwen3-0.6b")
+    layouts = _all(plan(facts, parse_cluster_spec("1x4x4GB")))
+    flags = [x.max_model_len_lowered for x in layouts]
+    assert False in flags and True in flags and flags == sorted(flags)
+    # The flag, not the warning text, ranks; both say the same thing.
+    for x in layouts:
+        assert x.max_model_len_lowered == any("max_model_len lowered" in w for w in x.warnings)
+    # Full context wins even against a higher throughput estimate.
+    assert min(x.score for x in layouts if not x.max_model_len_lowered) < max(
+        x.score for x in layouts if x.max_model_len_lowered
+    )
+    # Kept out of dumps: `raylm plan --json` keeps its keys.
+    assert "max_model_len_lowered" not in layouts[0].model_dump(mode="json")
 
 
 def test_bad_requests(model_facts: Callable[[str], ModelFacts]) -> None:

@@ -13,15 +13,11 @@ from raylm.planner.cluster import (
     gpu_table,
     parse_cluster_spec,
 )
-from raylm.planner.layout import (
-    OBJECTIVES,
-    Layout,
-    PlanResult,
-    Rejection,
-    check_layout,
-    plan,
-)
+from raylm.planner.layout import Layout, PlanResult, Rejection
 from raylm.planner.memory import PlannerConstants
+from raylm.planner.rank import OBJECTIVES
+from raylm.planner.search import plan
+from raylm.planner.shapes import check_layout
 
 __all__ = [
     "OBJECTIVES",

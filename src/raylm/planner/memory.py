@@ -13,8 +13,14 @@ import math
 from pydantic import BaseModel, ConfigDict, Field
 
 from raylm.models.facts import DTYPE_BYTES, ModelFacts
+from raylm.planner.cluster import NodeSpec
 
 GIB = 1024**3
+
+
+def gib_text(b: float) -> str:
+    """A byte count as it appears in the planner's messages: `12.3 GiB`."""
+    return f"{b / GIB:.1f} GiB"
 
 
 class PlannerConstants(BaseModel):
@@ -130,3 +136,55 @@ def reserve_bytes(
     logits = c.max_num_seqs * facts.vocab_size / tp * 4
     graphs = 0 if eager else c.cuda_graph_reserve_bytes
     return int(c.gpu_overhead_bytes + c.max_num_batched_tokens * per_token + logits + graphs)
+
+
+def _link_gbps(node: NodeSpec, c: PlannerConstants, *, cross_node: bool) -> tuple[float, float]:
+    if cross_node:
+        bw = c.infiniband_gbps if node.infiniband else c.ethernet_gbps
+        return bw, c.inter_latency_us
+    return (c.nvlink_gbps if node.nvlink else c.pcie_gbps), c.intra_latency_us
+
+
+def decode_speed(
+    facts: ModelFacts,
+    node: NodeSpec,
+    c: PlannerConstants,
+    *,
+    tp: int,
+    pp: int,
+    tp_cross: bool,
+    pp_cross: bool,
+    weights: int,
+    kv_tok: int,
+    kv_tokens: int,
+    max_len: int,
+    dtype: str,
+) -> tuple[float, float]:
+    """(decode tokens/s of one replica, ms per token of a single stream): memory-bound
+    roofline: each step reads the stage's weights and the batch's KV cache, plus TP
+    all-reduces (two per layer) and PP hand-offs."""
+    if node.accelerator == "cpu":
+        bw = c.cpu_bandwidth_gbps * 1e9
+    else:
+        bw = (node.bandwidth_gbps or c.default_gpu_bandwidth_gbps) * 1e9
+    act = DTYPE_BYTES.get(dtype, 2)
+    ctx = min(max_len, c.typical_context_tokens)
+    layers = layers_per_stage(facts, pp)
+    tp_bw, tp_lat = _link_gbps(node, c, cross_node=tp_cross)
+    pp_bw, pp_lat = _link_gbps(node, c, cross_node=pp_cross)
+
+    def stage_s(b: float) -> float:
+        t = (weights + b * ctx * kv_tok) / bw
+        if tp > 1:
+            msg = b * facts.hidden_size * act
+            t += layers * 2 * (tp_lat * 1e-6 + 2 * (tp - 1) / tp * msg / (tp_bw * 1e9))
+        return t
+
+    def hand_s(b: float) -> float:
+        return 0.0 if pp == 1 else pp_lat * 1e-6 + b * facts.hidden_size * act / (pp_bw * 1e9)
+
+    batch = max(1, min(c.max_num_seqs, kv_tokens // max(ctx, 1)))
+    micro = max(1.0, batch / pp)
+    tps = micro / (stage_s(micro) + hand_s(micro)) * c.pp_stage_efficiency ** (pp - 1)
+    latency = pp * stage_s(1) + (pp - 1) * hand_s(1)
+    return tps, latency * 1e3
