@@ -96,7 +96,7 @@ def _replica(url: str | None) -> Iterator[str]:
 def serve_gateway(replica_url: str, port: int, loop: str) -> None:
     """Child-process mode: a gateway over one replica, until SIGTERM."""
     from raylm.gateway import GatewaySettings, StaticReplicaSource, create_gateway, run_gateway
-    from raylm.serve.state import ReplicaInfo, ReplicaState
+    from raylm.replica import ReplicaInfo, ReplicaState
 
     rep = ReplicaInfo(replica_id="r0", model=MODEL, url=replica_url, node="127.0.0.1",
                       state=ReplicaState.READY)  # fmt: skip

@@ -1,4 +1,5 @@
-"""What the controller reports about replicas, and what the gateway routes on."""
+"""Replica states and facts: what the controller reports and the gateway routes on (shared
+by `serve` and `gateway`, so neither imports the other for them)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import httpx
 
 from raylm.gateway import GatewayServer, GatewaySettings, StaticReplicaSource, create_gateway
 from raylm.gateway.app import Gateway
-from raylm.serve.state import ReplicaInfo, ReplicaState
+from raylm.replica import ReplicaInfo, ReplicaState
 
 MODEL = "smollm2-135m-instruct"
 MAX_MODEL_LEN = 2048

@@ -14,7 +14,7 @@ import pytest
 from gateway_harness import MODEL, RunningGateway, dead_url, replica, start_faulty_replica
 
 from raylm.gateway.limits import GatewayLimits
-from raylm.serve.state import ReplicaState
+from raylm.replica import ReplicaState
 
 CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
 

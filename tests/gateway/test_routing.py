@@ -6,7 +6,7 @@ from __future__ import annotations
 from gateway_harness import replica
 
 from raylm.gateway.routing import ReplicaTable
-from raylm.serve.state import ReplicaState
+from raylm.replica import ReplicaState
 
 
 def table(*states: ReplicaState, eject_s: float = 60) -> ReplicaTable:

@@ -12,8 +12,8 @@ import uvloop
 from rich.console import Console
 
 from raylm.config import load_spec, parse_engine_arg
+from raylm.replica import ReplicaInfo
 from raylm.serve.placement import Placement
-from raylm.serve.state import ReplicaInfo
 
 # soft_wrap: progress lines are read in logs and grepped; rich would cut them at 80 columns.
 console = Console(stderr=True, soft_wrap=True)

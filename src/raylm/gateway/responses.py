@@ -7,6 +7,8 @@ from typing import Any
 
 from starlette.responses import Response
 
+from raylm.gateway.limits import Refusal
+
 
 def json_response(
     content: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -66,3 +68,21 @@ def sse_error_event(message: str, code: int = 502) -> bytes:
     """The last event of a stream whose replica failed mid-way."""
     body = error_body(message, type="upstream_error", code=code)
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+class HttpError(Exception):
+    """An answer a route gives up with: raised anywhere under a route, sent once by the
+    gateway's dispatch (so helpers return values, never `Response | value`)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def refused(r: Refusal) -> HttpError:
+    """A limit's refusal as an OpenAI error answer. A body too large also ends the
+    connection: the client would otherwise go on sending the rest of it."""
+    headers = {"Connection": "close"} if r.status == 413 else None
+    return HttpError(
+        error_response(r.status, r.message, param=r.param, code=r.code, headers=headers)
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from raylm.serve.state import ReplicaInfo, ReplicaState
+from raylm.replica import ReplicaInfo, ReplicaState
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,16 @@ class ReplicaTable:
             ready = sum(1 for r in reps if self.is_routable(r))
             out.append(ModelStatus(model=model, ready=ready, total=len(reps)))
         return out
+
+    def unready(self, model: str) -> str:
+        """What errors say when no replica of `model` can take a request:
+        "`model` right now: <each replica's state>." """
+        states = ", ".join(
+            f"{r.replica_id} {r.state.value}" + (f" ({r.detail})" if r.detail else "")
+            for r in self.replicas
+            if r.model == model
+        )
+        return f"`{model}` right now" + (f": {states}." if states else ".")
 
     def in_flight(self, replica_id: str) -> int:
         return self._in_flight.get(replica_id, 0)

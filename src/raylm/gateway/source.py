@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from raylm.serve.state import ReplicaInfo
+from raylm.replica import ReplicaInfo
 
 
 @runtime_checkable

@@ -24,8 +24,8 @@ from ray.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
+from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import DeploymentConfig
-from raylm.serve.state import ReplicaInfo, ReplicaState
 from raylm.serve.supervisor import ReplicaSupervisor
 
 logger = logging.getLogger(__name__)

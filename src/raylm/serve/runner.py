@@ -19,10 +19,10 @@ from pydantic import SecretStr
 
 from raylm.config import ServeSpec
 from raylm.errors import ConfigError, PlanError, ReplicaError
+from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import CONTROLLER_NAMESPACE, DeploymentConfig
 from raylm.serve.engine import resolve_dtype
 from raylm.serve.placement import NodeResources, Placement, fit_placement
-from raylm.serve.state import ReplicaInfo, ReplicaState
 
 if TYPE_CHECKING:
     from raylm.models.facts import ModelFacts
@@ -83,11 +83,9 @@ def _model_config(path: Path) -> dict[str, Any]:
 
 def check_model_layout(path: Path, tp: int, pp: int) -> None:
     """Refuse a TP/PP the model cannot take (e.g. heads not divisible), before loading."""
-    try:
-        from raylm.models.facts import read_model_facts
-        from raylm.planner import check_layout
-    except ImportError:  # planner not installed in this build
-        return
+    from raylm.models.facts import read_model_facts
+    from raylm.planner import check_layout
+
     reasons = check_layout(read_model_facts(path), tp, pp)
     if reasons:
         raise PlanError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from raylm.serve.state import ReplicaInfo
+from raylm.replica import ReplicaInfo
 
 
 class ControllerReplicaSource:

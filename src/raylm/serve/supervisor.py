@@ -20,11 +20,11 @@ import aiohttp
 import psutil
 
 from raylm.home import logs_dir
+from raylm.replica import ReplicaState
 from raylm.serve import engine, replica_auth
 from raylm.serve.health import Judgement, Probing, ProgressWatch
 from raylm.serve.probe import engine_load, generate_one_token, http_ok
 from raylm.serve.process import EngineProcess
-from raylm.serve.state import ReplicaState
 
 logger = logging.getLogger(__name__)
 

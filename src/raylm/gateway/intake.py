@@ -1,0 +1,91 @@
+"""What every route does with a request before any replica sees it: read the body within
+the limits, resolve the model, and give up on the work when the client leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.types import Receive
+
+from raylm.gateway.body import ClientGone, parse_object, read_body, wait_disconnect
+from raylm.gateway.limits import GatewayLimits, Refusal
+from raylm.gateway.responses import HttpError, error_response, refused, unavailable
+from raylm.gateway.routing import ReplicaTable
+
+T = TypeVar("T")
+
+
+async def read_json(request: Request, limits: GatewayLimits) -> tuple[dict[str, Any], bytes]:
+    """The body as a JSON object and its exact bytes; HttpError with the 4xx that says why
+    not; ClientGone when the client leaves while sending it."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+        too_large = f"Request body over {limits.max_body_bytes} bytes."
+        raise refused(Refusal(413, too_large, None, "request_too_large"))
+    body = await read_body(request.receive, limits.max_body_bytes)
+    if isinstance(body, Refusal):
+        raise refused(body)
+    parsed = parse_object(body, limits)
+    if isinstance(parsed, Refusal):
+        raise refused(parsed)
+    return parsed, body
+
+
+def context_len(table: ReplicaTable, model: str) -> int | None:
+    """The context length of `model`'s replicas, when they report it."""
+    lens = [
+        r.max_model_len for r in table.replicas if r.model == model and r.max_model_len is not None
+    ]
+    return min(lens) if lens else None
+
+
+def resolve_model(table: ReplicaTable, requested: object, retry_after_s: int) -> str:
+    """The model a request is for; HttpError (OpenAI-style) when it cannot be served."""
+    models = table.models()
+    if requested is None:
+        if len(models) == 1:
+            return models[0]
+        if not models:
+            raise HttpError(unavailable("No model is being served yet.", retry_after_s))
+        raise HttpError(
+            error_response(
+                400,
+                f"`model` is required: several models are served ({', '.join(models)}).",
+                param="model",
+                code="model_required",
+            )
+        )
+    if not isinstance(requested, str):
+        raise HttpError(error_response(400, "`model` must be a string.", param="model"))
+    if requested not in models:
+        served = ", ".join(models) or "none yet"
+        raise HttpError(
+            error_response(
+                404,
+                f"The model `{requested}` does not exist. Served: {served}.",
+                param="model",
+                code="model_not_found",
+            )
+        )
+    return requested
+
+
+async def unless_client_leaves(work: Awaitable[T], receive: Receive) -> T:
+    """`work`'s result; when the client leaves first, `work` is cancelled (its upstream
+    request closed, so the replica stops generating) and ClientGone is raised."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise ClientGone

@@ -1,0 +1,361 @@
+"""Calls from the gateway to replicas: picking one, opening the request, one retry on a
+replica that fails before answering, buffered answers, relayed streams, and the count of
+requests in flight that draining waits on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import aiohttp
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from raylm.gateway import metrics as gm
+from raylm.gateway.responses import (
+    HttpError,
+    error_message,
+    error_response,
+    sse_error_event,
+    unavailable,
+)
+from raylm.gateway.routing import ReplicaTable
+from raylm.gateway.settings import GatewaySettings
+from raylm.replica import ReplicaInfo
+
+logger = logging.getLogger(__name__)
+
+# Enough of a stream's end to find its final usage chunk and the [DONE] marker.
+_TAIL_BYTES = 8192
+_DONE = b"data: [DONE]"
+
+
+@dataclass
+class Buffered:
+    """A whole answer from a replica."""
+
+    status: int
+    body: bytes
+    content_type: str
+    replica: ReplicaInfo
+
+
+@dataclass
+class _Attempt:
+    """What one client request has tried so far."""
+
+    tried: set[str] = field(default_factory=set)
+    failures: list[str] = field(default_factory=list)
+    retried: bool = False
+
+
+class _ReplicaFailed(Exception):
+    """A replica failed before sending anything we passed on: safe to try another."""
+
+
+class RelayResponse(StreamingResponse):
+    """A stream whose replica is released exactly once, however it ends (done, broken,
+    or the client gone before the first byte, when the generator never even started).
+    `client_gone` tells, afterwards, whether the client left before the stream ended."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], on_close: Callable[[], object], **kw: Any
+    ) -> None:
+        super().__init__(self._to_the_end(content), **kw)
+        self._on_close: Callable[[], object] | None = on_close
+        self.client_gone = True
+
+    async def _to_the_end(self, content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in content:
+            yield chunk
+        self.client_gone = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            # Starlette cancels the stream when the client disconnects; closing the
+            # unfinished upstream answer (on_close) then makes vLLM abort the request.
+            await super().__call__(scope, receive, send)
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
+
+
+class Upstream:
+    """The replicas' side of the gateway: one connection pool, the requests in flight."""
+
+    def __init__(
+        self, table: ReplicaTable, metrics: gm.GatewayMetrics, settings: GatewaySettings
+    ) -> None:
+        self.table = table
+        self.metrics = metrics
+        self.settings = settings
+        key = settings.upstream_api_key
+        self._headers = {"Content-Type": "application/json"} | (
+            {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._stream_timeout = aiohttp.ClientTimeout(
+            sock_connect=settings.connect_timeout_s, sock_read=settings.stream_idle_timeout_s
+        )
+        self._buffered_timeout = aiohttp.ClientTimeout(
+            total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s
+        )
+        self._streams: set[aiohttp.ClientResponse] = set()
+        self.active = 0
+        """Requests being served by replicas now (streams until their last byte)."""
+        self.idle = asyncio.Event()
+        """Set while no request is in flight."""
+        self.idle.set()
+        self.draining = False
+        """New requests get 503 + Retry-After."""
+        self.stopping = False
+        """Streams that break now end with the gateway's own 'stopped' event."""
+
+    # ----------------------------------------------------------------- life cycle
+
+    def open_pool(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+            # No cookies and no compression between gateway and replica: both cost CPU
+            # on every request and neither is used by vLLM.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+
+    async def end_streams(self) -> None:
+        """Break every stream still running; wait (briefly) for their last events."""
+        self.stopping = True
+        for resp in list(self._streams):
+            # Closing the pool does not wake a pending read; this does.
+            resp.content.set_exception(aiohttp.ClientConnectionError("gateway stopping"))
+        if self._streams:
+            # Let the relays send their last event (bounded: a client may not read).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), timeout=2)
+
+    async def close_pool(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------ accounting
+
+    def _begin(self, replica: ReplicaInfo) -> None:
+        self.table.acquire(replica.replica_id)
+        self.active += 1
+        self.idle.clear()
+        self.metrics.in_flight.inc()
+        self.metrics.routed.labels(replica.replica_id).inc()
+
+    def _end(self, replica: ReplicaInfo) -> None:
+        self.table.release(replica.replica_id)
+        self.active -= 1
+        if self.active == 0:
+            self.idle.set()
+        self.metrics.in_flight.dec()
+
+    def _close_stream(self, replica: ReplicaInfo, resp: aiohttp.ClientResponse) -> None:
+        self._streams.discard(resp)
+        resp.release()
+        self._end(replica)
+
+    def _failed(self, replica: ReplicaInfo, why: str) -> None:
+        logger.warning("replica %s failed before answering: %s", replica.replica_id, why)
+        if self.table.eject(replica):
+            self.metrics.failovers.labels(replica.replica_id).inc()
+
+    # ------------------------------------------------------------ calls
+
+    async def _open(
+        self, replica: ReplicaInfo, path: str, body: bytes, stream: bool
+    ) -> aiohttp.ClientResponse:
+        """Send a request to a replica; raise `_ReplicaFailed` when it fails before any
+        byte of an answer (connection refused or reset, or it says 502/503)."""
+        assert self._session is not None, "Gateway.start() was not called"
+        s = self.settings
+        timeout = self._stream_timeout if stream else self._buffered_timeout
+        try:
+            resp = await self._session.post(
+                replica.url + path, data=body, headers=self._headers, timeout=timeout
+            )
+        except aiohttp.ServerTimeoutError as e:
+            if isinstance(e, aiohttp.ConnectionTimeoutError):
+                raise _ReplicaFailed(f"no connection within {s.connect_timeout_s} s") from e
+            raise  # a slow answer is not a failure to retry: it would double the load
+        except aiohttp.ClientConnectionError as e:
+            raise _ReplicaFailed(f"{type(e).__name__}: {e}") from e
+        if resp.status in (502, 503):
+            try:
+                detail = error_message(await resp.read())
+            except (aiohttp.ClientError, TimeoutError):
+                detail = ""
+            finally:
+                resp.release()
+            raise _ReplicaFailed(f"it answered {resp.status} {detail}".strip())
+        return resp
+
+    async def _call(
+        self, route: str, model: str, path: str, body: bytes, stream: bool, attempt: _Attempt
+    ) -> tuple[ReplicaInfo, aiohttp.ClientResponse]:
+        """Pick a replica and open the request; when one fails before answering, try one
+        other replica (once per request). The replica stays acquired until `_end`."""
+        retry_after = self.settings.retry_after_s
+        if self.draining:
+            raise HttpError(
+                unavailable("The gateway is draining for shutdown.", retry_after, "draining")
+            )
+        while True:
+            replica = self.table.pick(model, frozenset(attempt.tried))
+            if replica is None:
+                break
+            if attempt.tried:
+                if attempt.retried or not self.settings.retry_on_failure:
+                    break
+                attempt.retried = True
+                self.metrics.retries.labels(route).inc()
+            attempt.tried.add(replica.replica_id)
+            self._begin(replica)
+            try:
+                return replica, await self._open(replica, path, body, stream)
+            except _ReplicaFailed as e:
+                self._end(replica)
+                self._failed(replica, str(e))
+                attempt.failures.append(f"{replica.replica_id}: {e}")
+            except (aiohttp.ClientError, TimeoutError) as e:
+                self._end(replica)
+                raise HttpError(
+                    error_response(
+                        504,
+                        f"Replica {replica.replica_id} did not answer in time "
+                        f"({type(e).__name__}).",
+                        type="timeout_error",
+                        code="upstream_timeout",
+                    )
+                ) from e
+            except BaseException:
+                self._end(replica)
+                raise
+        if attempt.failures:
+            failures = "; ".join(attempt.failures)
+            raise HttpError(
+                unavailable(
+                    f"No replica of `{model}` could take the request ({failures}).",
+                    retry_after,
+                    "replica_failed",
+                )
+            )
+        raise HttpError(
+            unavailable("No ready replica of " + self.table.unready(model), retry_after)
+        )
+
+    async def buffered(self, route: str, model: str, path: str, body: bytes) -> Buffered:
+        """A whole non-streaming answer. Nothing reaches the client before it is complete,
+        so a replica failing at any point before that may be replaced (once)."""
+        attempt = _Attempt()
+        while True:
+            replica, resp = await self._call(route, model, path, body, False, attempt)
+            try:
+                data = await resp.read()
+                ctype = resp.headers.get("Content-Type", "application/json")
+                return Buffered(resp.status, data, ctype, replica)
+            except TimeoutError as e:
+                raise HttpError(
+                    error_response(
+                        504,
+                        f"Replica {replica.replica_id} did not answer within "
+                        f"{self.settings.request_timeout_s} s.",
+                        type="timeout_error",
+                        code="upstream_timeout",
+                    )
+                ) from e
+            except aiohttp.ClientError as e:
+                self._failed(replica, f"{type(e).__name__}: {e}")
+                attempt.failures.append(f"{replica.replica_id}: {type(e).__name__}: {e}")
+            finally:
+                resp.release()
+                self._end(replica)
+
+    async def stream(self, route: str, model: str, path: str, body: bytes, t0: float) -> Response:
+        """A streaming answer relayed as it comes, or the replica's own error answer."""
+        replica, resp = await self._call(route, model, path, body, True, _Attempt())
+        ctype = resp.headers.get("Content-Type", "")
+        if resp.status != 200 or not ctype.startswith("text/event-stream"):
+            # vLLM rejects a bad streaming request with a plain JSON error.
+            try:
+                data = await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as e:
+                data = json.dumps({"error": {"message": str(e), "type": "upstream_error"}}).encode()
+            finally:
+                resp.release()
+                self._end(replica)
+            return Response(data, status_code=resp.status, media_type=ctype or "application/json")
+        self._streams.add(resp)
+        return RelayResponse(
+            self._relay(route, model, replica, resp, t0),
+            on_close=partial(self._close_stream, replica, resp),
+            media_type=ctype,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _relay(
+        self, route: str, model: str, replica: ReplicaInfo, resp: aiohttp.ClientResponse, t0: float
+    ) -> AsyncIterator[bytes]:
+        """Pass a replica's SSE bytes through as they come; end with an error event when
+        the replica fails or goes quiet mid-way."""
+        tail = b""
+        first = True
+        try:
+            try:
+                async for chunk in resp.content.iter_any():
+                    if first:
+                        self.metrics.ttft.labels(route).observe(time.perf_counter() - t0)
+                        first = False
+                    tail = (tail + chunk)[-_TAIL_BYTES:]
+                    yield chunk
+            except (aiohttp.ClientError, TimeoutError) as e:
+                self.metrics.stream_errors.labels(route).inc()
+                if self.stopping:
+                    yield sse_error_event("The gateway stopped before the stream finished.", 503)
+                    return
+                why = (
+                    f"no data for {self.settings.stream_idle_timeout_s} s"
+                    if isinstance(e, TimeoutError)
+                    else f"{type(e).__name__}: {e}"
+                )
+                logger.warning("stream from %s broke: %s", replica.replica_id, why)
+                yield sse_error_event(f"Replica {replica.replica_id} failed mid-stream: {why}.")
+                return
+            if not tail.rstrip().endswith(_DONE):
+                self.metrics.stream_errors.labels(route).inc()
+                yield sse_error_event(
+                    f"Replica {replica.replica_id} closed the stream before it was complete."
+                )
+                return
+            self._count_stream_usage(model, tail)
+        finally:
+            resp.release()
+
+    def _count_stream_usage(self, model: str, tail: bytes) -> None:
+        # Only the last JSON event can carry usage (stream_options.include_usage).
+        for event in reversed(tail.split(b"\n\n")):
+            event = event.strip()
+            if not event.startswith(b"data: {"):
+                continue
+            try:
+                parsed = json.loads(event[6:])
+            except ValueError:
+                return
+            if isinstance(parsed, dict):
+                self.metrics.count_usage(model, parsed.get("usage"))
+            return
