@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from raylm import __version__
+from raylm.cli import cluster, model, plan, serve
 from raylm.errors import RaylmError
 
 app = typer.Typer(
@@ -49,19 +50,10 @@ def _root(
 
 
 def _register() -> None:
-    # Imported here so `raylm --help` stays fast and one broken group cannot hide the others.
-    from raylm.cli import serve
-
-    serve.register(app)
-    from raylm.cli import cluster
-
-    cluster.register(app)
-    from raylm.cli import plan
-
-    plan.register(app)
-    from raylm.cli import model
-
-    model.register(app)
+    # Each group keeps its Ray and vLLM imports inside its commands: that is what keeps
+    # `raylm --help` fast.
+    for group in (serve, cluster, plan, model):
+        group.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
