@@ -160,3 +160,26 @@ def test_dead_nodes_and_busy_gpus(model_facts: Callable[[str], ModelFacts]) -> N
     assert "free" in e.value.message() and "other processes hold" in e.value.message()
     with pytest.raises(ConfigError, match="alive"):
         cluster_from_inventory({"nodes": [{**INVENTORY["nodes"][0], "alive": False}]})
+
+
+def test_doctor_says_whether_a_model_still_fits(model_facts: Callable[[str], ModelFacts]) -> None:
+    # `raylm doctor --model NAME`: the plan `raylm serve NAME` would run on the cluster as it
+    # is now, GPU memory held by other processes included.
+    from raylm.cluster.doctor.fit import check_model_fit
+
+    facts = model_facts("qwen3-0.6b")
+    free = check_model_fit("qwen", facts, INVENTORY)
+    assert free.status == "PASS" and free.finding.startswith("qwen fits as "), free
+    assert "gpu_memory_utilization 0.9" in free.finding
+    node = copy.deepcopy(INVENTORY["nodes"][0])
+    for g in node["gpus"]:
+        g["memory_used_bytes"] = 20 * GIB
+    busy = check_model_fit("qwen", facts, {"nodes": [node]})
+    assert busy.status == "WARN" and "other processes hold" in busy.finding, busy
+    for g in node["gpus"]:
+        g["memory_used_bytes"] = g["memory_total_bytes"] - GIB // 2
+    full = check_model_fit("qwen", facts, {"nodes": [node]})
+    assert full.status == "FAIL" and full.finding.startswith("qwen does not fit: "), full
+    assert "GiB" in full.finding and full.fix, full
+    cpu = check_model_fit("qwen", facts, {"nodes": [INVENTORY["nodes"][1]]})
+    assert cpu.status == "PASS" and "no GPU" in cpu.finding

@@ -214,13 +214,16 @@ def _doctor(
     nccl: bool = typer.Option(
         False, "--nccl", help="Also run a real all-reduce (NCCL, or Gloo on CPU)."
     ),
+    model: str | None = typer.Option(
+        None, "--model", help="Also check that this model's planned layout fits the cluster now."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check every node (versions, network, ports, /dev/shm, disk, GPUs, auth, clocks)."""
     from raylm.cluster.doctor import run_doctor
 
     with err.status("Checking every node...", spinner="dots") if not as_json else _quiet_stdout():
-        rep = run_doctor(address, nccl=nccl)
+        rep = run_doctor(address, nccl=nccl, model=model)
     if as_json:
         print(json.dumps(rep.model_dump(), indent=2))
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from raylm.cluster.context import ensure_attached
@@ -25,6 +26,7 @@ from raylm.cluster.doctor.checks import (
     check_shm,
     check_versions,
 )
+from raylm.cluster.doctor.fit import check_model_fit
 from raylm.cluster.doctor.network import check_auth, check_exposure, check_reach
 from raylm.cluster.doctor.probes import (
     NodeProbe,
@@ -36,9 +38,12 @@ from raylm.cluster.doctor.probes import (
 )
 from raylm.cluster.doctor.report import Check, CheckStatus, DoctorReport, make_check
 from raylm.cluster.exposure import Exposure, ListeningPort, probe_ports
+from raylm.cluster.inventory import cluster_inventory
 from raylm.cluster.node import NodeFacts
 from raylm.cluster.pinned import RayNode, ray_nodes, run_on_nodes
 from raylm.cluster.ports import DEFAULT_PORTS, RayPorts
+from raylm.models.facts import read_model_facts
+from raylm.models.store import ModelStore
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -249,10 +254,12 @@ def run_doctor(
     address: str | None = None,
     *,
     nccl: bool = False,
+    model: str | None = None,
     ports: RayPorts = DEFAULT_PORTS,
     timeout: float = 120,
 ) -> DoctorReport:
-    """Attach to the cluster and run every check on every node."""
+    """Attach to the cluster and run every check on every node; with `model`, also whether
+    its planned layout fits the cluster as it is now."""
     addr = ensure_attached(address)
     nodes = [n for n in ray_nodes() if n.alive]
     dead = [n for n in ray_nodes() if not n.alive]
@@ -309,8 +316,16 @@ def run_doctor(
         run_exposure(alive, listening, ips, timeout), [ips[n.node_id] for n in alive]
     )
     checks += run_clock(nodes)
+    if model is not None:
+        checks.append(_model_fit(model, timeout))
     nccl_results: list[dict[str, Any]] = []
     if nccl:
         nc, nccl_results = run_nccl(nodes, facts, ports)
         checks += nc
     return DoctorReport(address=addr, checks=checks, reachability=matrix, nccl=nccl_results)
+
+
+def _model_fit(name: str, timeout: float) -> Check:
+    entry = ModelStore().resolve(name)
+    inventory = cluster_inventory(timeout=timeout).model_dump(mode="json")
+    return check_model_fit(name, read_model_facts(Path(entry.path)), inventory)
