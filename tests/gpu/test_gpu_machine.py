@@ -132,6 +132,10 @@ def test_a_gpu_partly_held_by_another_process(
         held = [c for c in rep["checks"] if c["check"] == "gpu-memory" and c["status"] == "WARN"]
         assert held and f"pid {hog.pid}" in held[0]["finding"], rep["checks"]
         assert held[0]["finding"].startswith("GPU0")
+        # ... and says whether the model's planned layout still fits.
+        rep = json.loads(raylm(machine, "doctor", "--model", "tiny", "--json").stdout)
+        (fit,) = [c for c in rep["checks"] if c["check"] == "model-fit"]
+        assert fit["status"] == "WARN" and "other processes hold" in fit["finding"], fit
         plan = raylm(machine, "plan", "tiny", "--cluster", "live", "--json")
         doc = json.loads(plan.stdout)
         assert doc["plan"]["gpu_memory_utilization"] < 0.15, doc["plan"]
