@@ -169,8 +169,13 @@ def test_killed_sync_resumes_where_it_stopped(cluster: NetnsCluster, manifest: M
         time.sleep(0.2)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
-    time.sleep(3)  # Ray stops the dead driver's agents
-    kept = part.stat().st_size
+    # Ray stops the dead driver's agents: wait until the partial file stops growing.
+    kept, still_since = part.stat().st_size, time.monotonic()
+    while time.monotonic() - still_since < 2:
+        assert time.monotonic() < deadline + 60, "the killed sync's agent kept writing"
+        time.sleep(0.2)
+        if part.stat().st_size != kept:
+            kept, still_since = part.stat().st_size, time.monotonic()
     weights = manifest.file("model.safetensors")
     assert weights is not None and 0 < kept < weights.size
     assert not (d / "model.safetensors").exists()  # nothing partial at the final path

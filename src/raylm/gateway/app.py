@@ -119,6 +119,11 @@ class Gateway:
         return self.upstream.draining
 
     @property
+    def refresh_error(self) -> str:
+        """Why the last read of the replica source failed ('' when it worked)."""
+        return self._last_refresh_error
+
+    @property
     def active_requests(self) -> int:
         """Requests being served by replicas now (streams until their last byte)."""
         return self.upstream.active
