@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ from typing import Any
 from tests.gpu.harness import replica_launches
 
 from raylm.testing.netns import raylm_argv
+from raylm.testing.process import stop_serve
 
 LEVELS = {"c1": (1, 16), "c16": (16, 128), "saturation": (256, 512)}
 """name -> (max concurrency, prompts); each prompt is 256 random tokens in, 64 out."""
@@ -66,11 +66,7 @@ def _serve(model: str, port: int, home: Path) -> Iterator[tuple[str, str, str]]:
         (launch,) = replica_launches(home)
         yield f"http://127.0.0.1:{port}", launch.url, launch.key()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_serve(proc, 120)
 
 
 def _bench(

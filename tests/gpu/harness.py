@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from raylm.testing.netns import machine_base_env, raylm_argv
+from raylm.testing.process import stop_serve
 
 TOKENIZER_ENV = "RAYLM_GPU_TOKENIZER"
 # What the lent GPU machines need set, as their operators would set it (docs/gpu-testing.md):
@@ -135,13 +135,7 @@ class GpuServe:
             return int(e.code)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=180)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        return int(self.proc.returncode or 0)
+        return stop_serve(self.proc)
 
 
 def start_serve(env: dict[str, str], log: Path, port: int, *args: str) -> GpuServe:

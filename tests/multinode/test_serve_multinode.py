@@ -27,6 +27,7 @@ import pytest
 
 from raylm.models.store import ModelStore
 from raylm.testing.netns import NetnsCluster, raylm_argv
+from raylm.testing.process import stop_serve
 from tests.conftest import DEMO_MODEL, raylm_home
 
 pytestmark = pytest.mark.multinode
@@ -60,12 +61,7 @@ class Deployment:
         raise AssertionError(f"{what} within {timeout:.0f} s; replicas: {self.replicas()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=180)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_serve(self.proc)
         self.cluster.nodes[0].pids.discard(self.proc.pid)
 
 
