@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from raylm.errors import ModelError
+from raylm.models.listing import model_rows
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -67,21 +68,7 @@ def list_cmd(
 
         ensure_attached(address)
         per_node = list_on_nodes(resolve_nodes(nodes))
-    names = sorted({e.name for e in entries} | {e.name for es in per_node.values() for e in es})
-    local = {e.name: e for e in entries}
-    rows = []
-    for name in names:
-        e = local.get(name) or next(x for es in per_node.values() for x in es if x.name == name)
-        row = e.model_dump(mode="json")
-        row["local"] = name in local
-        if per_node:
-            row["nodes"] = {
-                ip: ("verified" if x.verified else "present")
-                if (x := next((y for y in es if y.name == name), None))
-                else "missing"
-                for ip, es in per_node.items()
-            }
-        rows.append(row)
+    rows = model_rows(entries, per_node)
     if as_json:
         _dump(rows)
         return
