@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx
@@ -43,6 +44,16 @@ def replica(
         max_model_len=MAX_MODEL_LEN,
         **kw,
     )
+
+
+def wait_for(cond: Callable[[], object], timeout_s: float) -> None:
+    """Return once `cond()` is true; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def dead_url() -> str:

@@ -6,12 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 import httpx
 import openai
 import pytest
-from gateway_harness import MODEL, RunningGateway, dead_url, replica, start_faulty_replica
+from gateway_harness import (
+    MODEL,
+    RunningGateway,
+    dead_url,
+    replica,
+    start_faulty_replica,
+    wait_for,
+)
 
 from raylm.gateway.limits import GatewayLimits
 from raylm.replica import ReplicaState
@@ -202,15 +208,6 @@ def test_drain_is_bounded() -> None:
     last = json.loads(sse_events(results[0])[-1])
     assert "stopped" in last["error"]["message"]
     server.close()
-
-
-def wait_for(cond: object, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 @pytest.mark.parametrize("stream", [False, True])

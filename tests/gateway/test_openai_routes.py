@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from gateway_harness import MODEL, RunningGateway
+from gateway_harness import MODEL, RunningGateway, wait_for
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -48,9 +48,10 @@ def test_chat_stream_counts_usage(oai: openai.OpenAI, gw: RunningGateway) -> Non
             usage = chunk.usage
     assert "Paris" in text
     assert usage is not None
-    assert (
-        gw.metric("raylm_completion_tokens_total", model=MODEL) == before + usage.completion_tokens
-    )
+    # The client stops reading at [DONE]; the gateway counts the usage once the replica's
+    # stream has ended, a moment later.
+    expected = before + usage.completion_tokens
+    wait_for(lambda: gw.metric("raylm_completion_tokens_total", model=MODEL) == expected, 5)
     assert gw.metric("raylm_time_to_first_token_seconds_count", route="chat") == ttft_before + 1
 
 
