@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,19 +30,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.gpu.harness import replica_launches
+from tests.gpu.harness import free_port, replica_launches
 
 from raylm.testing.netns import raylm_argv
 from raylm.testing.process import stop_serve
 
 LEVELS = {"c1": (1, 16), "c16": (16, 128), "saturation": (256, 512)}
 """name -> (max concurrency, prompts); each prompt is 256 random tokens in, 64 out."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -129,7 +122,7 @@ def main() -> int:
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
         level: {"direct": [], "gateway": []} for level in levels
     }
-    with _serve(a.model, _free_port(), home) as (gateway, replica, key):
+    with _serve(a.model, free_port(), home) as (gateway, replica, key):
         with urllib.request.urlopen(f"{gateway}/v1/models", timeout=30) as r:
             served = json.loads(r.read())["data"][0]["id"]
         for level, (conc, n) in levels.items():

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from raylm.errors import ConfigError
 from raylm.gateway.limits import GatewayLimits
@@ -43,9 +43,14 @@ OWNED_ENGINE_ARGS: dict[str, str] = {
 }
 
 
+def engine_arg_name(key: str) -> str:
+    """vLLM argument `key` in its dashed spelling, without leading dashes."""
+    return key.strip().lstrip("-").replace("_", "-")
+
+
 def owned_engine_arg(key: str) -> str | None:
     """The raylm setting that replaces vLLM argument `key` (either spelling), or None."""
-    k = key.strip().lstrip("-").replace("_", "-")
+    k = engine_arg_name(key)
     if k.startswith("data-parallel-"):
         return "--replicas (raylm runs data parallelism as replicas behind its gateway)"
     return OWNED_ENGINE_ARGS.get(k)
@@ -145,15 +150,21 @@ class ServeSpec(BaseModel):
             progress_timeout_s=self.progress_timeout_s,
         )
 
-    @model_validator(mode="after")
-    def _check(self) -> ServeSpec:
-        clash = [(k, fix) for k in self.engine_args if (fix := owned_engine_arg(k))]
+    @field_validator("engine_args", mode="before")
+    @classmethod
+    def _canonical_engine_args(cls, raw: Any) -> Any:
+        """Refuse what raylm owns (naming the key as the user spelled it), then keep every
+        key in vLLM's dashed spelling, so readers never check both (a later spelling of the
+        same argument wins: a --engine-arg over the file)."""
+        if not isinstance(raw, dict):
+            return raw
+        clash = [(k, fix) for k in raw if (fix := owned_engine_arg(str(k)))]
         if clash:
             raise ValueError(
                 "engine_args may not set what raylm owns: "
                 + "; ".join(f"{k} (use {fix})" for k, fix in clash)
             )
-        return self
+        return {engine_arg_name(str(k)): v for k, v in raw.items()}
 
 
 def parse_engine_arg(item: str) -> tuple[str, Any]:

@@ -50,6 +50,13 @@ class Layout(BaseModel):
         "that keep the full context. Not serialized, so False on a reloaded layout.",
     )
 
+    def shape(self) -> str:
+        """'N replica(s) x TP=t PP=p, max_model_len m': how the plan is named in words."""
+        return (
+            f"{self.replicas} replica(s) x TP={self.tensor_parallel_size} "
+            f"PP={self.pipeline_parallel_size}, max_model_len {self.max_model_len}"
+        )
+
 
 class Rejection(BaseModel):
     """A layout that cannot work, and why."""

@@ -106,9 +106,6 @@ def deployment_from_layout(
     engine_args = dict(spec.engine_args)
     if device == "cuda":
         # The share the layout was planned with (serve passes the same: runner.apply_plan).
-        engine_args = {
-            k: v for k, v in engine_args.items() if k.replace("_", "-") != "gpu-memory-utilization"
-        }
         engine_args["gpu-memory-utilization"] = layout.gpu_memory_utilization
     return DeploymentConfig(
         name=spec.name,

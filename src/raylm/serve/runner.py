@@ -170,9 +170,7 @@ def apply_plan(spec: ServeSpec, facts: ModelFacts, cluster: ClusterSpec) -> tupl
     given sizes that cannot work. Returns the completed spec and the plan, in words."""
     from raylm.planner import plan
 
-    given = spec.engine_args.get(
-        "gpu-memory-utilization", spec.engine_args.get("gpu_memory_utilization")
-    )
+    given = spec.engine_args.get("gpu-memory-utilization")  # keys are dashed (ServeSpec)
     result = plan(
         facts,
         cluster,
@@ -182,19 +180,13 @@ def apply_plan(spec: ServeSpec, facts: ModelFacts, cluster: ClusterSpec) -> tupl
         pipeline_parallel_size=spec.pipeline_parallel_size,
         replicas=spec.replicas,
         # Without CUDA graphs vLLM reserves no memory for them: plan the same way.
-        enforce_eager=any(
-            k.replace("_", "-") == "enforce-eager" and v is True
-            for k, v in spec.engine_args.items()
-        ),
+        enforce_eager=spec.engine_args.get("enforce-eager") is True,
     )
     chosen = result.plan
     if chosen is None:  # plan() raises when nothing fits; keep the user's spec otherwise
         return spec, "no plan"
-    engine_args = {
-        k: v for k, v in spec.engine_args.items() if k.replace("_", "-") != "gpu-memory-utilization"
-    }
     # The share the plan fits in (lowered to what other processes leave free, if need be).
-    engine_args["gpu-memory-utilization"] = chosen.gpu_memory_utilization
+    engine_args = {**spec.engine_args, "gpu-memory-utilization": chosen.gpu_memory_utilization}
     done = spec.model_copy(
         update={
             "tensor_parallel_size": chosen.tensor_parallel_size,
@@ -205,9 +197,7 @@ def apply_plan(spec: ServeSpec, facts: ModelFacts, cluster: ClusterSpec) -> tupl
         }
     )
     words = (
-        f"plan: {chosen.replicas} replica(s) x TP={chosen.tensor_parallel_size} "
-        f"PP={chosen.pipeline_parallel_size}, max_model_len {chosen.max_model_len}, "
-        f"{chosen.kv_cache_tokens_per_replica} KV-cache tokens and "
+        f"plan: {chosen.shape()}, {chosen.kv_cache_tokens_per_replica} KV-cache tokens and "
         f"{chosen.max_concurrent_seqs} full-length sequences per replica, "
         f"gpu_memory_utilization {chosen.gpu_memory_utilization:g}"
         + "".join(f"; {w}" for w in chosen.warnings)

@@ -23,17 +23,11 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^rl(\d+)x\d+(br|n\d+|v\d+)")
 
 
-def _owner_gone(name: str) -> bool:
+def _owner_gone(name: str, live: set[int]) -> bool:
+    # The prefix keeps pid % 100000 (`live` holds running pids the same way); any live
+    # process with a matching number counts as the owner, erring towards leaving things alone.
     m = _NAME.match(name)
-    if m is None:
-        return False
-    # The prefix keeps pid % 100000; any live process with a matching number counts as the
-    # owner, which errs towards leaving things alone.
-    tail = int(m.group(1))
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) % 100000 == tail:
-            return False
-    return True
+    return m is not None and int(m.group(1)) not in live
 
 
 def _netns_names() -> list[str]:
@@ -50,8 +44,9 @@ def remove_orphans() -> list[str]:
     """Kill what still runs in orphaned namespaces and delete them, their links and their
     /tmp roots. Returns what was removed (for the log)."""
     removed: list[str] = []
+    live = {int(e) % 100000 for e in os.listdir("/proc") if e.isdigit()}
     for ns in _netns_names():
-        if not _owner_gone(ns):
+        if not _owner_gone(ns, live):
             continue
         pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
         alive = [int(p) for p in pids.stdout.split() if p.strip().isdigit()]
@@ -65,11 +60,11 @@ def remove_orphans() -> list[str]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         removed.append(f"netns {ns}")
     for link in _link_names():
-        if _owner_gone(link):
+        if _owner_gone(link, live):
             subprocess.run(["ip", "link", "del", link], capture_output=True)
             removed.append(f"link {link}")
     for root in Path("/tmp").glob("rl*x*n*-*"):
-        if root.is_dir() and _owner_gone(root.name):
+        if root.is_dir() and _owner_gone(root.name, live):
             shutil.rmtree(root, ignore_errors=True)
             removed.append(f"dir {root}")
     if removed:

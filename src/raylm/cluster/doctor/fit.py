@@ -34,11 +34,7 @@ def check_model_fit(name: str, facts: ModelFacts, inventory: dict[str, Any]) -> 
             e.fix + (f": {e.command}" if e.command else ""),
         )
     assert chosen is not None  # plan() raises when nothing fits
-    layout = (
-        f"{chosen.replicas} replica(s) x TP={chosen.tensor_parallel_size} "
-        f"PP={chosen.pipeline_parallel_size}, max_model_len {chosen.max_model_len}, "
-        f"gpu_memory_utilization {chosen.gpu_memory_utilization:g}"
-    )
+    layout = f"{chosen.shape()}, gpu_memory_utilization {chosen.gpu_memory_utilization:g}"
     if chosen.warnings:
         return make_check(
             "model-fit",
