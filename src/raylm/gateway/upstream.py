@@ -314,7 +314,7 @@ class Upstream:
         """Pass a replica's SSE bytes through as they come; end with an error event when
         the replica fails or goes quiet mid-way."""
         tail = b""
-        first = True
+        first, done = True, False
         try:
             try:
                 async for chunk in resp.content.iter_any():
@@ -322,8 +322,15 @@ class Upstream:
                         self.metrics.ttft.labels(route).observe(time.perf_counter() - t0)
                         first = False
                     tail = (tail + chunk)[-_TAIL_BYTES:]
+                    if not done and tail.rstrip().endswith(_DONE):
+                        # Count before the client sees [DONE]: a client that stops there
+                        # closes the connection, and Starlette then cancels this generator.
+                        done = True
+                        self._count_stream_usage(model, tail)
                     yield chunk
             except (aiohttp.ClientError, TimeoutError) as e:
+                if done:  # the answer was whole; only its closing bytes were lost
+                    return
                 self.metrics.stream_errors.labels(route).inc()
                 if self.stopping:
                     yield sse_error_event("The gateway stopped before the stream finished.", 503)
@@ -336,13 +343,11 @@ class Upstream:
                 logger.warning("stream from %s broke: %s", replica.replica_id, why)
                 yield sse_error_event(f"Replica {replica.replica_id} failed mid-stream: {why}.")
                 return
-            if not tail.rstrip().endswith(_DONE):
+            if not done:
                 self.metrics.stream_errors.labels(route).inc()
                 yield sse_error_event(
                     f"Replica {replica.replica_id} closed the stream before it was complete."
                 )
-                return
-            self._count_stream_usage(model, tail)
         finally:
             resp.release()
 
