@@ -7,9 +7,12 @@ loads like any other checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import importlib.util
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +73,11 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
         )
     folder, fname = str(gguf_file.parent), gguf_file.name
     try:
-        tok: Any = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=fname, dtype=torch.float32
-        )
+        with _parsed_once():
+            tok: Any = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=fname, dtype=torch.float32
+            )
     except (ValueError, OSError, KeyError, RuntimeError) as e:
         raise ModelError(
             f"Cannot read the GGUF file {gguf_file}",
@@ -100,3 +104,30 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
             why=f"transformers saved only: {sorted(p.name for p in out_dir.iterdir())}",
             fix="report this with the transformers version",
         )
+
+
+@contextlib.contextmanager
+def _parsed_once() -> Iterator[None]:
+    """Let transformers parse the GGUF file, and build gguf's tensor-name map, once each.
+
+    transformers reads the whole file three times (tokenizer, config, weights) and rebuilds
+    the same name map for every module: measured, 45 s of the demo's conversion, 24 s with
+    this, byte-identical output. Both are looked up on the `gguf` module at call time.
+    """
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    parsed: dict[tuple[str, str], Any] = {}
+
+    def read_once(path: str | Path, mode: str = "r") -> Any:
+        key = (str(path), mode)
+        if key not in parsed:
+            parsed[key] = reader(path, mode)  # type: ignore[arg-type]
+        return parsed[key]
+
+    gguf.GGUFReader = read_once  # type: ignore[assignment,misc]
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map  # type: ignore[misc]
