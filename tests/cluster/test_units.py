@@ -188,3 +188,36 @@ def test_ray_cli_found_without_its_script(monkeypatch: pytest.MonkeyPatch) -> No
         [python, "-m", "ray.scripts.scripts", "--version"], capture_output=True, text=True
     )
     assert p.returncode == 0 and "version" in p.stdout, p.stderr
+
+
+def _fake_ray_start(tmp_path: Path, first_words: str) -> list[str]:
+    """A stand-in for `ray start` that fails once with `first_words`, then succeeds."""
+    flag = tmp_path / "tried"
+    script = (
+        "import pathlib, sys\n"
+        f"flag = pathlib.Path({str(flag)!r})\n"
+        "if not flag.exists():\n"
+        "    flag.touch()\n"
+        f"    sys.exit({first_words!r})\n"
+        "print('started')\n"
+    )
+    return [sys.executable, "-c", script]
+
+
+def test_ray_start_retries_once_when_rays_own_registration_time_runs_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from raylm.cluster.ray_process import start_ray
+
+    words = "Exception: The current node timed out during startup. This could happen ..."
+    run_id, out = start_ray(_fake_ray_start(tmp_path, words), {})
+    assert "started" in out and len(run_id) == 32
+    assert "trying once more" in caplog.text
+
+
+def test_ray_start_other_failures_are_not_retried(tmp_path: Path) -> None:
+    from raylm.cluster.ray_process import start_ray
+
+    with pytest.raises(ClusterError, match="`ray start` failed") as ei:
+        start_ray(_fake_ray_start(tmp_path, "port 6379 is already in use"), {})
+    assert "port 6379 is already in use" in (ei.value.why or "")

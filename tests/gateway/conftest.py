@@ -17,6 +17,7 @@ import pytest
 from gateway_harness import MAX_MODEL_LEN, MODEL, RunningGateway, free_port, replica
 
 from raylm.gateway.limits import GatewayLimits
+from raylm.serve.engine import CPU_KV_CACHE_BYTES
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,7 @@ def replica_url(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
     cmd = [
         sys.executable, "-m", "raylm.serve.launcher", "serve", str(demo_model_path),
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-        "--gpu-memory-utilization", "0.3", "--max-model-len", str(MAX_MODEL_LEN),
+        "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES), "--max-model-len", str(MAX_MODEL_LEN),
         "--served-model-name", MODEL,
     ]  # fmt: skip
     with open(log_path, "wb") as log:

@@ -1,7 +1,8 @@
 """The README's "Multi-node serving" recipe, typed verbatim on three fresh machines (network
 namespaces with only their own network, HOME and TMPDIR). The test substitutes only the join
 line `raylm up` printed; the endpoint is asked from outside the machines with the official
-openai client. Then a worker machine dies under load, and the same join line brings it back.
+openai client. Then a worker machine dies under load, and the same join line brings it back;
+then another drops off the network, which is handled like a loss.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from raylm.models.store import ModelStore
@@ -255,12 +257,35 @@ def test_a_worker_machine_dies_under_load_and_its_join_line_brings_it_back(
     back = typed.run(victim, join, timeout=300)
     assert back.returncode == 0, back.stderr
     c.wait_alive(3)
-    # With the spare machine gone too, the replica has one place left: the rejoined machine.
-    c.kill_node(spare.index)
-    typed.wait(lambda rs: _ready_on(rs) == {c.head_ip, victim_ip}, 900, "not back on it")
+    # Now the spare machine drops off the network. It is handled like a lost machine, and
+    # the replica's one place left is the machine that just rejoined.
+    c.cut_node(spare.index)
+    try:
+        typed.wait(lambda rs: spare.ip not in _ready_on(rs), 150, "the cut was not noticed")
+        typed.wait(lambda rs: _ready_on(rs) == {c.head_ip, victim_ip}, 900, "not back on it")
+    finally:
+        c.restore_node(spare.index)
+    # Back on the network, the spare learns it was declared dead and its engine goes; its
+    # join line, typed again, brings it back.
+    deadline = time.monotonic() + 120
+    while _engines_of(c, spare.index) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert not _engines_of(c, spare.index)
     again = typed.run(spare.index, join, timeout=300)
     assert again.returncode == 0, again.stderr
     c.wait_alive(3)
+
+
+def _engines_of(c: NetnsCluster, i: int) -> list[int]:
+    """vLLM processes still running on machine i."""
+    out = []
+    for pid in c.ns_pids(i):
+        try:
+            if "raylm.serve.launcher" in psutil.Process(pid).cmdline():
+                out.append(pid)
+        except psutil.Error:
+            continue
+    return out
 
 
 def test_ctrl_c_then_down_on_each_machine_leaves_nothing(typed: Recipe) -> None:

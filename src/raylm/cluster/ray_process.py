@@ -95,12 +95,40 @@ def ray_start_argv(
     return argv
 
 
+# Ray gives its raylet a hard-coded 30 s to register with the GCS; on a loaded machine
+# (measured: a worker rejoining while two vLLM engines load on 2 cores) that can pass.
+_STARTUP_TIMEOUT = "timed out during startup"
+
+
 def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -> tuple[str, str]:
     """Run `ray start` with `env` added to ours; return (run id, its output).
 
     The run id is put in the environment of every process Ray starts (they inherit it),
-    which is how `processes_of_run` finds them later.
+    which is how `processes_of_run` finds them later. A start that ran out of Ray's own
+    registration time is cleaned up and tried once more.
     """
+    for attempt in (1, 2):
+        run_id, p = _start_once(argv, env, timeout)
+        out = (p.stdout or "") + (p.stderr or "")
+        if p.returncode == 0:
+            return run_id, out
+        stop_run(run_id)
+        if attempt == 1 and _STARTUP_TIMEOUT in out:
+            log.warning("`ray start` ran out of Ray's 30 s registration time; trying once more")
+            continue
+        tail = "\n".join(out.strip().splitlines()[-8:])
+        raise ClusterError(
+            "`ray start` failed",
+            why=f"exit {p.returncode}: {tail}",
+            fix="Free the ports raylm uses (see `raylm up --help`) or stop the old cluster",
+            command="raylm down",
+        )
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    argv: list[str], env: dict[str, str], timeout: float
+) -> tuple[str, subprocess.CompletedProcess[str]]:
     run_id = uuid.uuid4().hex
     inherited = {k: v for k, v in os.environ.items() if k not in RAY_AUTH_VARS}
     full = {**inherited, **env, RUN_MARKER: run_id}
@@ -117,17 +145,7 @@ def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -
             fix="Check the log under the node's Ray temp dir, then retry",
             command="raylm down && raylm doctor",
         ) from e
-    out = (p.stdout or "") + (p.stderr or "")
-    if p.returncode != 0:
-        stop_run(run_id)
-        tail = "\n".join(out.strip().splitlines()[-8:])
-        raise ClusterError(
-            "`ray start` failed",
-            why=f"exit {p.returncode}: {tail}",
-            fix="Free the ports raylm uses (see `raylm up --help`) or stop the old cluster",
-            command="raylm down",
-        )
-    return run_id, out
+    return run_id, p
 
 
 def _marked(p: psutil.Process, run_id: str) -> bool:
