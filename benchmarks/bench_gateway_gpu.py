@@ -32,7 +32,7 @@ from typing import Any
 
 from tests.gpu.harness import free_port, replica_launches
 
-from raylm.testing.netns import raylm_argv
+from raylm.testing.machine import raylm_argv
 from raylm.testing.process import stop_serve
 
 LEVELS = {"c1": (1, 16), "c16": (16, 128), "saturation": (256, 512)}

@@ -38,7 +38,8 @@ import psutil
 from raylm.models.gguf import DEMO_NAME
 from raylm.models.manifest import hash_files, list_model_files
 from raylm.models.store import ModelStore
-from raylm.testing.netns import NetnsCluster, netns_unavailable_reason
+from raylm.testing.netns import NetnsCluster
+from raylm.testing.network import netns_unavailable_reason
 
 SYNC_DRIVER = r"""
 import json, sys, time

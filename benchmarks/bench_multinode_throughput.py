@@ -28,7 +28,8 @@ import httpx
 
 from raylm.home import models_dir
 from raylm.models.store import ModelStore
-from raylm.testing.netns import NetnsCluster, raylm_argv
+from raylm.testing.machine import raylm_argv
+from raylm.testing.netns import NetnsCluster
 
 MODEL = "smollm2-135m-instruct"
 

@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from raylm.testing.netns import machine_base_env
+from raylm.testing.machine import machine_base_env
 
 pytest_plugins = ["raylm.testing.pytest_netns"]
 

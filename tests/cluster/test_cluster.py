@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from raylm.testing.netns import NetnsCluster, printed_join_line
+from raylm.testing.machine import printed_join_line
+from raylm.testing.netns import NetnsCluster
 from raylm.testing.pytest_netns import require_netns
 
 pytestmark = pytest.mark.multinode

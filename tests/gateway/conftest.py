@@ -18,6 +18,7 @@ from gateway_harness import MAX_MODEL_LEN, MODEL, RunningGateway, free_port, rep
 
 from raylm.gateway.limits import GatewayLimits
 from raylm.serve.engine import CPU_KV_CACHE_BYTES
+from raylm.testing.pytest_netns import release_after_last_use
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +50,17 @@ def replica_url(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+
+    def stop() -> None:  # idempotent: after the last gateway test, and at the session's end
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
     try:
         deadline = time.monotonic() + 600
         while True:
@@ -61,16 +73,10 @@ def replica_url(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
             if time.monotonic() > deadline:
                 pytest.fail(f"vLLM not healthy after 600 s; log: {log_path}")
             time.sleep(1)
+        release_after_last_use("replica_url", stop)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from raylm.testing.netns import machine_base_env, raylm_argv
+from raylm.testing.machine import machine_base_env, raylm_argv
 from raylm.testing.process import stop_serve
 
 TOKENIZER_ENV = "RAYLM_GPU_TOKENIZER"

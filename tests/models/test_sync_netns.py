@@ -22,7 +22,8 @@ import pytest
 from raylm.models.gguf import DEMO_NAME
 from raylm.models.manifest import Manifest, sha256_file
 from raylm.models.store import ModelStore
-from raylm.testing.netns import NetnsCluster, raylm_argv
+from raylm.testing.machine import raylm_argv
+from raylm.testing.netns import NetnsCluster
 
 pytestmark = pytest.mark.multinode
 

@@ -26,7 +26,8 @@ import psutil
 import pytest
 
 from raylm.models.store import ModelStore
-from raylm.testing.netns import NetnsCluster, raylm_argv
+from raylm.testing.machine import raylm_argv
+from raylm.testing.netns import NetnsCluster
 from raylm.testing.process import stop_serve
 from tests.conftest import DEMO_MODEL, raylm_home
 

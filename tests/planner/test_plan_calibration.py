@@ -13,7 +13,7 @@ import pytest
 
 from raylm.config import ServeSpec
 from raylm.errors import ReplicaError
-from raylm.models.facts import read_model_facts
+from raylm.models.weights import read_model_facts
 from raylm.planner import ClusterSpec, NodeSpec, parse_vllm_load_log, plan
 from raylm.serve.deployment import deployment_from_layout
 from raylm.serve.engine import printable

@@ -13,12 +13,9 @@ from fake_hub import fake_hub
 from safetensors.numpy import save_file
 
 from raylm.errors import ModelError
-from raylm.models.facts import (
-    ModelFacts,
-    facts_from_config,
-    fetch_hub_config,
-    read_model_facts,
-)
+from raylm.models.facts import ModelFacts, facts_from_config
+from raylm.models.hub_config import fetch_hub_config
+from raylm.models.weights import read_model_facts
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 

@@ -10,7 +10,8 @@ import pytest
 
 from raylm.config import ServeSpec
 from raylm.errors import PlanError
-from raylm.models.facts import ModelFacts, facts_from_config, read_model_facts
+from raylm.models.facts import ModelFacts, facts_from_config
+from raylm.models.weights import read_model_facts
 from raylm.planner import (
     Layout,
     PlanResult,

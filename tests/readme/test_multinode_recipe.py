@@ -23,7 +23,8 @@ import psutil
 import pytest
 
 from raylm.models.store import ModelStore
-from raylm.testing.netns import NetnsCluster, printed_join_line
+from raylm.testing.machine import printed_join_line
+from raylm.testing.netns import NetnsCluster
 from raylm.testing.pytest_netns import require_netns
 from tests.readme.readme_doc import Step, assert_shows, recipe, shown_output
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raylm.testing.netns import machine_base_env
+from raylm.testing.machine import machine_base_env
 from tests.readme.readme_doc import assert_shows, shown_output
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "planner"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from raylm.models.facts import read_model_facts
 from raylm.models.store import ModelStore
+from raylm.models.weights import read_model_facts
 from raylm.planner.calibration import parse_vllm_load_log
 from raylm.planner.memory import kv_bytes_per_token, weight_bytes_per_device
 from tests.conftest import Served

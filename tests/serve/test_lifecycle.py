@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from raylm.testing.netns import machine_base_env
+from raylm.testing.machine import machine_base_env
 from tests.conftest import Served, free_port, raylm_home, start_serve, stop_tree, wait_ready
 
 SPEC = """

@@ -9,9 +9,9 @@ import pytest
 
 from raylm.config import ServeSpec
 from raylm.errors import PlanError
-from raylm.models.facts import read_model_facts
+from raylm.models.weights import read_model_facts
 from raylm.planner import parse_cluster_spec
-from raylm.serve.runner import apply_plan
+from raylm.serve.planning import apply_plan
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from raylm.errors import ModelError
-from raylm.models.facts import ModelFacts, fetch_hub_config, read_model_facts
+from raylm.models.facts import ModelFacts
+from raylm.models.hub_config import fetch_hub_config
 from raylm.models.store import ModelStore
+from raylm.models.weights import read_model_facts
 
 
 def planning_reference(ref: str, store: ModelStore | None = None) -> tuple[ModelFacts, str]:

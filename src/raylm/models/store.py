@@ -11,6 +11,9 @@ Layout (the same on every node, so a model lands at the same path everywhere)::
 A model directory without a manifest is incomplete (a crash mid-import) and is redone on
 next use. A model registered in place (`import DIR`) keeps its files where they are; the
 store only holds its manifest, and `rm` never deletes them.
+
+Bringing models in (resolving references, converting GGUF files, registering directories)
+is `raylm.models.importer`'s; the methods of those names here delegate to it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -34,13 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raylm.errors import ModelError
 from raylm.home import models_dir
-from raylm.models.gguf import DEMO_NAME, convert_gguf, demo_gguf_path
 from raylm.models.manifest import (
     Manifest,
     VerifyResult,
-    build_manifest,
-    list_model_files,
-    sha256_file,
     stat_stamp,
     verify_dir,
     write_json_atomic,
@@ -276,171 +274,42 @@ class ModelStore:
             self.stamp_path(name).unlink(missing_ok=True)
         return res
 
-    # ---- resolving -----------------------------------------------------------------------
+    # ---- bringing models in: raylm.models.importer (imported late: it imports this module)
 
     def resolve(self, ref: str | None) -> ModelEntry:
-        """Turn what a user typed into a model directory.
+        """Turn what a user typed into a model directory (see `importer.resolve`)."""
+        from raylm.models import importer
 
-        - None: the demo model, imported from its GGUF on first use, reused afterwards, and
-          re-imported when its copy is incomplete or damaged.
-        - A path to a `.gguf` file: imported (converted) once, named after the file.
-        - A path to an HF-format directory: used in place as it is; it is not registered
-          and not hashed (`verified` is False; `raylm model import DIR` registers it).
-        - A store name, or the hub repo id it was pulled from.
-        """
-        if ref is None or ref == DEMO_NAME:
-            return self.ensure_demo()
-        p = Path(ref).expanduser()
-        if p.is_file() and p.suffix == ".gguf":
-            name = default_name(p.stem.lower())
-            e = self.get(name)
-            if e is not None and (e.verified or self.verify(name).ok):
-                return self.get(name) or e
-            return self.import_gguf(p, name)
-        if p.is_dir():
-            return self._bare_dir(p.resolve())
-        if (e := self.get(ref)) is not None or (e := self.find_by_repo(ref)) is not None:
-            return e
-        if p.is_absolute() or ref.startswith((".", "~")):
-            raise ModelError(
-                f"Model path {ref} does not exist",
-                model=ref,
-                fix="give an existing Hugging Face-format model directory or .gguf file",
-            )
-        names = ", ".join(e.name for e in self.list_models()) or "none"
-        hint = f"raylm model pull {ref}" if "/" in ref else "raylm model import PATH --name " + ref
-        raise ModelError(
-            f"Model {ref!r} is not in the store ({self.root})",
-            model=ref,
-            why=f"models there: {names}",
-            fix="pull it from a hub, import a local directory or GGUF file, or serve a path",
-            command=hint,
-        )
-
-    def _bare_dir(self, p: Path) -> ModelEntry:
-        if not (p / "config.json").is_file():
-            raise ModelError(
-                f"{p} is not a Hugging Face-format model directory",
-                model=str(p),
-                why="it has no config.json",
-                fix="point at the directory holding config.json, the tokenizer and the weights",
-            )
-        for m in (self.read_manifest(e.name) for e in self.list_models()):
-            if m is not None and self.path_of(m).resolve() == p:
-                return self.entry_from(m)
-        files = list_model_files(p)
-        return ModelEntry(
-            name=p.name,
-            path=p,
-            source="local",
-            size_bytes=sum((p / f).stat().st_size for f in files),
-        )
-
-    # ---- imports -----------------------------------------------------------------------
+        return importer.resolve(self, ref)
 
     def ensure_demo(self) -> ModelEntry:
         """The demo model, converted on first use and redone when damaged."""
-        e = self.get(DEMO_NAME)
-        if e is not None and e.verified:
-            return e
-        if e is not None:
-            res = self.verify(DEMO_NAME)
-            if res.ok:
-                return self.get(DEMO_NAME) or e
-            log.warning("demo model copy is damaged (%s); importing it again", res.summary())
-        return self.import_gguf(demo_gguf_path(), DEMO_NAME)
+        from raylm.models import importer
+
+        return importer.ensure_demo(self)
 
     def import_gguf(self, file: Path, name: str | None = None) -> ModelEntry:
-        """Convert a GGUF file into an HF-format model directory in the store.
+        """Convert a GGUF file into an HF-format model directory in the store."""
+        from raylm.models import importer
 
-        Runs under the model's lock; another process that finished the same import while
-        this one waited is reused. The converted directory is renamed into place and the
-        manifest written last, so an interrupted import leaves no manifest and is redone.
-        """
-        file = Path(file).expanduser().resolve()
-        if not file.is_file():
-            raise ModelError(
-                f"GGUF file {file} does not exist",
-                model=str(file),
-                fix="give the path to an existing .gguf file",
-            )
-        name = check_name(name or default_name(file.stem.lower()))
-        with self.lock(name):
-            existing = self.read_manifest(name)
-            revision = f"gguf-sha256:{sha256_file(file)}"
-            if (
-                existing is not None
-                and existing.revision == revision
-                and (self.stamp_ok(existing) or self.verify(name).ok)
-            ):
-                return self.entry_from(existing)
-            self._clean_tmp(name)
-            work = self.tmp_dir() / f"{name}-{uuid.uuid4().hex[:8]}"
-            try:
-                log.info("converting %s into %s", file, self.model_dir(name))
-                convert_gguf(file, work)
-                manifest = build_manifest(work, name=name, source="gguf", revision=revision)
-                self._install(work, manifest)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            return self.entry_from(manifest)
+        return importer.import_gguf(self, file, name)
 
     def import_dir(self, path: Path, name: str | None = None) -> ModelEntry:
-        """Register an HF-format directory in place: hash its files and write a manifest.
+        """Register an HF-format directory in place: hash its files and write a manifest."""
+        from raylm.models import importer
 
-        The files stay where they are (nothing is copied); `sync` places them at the same
-        absolute path on the other nodes.
-        """
-        p = Path(path).expanduser().resolve()
-        if not p.is_dir():
-            raise ModelError(
-                f"{p} is not a directory", model=str(p), fix="give a model directory or .gguf"
-            )
-        if not (p / "config.json").is_file():
-            raise ModelError(
-                f"{p} is not a Hugging Face-format model directory",
-                model=str(p),
-                why="it has no config.json",
-                fix="point at the directory holding config.json, the tokenizer and the weights",
-            )
-        name = check_name(name or default_name(p.name))
-        with self.lock(name):
-            in_store = p.parent == self.root.resolve()
-            if in_store and p.name != name:
-                raise ModelError(
-                    f"{p} is inside the store under another name",
-                    model=name,
-                    fix=f"import it as {p.name}",
-                )
-            manifest = build_manifest(
-                p,
-                name=name,
-                source="local",
-                revision="",
-                external_path=None if in_store else str(p),
-            )
-            digest = sha256_file_list(manifest)
-            manifest.revision = f"content-sha256:{digest[:16]}"
-            self.forget(name)
-            self.write_manifest(manifest)
-            self.write_stamp(manifest)
-            return self.entry_from(manifest)
+        return importer.import_dir(self, path, name)
 
     def import_path(self, path: Path, name: str | None = None) -> ModelEntry:
         """`raylm model import`: a .gguf file is converted, a directory registered in place."""
-        p = Path(path).expanduser()
-        if p.is_file() and p.suffix == ".gguf":
-            return self.import_gguf(p, name)
-        if p.is_file():
-            raise ModelError(
-                f"{p} is a file but not a .gguf file",
-                model=str(p),
-                fix="import a .gguf file or a Hugging Face-format model directory",
-            )
-        return self.import_dir(p, name)
+        from raylm.models import importer
+
+        return importer.import_path(self, path, name)
+
+    # ---- installing --------------------------------------------------------------------
 
     def install_dir(self, work: Path, manifest: Manifest) -> ModelEntry:
-        """Move a complete, hashed directory into place (used by pulls); caller holds the lock."""
+        """Move a complete, hashed directory into place (pulls, imports); caller holds the lock."""
         self._install(work, manifest)
         return self.entry_from(manifest)
 
@@ -455,12 +324,6 @@ class ModelStore:
         os.rename(work, final)
         self.write_manifest(manifest)
         self.write_stamp(manifest)
-
-    def _clean_tmp(self, name: str) -> None:
-        # Only called under the model's lock, so no live import of `name` owns these.
-        for p in self.tmp_dir().glob(f"{name}-*"):
-            if p.is_dir() and not p.name.startswith(f"{name}-pull"):
-                shutil.rmtree(p, ignore_errors=True)
 
     # ---- removal -----------------------------------------------------------------------
 
@@ -480,11 +343,3 @@ class ModelStore:
                 os.rename(d, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             return found
-
-
-def sha256_file_list(manifest: Manifest) -> str:
-    """A content id of a whole model: the sha256 of its sorted (path, sha256) list."""
-    h = hashlib.sha256()
-    for f in sorted(manifest.files, key=lambda f: f.path):
-        h.update(f"{f.path}\0{f.sha256}\n".encode())
-    return h.hexdigest()

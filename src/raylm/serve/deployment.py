@@ -105,7 +105,7 @@ def deployment_from_layout(
     ray_executor = spec.executor == "ray"
     engine_args = dict(spec.engine_args)
     if device == "cuda":
-        # The share the layout was planned with (serve passes the same: runner.apply_plan).
+        # The share the layout was planned with (serve passes the same: planning.apply_plan).
         engine_args["gpu-memory-utilization"] = layout.gpu_memory_utilization
     return DeploymentConfig(
         name=spec.name,

@@ -14,7 +14,9 @@ is private to the node, so a node can get its own /dev/shm without touching the 
 Processes are stopped by pid only: the ones this object started, and the ones the
 kernel lists in the node's network namespace (`ip netns pids`), never by name.
 
-Needs root and iproute2. Usage::
+One machine (NetnsNode, its environment, anchor and pids) is testing/machine.py; the
+iproute2 side (host and subnet checks, bridge, namespaces, veths, network faults) is
+testing/network.py. Needs root and iproute2. Usage::
 
     with NetnsCluster(3, workdir=tmp_path) as c:
         c.start()
@@ -30,7 +32,6 @@ import itertools
 import json
 import logging
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -38,88 +39,38 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from raylm.testing.machine import (
+    NetnsNode,
+    kill_group,
+    kill_pids,
+    machine_base_env,
+    pid_alive,
+    printed_join_line,
+    raylm_argv,
+    start_anchor,
+)
+from raylm.testing.network import (
+    add_bridge,
+    block_tcp_port,
+    check_subnet_free,
+    cut_link,
+    netns_unavailable_reason,
+    plug_node,
+    remove_bridge,
+    restore_link,
+    unblock_tcp_port,
+    unplug_node,
+)
 from raylm.testing.orphans import remove_orphans
 
 log = logging.getLogger(__name__)
 
 _counter = itertools.count()
 GCS_PORT = 6379
-
-
-def raylm_argv(*args: str) -> list[str]:
-    """The command line that runs `raylm ARGS` with this interpreter."""
-    return [sys.executable, "-m", "raylm.cli.main", *args]
-
-
-def printed_join_line(up_output: str) -> list[str]:
-    """The `raylm join ...` line `raylm up` printed, as a user would copy it."""
-    lines = [ln.strip() for ln in up_output.splitlines() if ln.strip().startswith("raylm join ")]
-    if not lines:
-        raise RuntimeError(f"`raylm up` printed no join line:\n{up_output}")
-    return shlex.split(lines[-1])
-
-
-def netns_unavailable_reason() -> str | None:
-    """Why network-namespace clusters cannot be built here, or None when they can."""
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "building network namespaces needs root (run the tests as root)"
-    for tool in ("ip", "nsenter"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is not installed (apt-get install iproute2 util-linux)"
-    probe = f"rlprobe{os.getpid()}"
-    p = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if p.returncode != 0:
-        return f"`ip netns add` failed: {p.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-@dataclass
-class NetnsNode:
-    """One node of a NetnsCluster: a machine with its own network, HOME and TMPDIR."""
-
-    index: int
-    name: str
-    ip: str
-    netns: str
-    root: Path
-    host_veth: str
-    anchor: subprocess.Popen[bytes] | None = None
-    pids: set[int] = field(default_factory=set)
-    blocked_ports: set[int] = field(default_factory=set)
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def home(self) -> Path:
-        """The machine's HOME."""
-        return self.root / "home"
-
-    @property
-    def tmp(self) -> Path:
-        """The machine's TMPDIR."""
-        return self.root / "tmp"
-
-    @property
-    def raylm_home(self) -> Path:
-        """Where raylm keeps this machine's state by default: `~/.raylm`."""
-        return self.home / ".raylm"
-
-
-# Variables a test runner may carry that a fresh machine does not have: they must never
-# reach a namespace machine, or the harness would do raylm's work for it.
-_FOREIGN_PREFIXES = ("RAY_", "RAYLM_", "VLLM_", "NCCL_", "GLOO_", "HF_", "OMP_")
-
-
-def machine_base_env() -> dict[str, str]:
-    """This process's environment less everything a separate machine would not share."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_PREFIXES)}
 
 
 class NetnsCluster:
@@ -229,7 +180,7 @@ class NetnsCluster:
         try:
             out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(p.pid)
+            kill_group(p.pid)
             out, err = p.communicate()
             raise subprocess.TimeoutExpired(list(argv), timeout, out, err) from None
         finally:
@@ -270,52 +221,14 @@ class NetnsCluster:
         if reason:
             raise RuntimeError(reason)
         remove_orphans()
-        self._check_subnet_free()
+        check_subnet_free(self.subnet)
         self._built = True
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.bridge_ip}/24", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
+        add_bridge(self.bridge, f"{self.bridge_ip}/24")
         for n in self.nodes:
             n.home.mkdir(parents=True, exist_ok=True)
             n.tmp.mkdir(parents=True, exist_ok=True)
-            _ip("netns", "add", n.netns)
-            _ip(
-                "link", "add", n.host_veth, "type", "veth", "peer", "name", "eth0", "netns", n.netns
-            )
-            _ip("link", "set", n.host_veth, "master", self.bridge)
-            _ip("link", "set", n.host_veth, "up")
-            _ip("-n", n.netns, "addr", "add", f"{n.ip}/24", "dev", "eth0")
-            _ip("-n", n.netns, "link", "set", "eth0", "up")
-            _ip("-n", n.netns, "link", "set", "lo", "up")
-            self._start_anchor(n)
-
-    def _start_anchor(self, n: NetnsNode) -> None:
-        # `ip netns exec` gives the anchor a fresh mount namespace (slave of the host's),
-        # with /sys showing the node's own interfaces.
-        n.anchor = subprocess.Popen(
-            ["ip", "netns", "exec", n.netns, "sleep", "infinity"], start_new_session=True
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                own = os.readlink(f"/proc/{n.anchor.pid}/ns/net")
-                if own != os.readlink("/proc/self/ns/net"):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"anchor of {n.netns} did not enter its namespace")
-
-    def _check_subnet_free(self) -> None:
-        net = ipaddress.IPv4Network(f"{self.subnet}.0/24")
-        p = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True)
-        for link in json.loads(p.stdout or "[]"):
-            for a in link.get("addr_info", []):
-                if ipaddress.IPv4Address(a["local"]) in net:
-                    raise RuntimeError(
-                        f"subnet {net} is already used by {link['ifname']} ({a['local']}); "
-                        "pick another subnet= or remove the stale bridge"
-                    )
+            plug_node(n, self.bridge)
+            start_anchor(n)
 
     def start(self, timeout: float = 240) -> None:
         """Build the nodes, run `raylm up` on node 0 as a user types it, then the join line it
@@ -378,10 +291,7 @@ class NetnsCluster:
         """SIGKILL every process of node i (the ones in its namespace and the ones we started)."""
         n = self.nodes[i]
         pids = set(self.ns_pids(i)) | n.pids
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        _wait_gone(pids, 10)
+        kill_pids(pids, signal.SIGKILL, 10)
         n.pids.clear()
         return sorted(pids)
 
@@ -401,11 +311,11 @@ class NetnsCluster:
 
     def cut_node(self, i: int) -> None:
         """Take node i off the network (its bridge port down)."""
-        _ip("link", "set", self.nodes[i].host_veth, "down")
+        cut_link(self.nodes[i])
 
     def restore_node(self, i: int) -> None:
         """Put node i back on the network."""
-        _ip("link", "set", self.nodes[i].host_veth, "up")
+        restore_link(self.nodes[i])
 
     def block_port(self, i: int, port: int) -> None:
         """Drop TCP connections from other hosts to node i's `port` (like a firewall DROP).
@@ -413,43 +323,11 @@ class NetnsCluster:
         A policy-routing rule refuses to route node i's replies from that port; loopback
         traffic inside the node is unaffected. (iproute2 only: no iptables/nft needed.)
         """
-        n = self.nodes[i]
-        if port in n.blocked_ports:
-            return
-        _ip(
-            "-n",
-            n.netns,
-            "rule",
-            "add",
-            "priority",
-            str(_rule_prio(port)),
-            "ipproto",
-            "tcp",
-            "sport",
-            str(port),
-            "prohibit",
-        )
-        n.blocked_ports.add(port)
+        block_tcp_port(self.nodes[i], port)
 
     def unblock_port(self, i: int, port: int) -> None:
         """Undo block_port."""
-        n = self.nodes[i]
-        if port not in n.blocked_ports:
-            return
-        _ip(
-            "-n",
-            n.netns,
-            "rule",
-            "del",
-            "priority",
-            str(_rule_prio(port)),
-            "ipproto",
-            "tcp",
-            "sport",
-            str(port),
-            "prohibit",
-        )
-        n.blocked_ports.discard(port)
+        unblock_tcp_port(self.nodes[i], port)
 
     def shrink_shm(self, i: int, size: str = "64m") -> None:
         """Mount a small tmpfs on node i's /dev/shm (the container default that breaks NCCL)."""
@@ -475,14 +353,8 @@ class NetnsCluster:
                 with contextlib.suppress(Exception):
                     all_pids |= set(self.ns_pids(n.index))
             all_pids |= n.pids
-        for pid in all_pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-        _wait_gone(all_pids, 8)
-        for pid in all_pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        _wait_gone(all_pids, 5)
+        kill_pids(all_pids, signal.SIGTERM, 8)
+        kill_pids(all_pids, signal.SIGKILL, 5)
         for n in self.nodes:
             if n.anchor is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -490,11 +362,10 @@ class NetnsCluster:
                 with contextlib.suppress(Exception):
                     n.anchor.wait(5)
             if self._built:
-                subprocess.run(["ip", "netns", "del", n.netns], capture_output=True)
-                subprocess.run(["ip", "link", "del", n.host_veth], capture_output=True)
+                unplug_node(n)
             shutil.rmtree(n.root, ignore_errors=True)
         if self._built:
-            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+            remove_bridge(self.bridge)
 
     def leftovers(self) -> list[str]:
         """What of this cluster still exists on the host (empty after close())."""
@@ -506,7 +377,7 @@ class NetnsCluster:
             if n.root.exists():
                 out.append(f"dir {n.root}")
             for pid in n.pids:
-                if _alive(pid):
+                if pid_alive(pid):
                     out.append(f"pid {pid}")
         links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
         for line in links.splitlines():
@@ -525,43 +396,3 @@ class NetnsCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _rule_prio(port: int) -> int:
-    return 1000 + port % 30000
-
-
-def _ip(*args: str) -> None:
-    p = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {p.stderr.strip()}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours is dead for our purposes: reap it.
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids: set[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)

@@ -42,8 +42,8 @@ from raylm.cluster.inventory import cluster_inventory
 from raylm.cluster.node import NodeFacts
 from raylm.cluster.pinned import RayNode, ray_nodes, run_on_nodes
 from raylm.cluster.ports import DEFAULT_PORTS, RayPorts
-from raylm.models.facts import read_model_facts
 from raylm.models.store import ModelStore
+from raylm.models.weights import read_model_facts
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
