@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from raylm.cluster.context import ensure_attached
 from raylm.cluster.fingerprint import Fingerprint
 from raylm.cluster.node import GpuInfo, NodeFacts, local_node_facts
-from raylm.cluster.pinned import RayNode, ray_nodes, run_on_nodes
+from raylm.cluster.nodes import NodeView, cluster_nodes
+from raylm.cluster.pinned import run_on_nodes
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _actors_by_node() -> tuple[dict[str, list[str]], str]:
 
 
 def node_inventory(
-    n: RayNode, facts: NodeFacts | None, err: str, actors: list[str]
+    n: NodeView, facts: NodeFacts | None, err: str, actors: list[str]
 ) -> NodeInventory:
     return NodeInventory(
         node_id=n.node_id,
@@ -100,7 +101,7 @@ def node_inventory(
 def cluster_inventory(address: str | None = None, *, timeout: float = 120) -> ClusterInventory:
     """Attach to the cluster (address, $RAY_ADDRESS, or this node's) and inventory every node."""
     addr = ensure_attached(address)
-    nodes = ray_nodes()
+    nodes = cluster_nodes()
     results = run_on_nodes(_facts_on_node, nodes, timeout=timeout)
     actors, actors_err = _actors_by_node()
     out = []

@@ -10,47 +10,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from raylm.cluster.nodes import NodeView
 
 log = logging.getLogger(__name__)
 
 
-class RayNode(BaseModel):
-    """One node as Ray's GCS lists it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    node_id: str = Field(description="Ray node id (hex).")
-    ip: str = Field(description="NodeManagerAddress.")
-    alive: bool = Field(description="Whether the GCS sees it alive.")
-    is_head: bool = Field(description="Whether it is the head node.")
-    resources: dict[str, float] = Field(description="Ray resources it advertises.")
-
-
-def ray_nodes() -> list[RayNode]:
-    """Every node the GCS knows, alive or dead (latest record per IP first alive)."""
-    import ray
-
-    out = []
-    for n in ray.nodes():
-        res = {k: float(v) for k, v in (n.get("Resources") or {}).items()}
-        out.append(
-            RayNode(
-                node_id=n["NodeID"],
-                ip=n["NodeManagerAddress"],
-                alive=bool(n["Alive"]),
-                is_head="node:__internal_head__" in res,
-                resources=res,
-            )
-        )
-    # A restarted node leaves a dead record behind; keep only its newest state.
-    alive_ips = {n.ip for n in out if n.alive}
-    return [n for n in out if n.alive or n.ip not in alive_ips]
-
-
 def run_on_nodes(
     fn: Callable[..., Any],
-    nodes: list[RayNode],
+    nodes: list[NodeView],
     *args: Any,
     timeout: float = 120,
     per_node_args: dict[str, tuple[Any, ...]] | None = None,

@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
+from raylm.cluster.nodes import alive_nodes
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.supervisor import ReplicaSupervisor
@@ -233,13 +234,11 @@ class Controller:
                     used[f"{nid}:{k}"] = used.get(f"{nid}:{k}", 0.0) + v
         best: tuple[int, float, str] | None = None
         allowed = self.config.allowed_node_ips
-        for node in ray.nodes():
-            nid = node["NodeID"]
-            if not node["Alive"] or nid in exclude:
+        for node in alive_nodes():
+            nid = node.node_id
+            if nid in exclude or (allowed is not None and node.ip not in allowed):
                 continue
-            if allowed is not None and node["NodeManagerAddress"] not in allowed:
-                continue
-            res = node.get("Resources", {})
+            res = node.resources
             room = min(res.get(k, 0.0) - used.get(f"{nid}:{k}", 0.0) - v for k, v in need.items())
             if room < 0:
                 continue

@@ -10,17 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from raylm.cluster.nodes import NodeView
 from raylm.errors import PlanError
-
-
-@dataclass(frozen=True)
-class NodeResources:
-    """One alive Ray node as the layout sees it."""
-
-    node_id: str
-    ip: str
-    cpus: int
-    gpus: int
 
 
 @dataclass(frozen=True)
@@ -49,7 +40,7 @@ class Placement:
 
 
 def fit_placement(
-    nodes: list[NodeResources],
+    nodes: list[NodeView],
     *,
     replicas: int,
     tensor_parallel_size: int,

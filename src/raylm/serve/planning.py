@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from raylm.cluster.nodes import NodeView, alive_nodes
 from raylm.config import ServeSpec
 from raylm.errors import PlanError
 from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.engine import resolve_dtype
-from raylm.serve.placement import NodeResources, Placement, fit_placement
+from raylm.serve.placement import Placement, fit_placement
 
 if TYPE_CHECKING:
     from raylm.models.facts import ModelFacts
@@ -29,21 +30,6 @@ if TYPE_CHECKING:
 # Context length on CPU when none is asked for: the KV cache at the default memory share
 # holds ~5.9k float32 tokens of the demo model, less than its 8k native context.
 _CPU_DEFAULT_MAX_MODEL_LEN = 4096
-
-
-def alive_nodes() -> list[NodeResources]:
-    import ray
-
-    return [
-        NodeResources(
-            node_id=n["NodeID"],
-            ip=n["NodeManagerAddress"],
-            cpus=int(n["Resources"].get("CPU", 0)),
-            gpus=int(n["Resources"].get("GPU", 0)),
-        )
-        for n in ray.nodes()
-        if n["Alive"]
-    ]
 
 
 def _model_config(path: Path) -> dict[str, Any]:
@@ -70,8 +56,8 @@ def check_model_layout(path: Path, tp: int, pp: int) -> None:
 
 
 def preflight_nodes(
-    entry: ModelEntry, nodes: list[NodeResources], reporter: Reporter
-) -> tuple[list[NodeResources], dict[str, str], dict[str, str]]:
+    entry: ModelEntry, nodes: list[NodeView], reporter: Reporter
+) -> tuple[list[NodeView], dict[str, str], dict[str, str]]:
     """Verify the model's copy on every node: (eligible nodes, their model paths, refusals)."""
     from raylm.models.sync import verify_on_nodes
 
@@ -85,7 +71,7 @@ def preflight_nodes(
 def build_deployment(
     spec: ServeSpec,
     entry: ModelEntry,
-    nodes: list[NodeResources],
+    nodes: list[NodeView],
     *,
     local: bool,
     node_model_paths: dict[str, str] | None = None,

@@ -11,7 +11,7 @@ from raylm.cluster.doctor.report import Check, CheckStatus, make_check
 from raylm.cluster.fingerprint import MUST_MATCH, Fingerprint, compare
 from raylm.cluster.netif import NetInterface
 from raylm.cluster.node import NodeFacts
-from raylm.cluster.pinned import RayNode
+from raylm.cluster.nodes import NodeView
 
 GiB = 1 << 30
 SHM_FAIL = 256 << 20
@@ -27,7 +27,7 @@ def _gib(b: int) -> str:
     return f"{b / GiB:.2f} GiB"
 
 
-def check_versions(head: RayNode, fps: dict[str, Fingerprint], ips: dict[str, str]) -> list[Check]:
+def check_versions(head: NodeView, fps: dict[str, Fingerprint], ips: dict[str, str]) -> list[Check]:
     """Each node's versions against the head's (`fps`: node id -> fingerprint)."""
     out = []
     ref = fps.get(head.node_id)

@@ -40,7 +40,8 @@ from raylm.cluster.doctor.report import Check, CheckStatus, DoctorReport, make_c
 from raylm.cluster.exposure import Exposure, ListeningPort, probe_ports
 from raylm.cluster.inventory import cluster_inventory
 from raylm.cluster.node import NodeFacts
-from raylm.cluster.pinned import RayNode, ray_nodes, run_on_nodes
+from raylm.cluster.nodes import NodeView, cluster_nodes
+from raylm.cluster.pinned import run_on_nodes
 from raylm.cluster.ports import DEFAULT_PORTS, RayPorts
 from raylm.models.store import ModelStore
 from raylm.models.weights import read_model_facts
@@ -57,7 +58,7 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:300] if text else ''}"
 
 
-def _targets(nodes: list[RayNode], ports: RayPorts) -> list[tuple[str, dict[str, int]]]:
+def _targets(nodes: list[NodeView], ports: RayPorts) -> list[tuple[str, dict[str, int]]]:
     """Each node's IP and the ports every other node must reach there, by name."""
     out = []
     for n in nodes:
@@ -69,7 +70,7 @@ def _targets(nodes: list[RayNode], ports: RayPorts) -> list[tuple[str, dict[str,
 
 
 def run_exposure(
-    nodes: list[RayNode],
+    nodes: list[NodeView],
     listening: dict[str, list[ListeningPort]],
     ips: dict[str, str],
     timeout: float,
@@ -83,7 +84,7 @@ def run_exposure(
     return [e for r in raw.values() if isinstance(r, list) for e in r]
 
 
-def run_clock(nodes: list[RayNode]) -> list[Check]:
+def run_clock(nodes: list[NodeView]) -> list[Check]:
     """Read each node's clock, one node at a time so each round trip stays short."""
     # Function-local: Ray reads its auth settings at import (see the module docstring).
     import ray
@@ -108,7 +109,7 @@ def run_clock(nodes: list[RayNode]) -> list[Check]:
 
 
 def run_nccl(
-    nodes: list[RayNode], facts: dict[str, NodeFacts], ports: RayPorts
+    nodes: list[NodeView], facts: dict[str, NodeFacts], ports: RayPorts
 ) -> tuple[list[Check], list[dict[str, Any]]]:
     """A real all-reduce inside each multi-GPU node and one between all nodes."""
     # Function-local: Ray reads its auth settings at import (see the module docstring).
@@ -206,7 +207,7 @@ def run_nccl(
 
 
 def _probe_nodes(
-    nodes: list[RayNode], head: RayNode, ports: RayPorts, timeout: float
+    nodes: list[NodeView], head: NodeView, ports: RayPorts, timeout: float
 ) -> tuple[list[Check], dict[str, Any]]:
     """Run `node_probe` on every node while a `ProbeListener` holds each node's probe port.
 
@@ -261,8 +262,9 @@ def run_doctor(
     """Attach to the cluster and run every check on every node; with `model`, also whether
     its planned layout fits the cluster as it is now."""
     addr = ensure_attached(address)
-    nodes = [n for n in ray_nodes() if n.alive]
-    dead = [n for n in ray_nodes() if not n.alive]
+    listed = cluster_nodes()
+    nodes = [n for n in listed if n.alive]
+    dead = [n for n in listed if not n.alive]
     ips = {n.node_id: n.ip for n in nodes}
     head = next((n for n in nodes if n.is_head), None)
     checks: list[Check] = [

@@ -33,7 +33,6 @@ below are the public surface, importable from `raylm.models.sync` as before.
 """
 
 from raylm.models.sync.driver import (
-    alive_nodes,
     list_on_nodes,
     remove_on_nodes,
     resolve_nodes,
@@ -63,7 +62,6 @@ __all__ = [
     "ReceiveRequest",
     "SyncReport",
     "TransferSettings",
-    "alive_nodes",
     "list_on_nodes",
     "remove_on_nodes",
     "resolve_nodes",

@@ -1,6 +1,6 @@
 """The driver side of a sync: what `raylm model sync`, `verify`, `list` and `rm` call.
 
-Owns choosing the nodes (`resolve_nodes`, `alive_nodes`), starting one pinned agent per
+Owns choosing the nodes (`resolve_nodes`), starting one pinned agent per
 node for the length of one operation (`_Agents`), the reference manifest every copy is
 checked against, and collecting per-node results: verify results, sync reports and the
 progress polled while a sync runs. Each sync hands its own `TransferSettings` to every
@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from raylm.cluster.nodes import alive_nodes
 from raylm.errors import ClusterError, ModelError
 from raylm.models.manifest import Manifest, VerifyResult
 from raylm.models.store import ModelEntry, ModelStore
@@ -30,16 +31,9 @@ from raylm.models.sync.transport import (
 log = logging.getLogger(__name__)
 
 
-def alive_nodes() -> dict[str, str]:
+def _node_ids() -> dict[str, str]:
     """{node IP: Ray node id} of every alive node."""
-    # Function-local: Ray reads its auth settings at import.
-    import ray
-
-    out: dict[str, str] = {}
-    for n in ray.nodes():
-        if n.get("Alive"):
-            out.setdefault(str(n["NodeManagerAddress"]), str(n["NodeID"]))
-    return out
+    return {n.ip: n.node_id for n in alive_nodes()}
 
 
 def _spawn(node_id: str) -> Any:
@@ -60,7 +54,7 @@ class _Agents:
         # Function-local: Ray reads its auth settings at import.
         import ray
 
-        alive = alive_nodes()
+        alive = _node_ids()
         unknown = [ip for ip in ips if ip not in alive]
         if unknown:
             raise ClusterError(
@@ -103,7 +97,7 @@ def _reference(model: str | ModelEntry | Manifest, store: ModelStore | None) -> 
 def resolve_nodes(nodes: Sequence[str] | str | None) -> list[str]:
     """'all' / None -> every alive node; else the IPs given (checked later)."""
     if nodes is None or nodes == "all" or (not isinstance(nodes, str) and list(nodes) == ["all"]):
-        return sorted(alive_nodes())
+        return sorted(_node_ids())
     if isinstance(nodes, str):
         return [n.strip() for n in nodes.split(",") if n.strip()]
     return [n for n in nodes if n]
@@ -130,7 +124,7 @@ def verify_on_nodes(
 
     ref = _reference(model, store)
     ips = resolve_nodes(node_ips)
-    alive = alive_nodes()
+    alive = _node_ids()
     out: dict[str, VerifyResult] = {
         ip: VerifyResult(name=ref.name, node=ip, path="", ok=False, error="node is not alive")
         for ip in ips

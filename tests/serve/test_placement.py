@@ -1,0 +1,74 @@
+"""Placement on the nodes Ray lists (pure: no cluster): the node view, then the fit."""
+
+from __future__ import annotations
+
+import pytest
+
+from raylm.cluster.nodes import NodeView, node_views
+from raylm.errors import PlanError
+from raylm.serve.placement import fit_placement
+
+
+def _node(ip: str, cpus: int = 2, gpus: int = 0) -> NodeView:
+    res = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
+    return NodeView(node_id=ip.replace(".", ""), ip=ip, alive=True, is_head=False, resources=res)
+
+
+def test_node_views_keep_only_a_restarted_nodes_alive_record() -> None:
+    head = {"CPU": 2.0, "node:__internal_head__": 1.0}
+    records: list[dict[str, object]] = [
+        {"NodeID": "a", "NodeManagerAddress": "10.0.0.1", "Alive": True, "Resources": head},
+        {"NodeID": "old", "NodeManagerAddress": "10.0.0.2", "Alive": False, "Resources": {}},
+        {"NodeID": "new", "NodeManagerAddress": "10.0.0.2", "Alive": True, "Resources": {"CPU": 2}},
+        {"NodeID": "gone", "NodeManagerAddress": "10.0.0.3", "Alive": False, "Resources": None},
+    ]
+    views = node_views(records)
+    assert [(v.node_id, v.alive, v.is_head) for v in views] == [
+        ("a", True, True),
+        ("new", True, False),
+        ("gone", False, False),
+    ]
+    assert (views[1].cpus, views[1].gpus) == (2, 0)
+
+
+def test_gpu_replicas_take_whole_nodes_when_tp_spans_them() -> None:
+    nodes = [_node("10.0.0.1", 16, 8), _node("10.0.0.2", 16, 8)]
+    p = fit_placement(nodes, replicas=1, tensor_parallel_size=8, pipeline_parallel_size=2)
+    assert (p.device, p.nodes_per_replica, p.gpus_per_node) == ("cuda", 2, 8)
+    p = fit_placement(nodes, replicas=4, tensor_parallel_size=4, pipeline_parallel_size=1)
+    assert (p.nodes_per_replica, p.gpus_per_node) == (1, 4)
+    assert p.describe() == "4 replica(s) x TP=4 PP=1, 1 node(s) per replica, 4 GPU(s) per node"
+
+
+def test_gpu_layouts_that_cannot_fit_say_why() -> None:
+    nodes = [_node("10.0.0.1", 16, 8), _node("10.0.0.2", 16, 8)]
+    with pytest.raises(PlanError, match="12 GPUs cannot be split evenly over nodes of 8 GPUs"):
+        fit_placement(nodes, replicas=1, tensor_parallel_size=12, pipeline_parallel_size=1)
+    with pytest.raises(PlanError, match=r"5 replica\(s\) of 1 node\(s\) x 4 GPU\(s\) do not fit"):
+        fit_placement(nodes, replicas=5, tensor_parallel_size=4, pipeline_parallel_size=1)
+
+
+def test_cpu_tp_spreads_over_nodes_when_no_node_has_the_cores() -> None:
+    nodes = [_node(f"10.0.0.{i}") for i in (1, 2, 3)]
+    p = fit_placement(nodes, replicas=1, tensor_parallel_size=3, pipeline_parallel_size=1)
+    assert (p.device, p.nodes_per_replica, p.cpus_per_node) == ("cpu", 3, 1)
+    # Two replicas on three 2-core nodes: one node each, all of its cores.
+    p = fit_placement(nodes, replicas=2, tensor_parallel_size=1, pipeline_parallel_size=1)
+    assert (p.nodes_per_replica, p.cpus_per_node) == (1, 2)
+    # More replicas than nodes: the cores are shared.
+    p = fit_placement(nodes[:1], replicas=2, tensor_parallel_size=1, pipeline_parallel_size=1)
+    assert p.cpus_per_node == 1
+
+
+def test_cpu_layouts_that_cannot_fit_say_why() -> None:
+    nodes = [_node("10.0.0.1"), _node("10.0.0.2")]
+    with pytest.raises(PlanError, match="PP=2 is not supported on CPU nodes"):
+        fit_placement(nodes, replicas=1, tensor_parallel_size=1, pipeline_parallel_size=2)
+    with pytest.raises(PlanError, match="TP=5 needs 5 cores"):
+        fit_placement(nodes, replicas=1, tensor_parallel_size=5, pipeline_parallel_size=1)
+    with pytest.raises(PlanError, match=r"3 replica\(s\) x 1 node\(s\) x 2 core\(s\) do not fit"):
+        fit_placement(
+            nodes, replicas=3, tensor_parallel_size=1, pipeline_parallel_size=1, cpus_per_replica=2
+        )
+    with pytest.raises(PlanError, match="no alive node"):
+        fit_placement([], replicas=1, tensor_parallel_size=1, pipeline_parallel_size=1)
