@@ -30,8 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.gpu.harness import free_port, replica_launches
+from tests.gpu.harness import replica_launches
 
+from raylm.cluster.ports import free_port
 from raylm.testing.machine import raylm_argv
 from raylm.testing.process import stop_serve
 

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,13 +29,9 @@ from pathlib import Path
 
 import httpx
 
+from raylm.cluster.ports import free_port
+
 MODEL = "smollm2-135m-instruct"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
@@ -78,7 +73,7 @@ def _replica(url: str | None) -> Iterator[str]:
     from raylm.models.store import ModelStore
 
     path = ModelStore().resolve(None).path
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable, "-m", "raylm.serve.launcher", "serve", str(path), "--host", "127.0.0.1",
         "--port", str(port), "--dtype", "float32", "--enforce-eager",
@@ -171,7 +166,7 @@ def main() -> None:
     report: dict[str, object] = {}
     with _replica(args.replica_url) as replica:
         for loop in loops:
-            port = _free_port()
+            port = free_port()
             cmd = [sys.executable, __file__, "--serve-gateway", replica, str(port), loop]
             with _process(cmd, f"http://127.0.0.1:{port}", 60, dict(os.environ)) as gw:
                 report[loop] = measure(replica, gw, args.n, args.warmup)

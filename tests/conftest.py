@@ -11,7 +11,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import httpx
 import psutil
 import pytest
 
+from raylm.cluster.ports import free_port
 from raylm.testing.machine import machine_base_env
 
 pytest_plugins = ["raylm.testing.pytest_netns"]
@@ -30,12 +30,6 @@ pytest_plugins = ["raylm.testing.pytest_netns"]
 REPO = Path(__file__).resolve().parents[1]
 RAYLM = str(Path(sys.executable).with_name("raylm"))
 DEMO_MODEL = "smollm2-135m-instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -68,20 +68,23 @@ class ClusterError(RaylmError):
 
 
 class PlanError(RaylmError):
-    """No parallel layout fits, or a requested one cannot work."""
+    """No parallel layout fits, or a requested one cannot work.
+
+    The byte counts, when memory decided, are per GPU of the layout that came closest.
+    """
 
     def __init__(
         self,
         what: str,
         *,
-        needed_bytes: int | None = None,
-        available_bytes: int | None = None,
+        needed_bytes_per_gpu: int | None = None,
+        available_bytes_per_gpu: int | None = None,
         why: str = "",
         fix: str = "",
         command: str | None = None,
     ) -> None:
-        self.needed_bytes = needed_bytes
-        self.available_bytes = available_bytes
+        self.needed_bytes_per_gpu = needed_bytes_per_gpu
+        self.available_bytes_per_gpu = available_bytes_per_gpu
         super().__init__(what, why=why, fix=fix, command=command)
 
 
@@ -101,3 +104,9 @@ class ReplicaError(RaylmError):
         self.replica = replica
         self.log_path = log_path
         super().__init__(what, why=why, fix=fix, command=command)
+
+
+def exception_line(e: BaseException) -> str:
+    """`Type: first line` of an error (Ray's and HTTP clients' carry pages of detail)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".strip()

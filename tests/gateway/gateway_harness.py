@@ -5,7 +5,6 @@ in a thread of their own so the tests can use ordinary blocking clients (httpx, 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from raylm.cluster.ports import free_port
 from raylm.gateway import GatewayServer, GatewaySettings, StaticReplicaSource, create_gateway
 from raylm.gateway.app import Gateway
 from raylm.replica import ReplicaInfo, ReplicaState
@@ -20,12 +20,6 @@ from raylm.replica import ReplicaInfo, ReplicaState
 MODEL = "smollm2-135m-instruct"
 MAX_MODEL_LEN = 2048
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def replica(

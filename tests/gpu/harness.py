@@ -157,14 +157,6 @@ def start_serve(env: dict[str, str], log: Path, port: int, *args: str) -> GpuSer
     return s
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class ReplicaLaunch:
     """One replica's rank 0 as its own log tells it (vLLM may retitle its processes, so

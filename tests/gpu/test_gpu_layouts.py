@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from tests.gpu.harness import free_port, raylm, replica_launches, require_gpus, start_serve
+from raylm.cluster.ports import free_port
+from tests.gpu.harness import raylm, replica_launches, require_gpus, start_serve
 
 
 def test_plan_live_is_what_serve_runs(

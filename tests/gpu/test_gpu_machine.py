@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from raylm.cluster.ports import free_port
 from tests.gpu.harness import (
-    free_port,
     gpu_env,
     raylm,
     replica_launches,

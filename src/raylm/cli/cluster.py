@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from raylm.units import gib_text
+
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -143,7 +145,7 @@ def _down(as_json: bool = typer.Option(False, "--json", help="Print the pids as 
 
 
 def _gib(b: float) -> str:
-    return f"{b / (1 << 30):.1f} GiB" if b else "-"
+    return gib_text(b) if b else "-"
 
 
 def _status(

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from raylm.errors import ModelError
 from raylm.models.listing import model_rows
+from raylm.units import size_text
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+    return size_text(n)
 
 
 def _dump(obj: Any) -> None:

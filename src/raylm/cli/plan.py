@@ -14,8 +14,8 @@ from raylm.errors import ConfigError, PlanError
 from raylm.models.facts import ModelFacts
 from raylm.planner import OBJECTIVES, ClusterSpec, Layout, parse_cluster_spec, plan
 from raylm.serve.engine import RankLaunch, printable
+from raylm.units import GIB
 
-GIB = 1024**3
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 

@@ -43,7 +43,8 @@ def parse_network(log_text: str) -> str:
     return m.group(1) if m else ""
 
 
-def free_port() -> int:
+def _free_port() -> int:
+    # Not raylm.cluster.ports.free_port: this module imports only the standard library.
     with socket.socket() as s:
         s.bind(("", 0))
         return int(s.getsockname()[1])
@@ -164,7 +165,7 @@ def local_probe(
         return {"ok": False, "error": f"an all-reduce needs 2+ ranks, have {world}"}
     with tempfile.TemporaryDirectory(prefix="raylm-nccl-") as d:
         os.environ.update(nccl_debug_env(d))
-        port = free_port()
+        port = _free_port()
         t0 = time.perf_counter()
         mp.spawn(  # type: ignore[attr-defined,no-untyped-call]
             _spawn_entry, args=(world, port, backend, size_bytes, iters, d), nprocs=world, join=True

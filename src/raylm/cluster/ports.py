@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -62,3 +64,10 @@ class RayPorts(BaseModel):
 
 
 DEFAULT_PORTS = RayPorts()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now ("0.0.0.0": on every interface)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from raylm.errors import ModelError
+from raylm.errors import ModelError, exception_line
 from raylm.models.manifest import FileEntry, Manifest, hash_files
 from raylm.models.store import ModelEntry, ModelStore, check_name, default_name
+from raylm.units import gib_text
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,8 @@ def _check_space(store: ModelStore, work: Path, files: list[RemoteFile], repo: s
         raise ModelError(
             f"Not enough disk space to pull {repo}",
             model=repo,
-            why=f"it needs {need / 2**30:.2f} GiB more under {store.root}, "
-            f"which has {free / 2**30:.2f} GiB free",
+            why=f"it needs {gib_text(need, 2)} more under {store.root}, "
+            f"which has {gib_text(free, 2)} free",
             fix="free space, or point RAYLM_HOME at a larger disk",
         )
 
@@ -183,7 +184,7 @@ def _hf_unreachable(repo: str, endpoint: str, e: BaseException) -> ModelError:
     return ModelError(
         f"Cannot reach the Hugging Face hub at {endpoint} to pull {repo}",
         model=repo,
-        why=f"{type(e).__name__}: {e}".splitlines()[0][:300],
+        why=exception_line(e)[:300],
         fix="check the network, set HF_ENDPOINT to a reachable mirror, "
         "or copy the model here and import it",
         command="raylm model import /path/to/model-dir",
@@ -277,7 +278,7 @@ def _hf_download(repo: str, commit: str, patterns: list[str] | None, work: Path)
         raise ModelError(
             f"Downloading {repo} from {endpoint} failed",
             model=repo,
-            why=f"{type(e).__name__}: {e}".splitlines()[0][:300],
+            why=exception_line(e)[:300],
             fix="run the same pull again; completed files are kept and the rest resumes",
             command=f"raylm model pull {repo} --revision {commit}",
         ) from e
@@ -310,7 +311,7 @@ def _ms_listing(repo: str, revision: str | None) -> tuple[str, list[RemoteFile]]
         raise ModelError(
             f"Cannot list {repo} on ModelScope ({domain})",
             model=repo,
-            why=f"{type(e).__name__}: {e}".splitlines()[0][:300],
+            why=exception_line(e)[:300],
             fix="check the id and the network, or set MODELSCOPE_ENDPOINT to a reachable site",
         ) from e
     files = [
@@ -337,7 +338,7 @@ def _ms_download(repo: str, commit: str, patterns: list[str] | None, work: Path)
         raise ModelError(
             f"Downloading {repo} from ModelScope failed",
             model=repo,
-            why=f"{type(e).__name__}: {e}".splitlines()[0][:300],
+            why=exception_line(e)[:300],
             fix="run the same pull again; it resumes",
             command=f"raylm model pull {repo} --source modelscope",
         ) from e

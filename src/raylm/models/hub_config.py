@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from raylm.errors import ModelError
+from raylm.errors import ModelError, exception_line
 from raylm.home import raylm_home
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,10 @@ def fetch_hub_config(repo_id: str, *, revision: str | None = None) -> Path:
             fix="check the repository id; only Hugging Face-format models can be planned",
         ) from e
     except Exception as e:  # the hub client raises many HTTP/OS types; all mean "not fetched"
-        first = str(e).splitlines()[0] if str(e) else ""
         raise ModelError(
             f"Cannot fetch {repo_id}'s config.json from {endpoint}",
             model=repo_id,
-            why=f"{type(e).__name__}: {first}",
+            why=exception_line(e),
             fix="check the id, HF_TOKEN for gated models, or set HF_ENDPOINT to a mirror",
         ) from e
     try:

@@ -12,8 +12,8 @@ import re
 from pydantic import BaseModel, ConfigDict, Field
 
 from raylm.errors import ReplicaError
+from raylm.units import GIB
 
-GIB = 1024**3
 _WEIGHT_RES = (
     re.compile(r"Model loading took ([\d.]+) ?GiB"),
     re.compile(r"Checkpoint size: ([\d.]+) ?GiB"),

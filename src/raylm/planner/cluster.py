@@ -23,8 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raylm.errors import ConfigError
+from raylm.units import GIB
 
-GIB = 1024**3
 _GROUP_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*x\s*([^,+]+?)\s*(\+\s*ib)?\s*$", re.IGNORECASE)
 _MEM_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(gb|gib|g)$", re.IGNORECASE)
 

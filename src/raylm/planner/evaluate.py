@@ -15,13 +15,13 @@ from raylm.planner.layout import Layout, Rejection
 from raylm.planner.memory import (
     PlannerConstants,
     decode_speed,
-    gib_text,
     kv_bytes_per_token,
     reserve_bytes,
     weight_bytes_per_device,
 )
 from raylm.planner.rank import score
 from raylm.planner.shapes import NodeGroup, place
+from raylm.units import gib_text
 
 
 def _serve_dtype(facts: ModelFacts, node: NodeSpec) -> tuple[str, list[str]]:

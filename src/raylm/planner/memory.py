@@ -14,13 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from raylm.models.facts import DTYPE_BYTES, ModelFacts
 from raylm.planner.cluster import NodeSpec
-
-GIB = 1024**3
-
-
-def gib_text(b: float) -> str:
-    """A byte count as it appears in the planner's messages: `12.3 GiB`."""
-    return f"{b / GIB:.1f} GiB"
+from raylm.units import GIB
 
 
 class PlannerConstants(BaseModel):

@@ -17,9 +17,10 @@ from raylm.models.facts import ModelFacts
 from raylm.planner.cluster import ClusterSpec
 from raylm.planner.evaluate import evaluate
 from raylm.planner.layout import Layout, PlanResult, Rejection
-from raylm.planner.memory import PlannerConstants, gib_text, serve_weight_bytes
+from raylm.planner.memory import PlannerConstants, serve_weight_bytes
 from raylm.planner.rank import OBJECTIVES, merge_groups, rank, with_replicas
 from raylm.planner.shapes import check_layout, node_groups, shapes
+from raylm.units import gib_text
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 """vLLM's own default share of a GPU's memory."""
@@ -147,8 +148,8 @@ def plan(
             mem = [r for r in rejected if r.needed_bytes_per_gpu is not None]
             raise PlanError(
                 "The requested layout cannot work: " + why,
-                needed_bytes=mem[0].needed_bytes_per_gpu if mem else None,
-                available_bytes=mem[0].available_bytes_per_gpu if mem else None,
+                needed_bytes_per_gpu=mem[0].needed_bytes_per_gpu if mem else None,
+                available_bytes_per_gpu=mem[0].available_bytes_per_gpu if mem else None,
                 fix="Leave out --tp/--pp/--replicas to let raylm choose, or change them",
             )
         raise _nothing_fits(facts, cluster, rejected, gpu_memory_utilization, max_model_len)
@@ -185,8 +186,8 @@ def _nothing_fits(
         return PlanError(
             f"{facts.name} cannot start on {cluster.summary()} now: other processes hold the "
             "GPU memory it needs",
-            needed_bytes=r.needed_bytes_per_gpu,
-            available_bytes=free,
+            needed_bytes_per_gpu=r.needed_bytes_per_gpu,
+            available_bytes_per_gpu=free,
             why=r.reason,
             fix="Free that memory (doctor names the processes), or leave "
             "--gpu-memory-utilization out so raylm plans with what is free",
@@ -221,8 +222,13 @@ def _nothing_fits(
     return PlanError(
         f"{facts.name} does not fit {cluster.summary()}: it needs about {gib_text(needed)} "
         f"but {gib_text(available)} is usable",
-        needed_bytes=needed,
-        available_bytes=available,
+        needed_bytes_per_gpu=per_need,
+        available_bytes_per_gpu=per_avail,
         why=best.reason,
-        fix="U" + ", or ".join(remedies)[1:],
+        fix=_sentence(", or ".join(remedies)),
     )
+
+
+def _sentence(text: str) -> str:
+    """`text` with its first letter upper-cased (the rest as it is)."""
+    return text[:1].upper() + text[1:]

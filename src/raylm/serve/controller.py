@@ -25,6 +25,7 @@ from ray.util.scheduling_strategies import (
 )
 
 from raylm.cluster.nodes import alive_nodes
+from raylm.errors import exception_line
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.supervisor import ReplicaSupervisor
@@ -71,12 +72,6 @@ def _stop_all(actors: list[Any]) -> None:
     for a in actors:
         with contextlib.suppress(Exception):  # already gone with its node
             ray.kill(a, no_restart=True)
-
-
-def _first_line(e: BaseException) -> str:
-    """`Type: first line` of an error: Ray's carry a page of detail; a state needs one line."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}".strip()
 
 
 class Controller:
@@ -344,4 +339,4 @@ class Controller:
             raise
         except Exception as e:
             logger.warning("replica %s could not start: %s", r.replica_id, e)
-            await self._fail(r, f"could not start: {_first_line(e)}")
+            await self._fail(r, f"could not start: {exception_line(e)}")

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import psutil
 
+from raylm.cluster.ports import free_port
 from raylm.home import logs_dir
 from raylm.replica import ReplicaState
 from raylm.serve import engine, replica_auth
@@ -27,13 +28,6 @@ from raylm.serve.probe import engine_load, generate_one_token, http_ok
 from raylm.serve.process import EngineProcess
 
 logger = logging.getLogger(__name__)
-
-
-def free_port(host: str) -> int:
-    """A TCP port free on `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def iface_of(ip: str) -> str | None:

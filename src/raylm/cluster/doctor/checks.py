@@ -12,19 +12,15 @@ from raylm.cluster.fingerprint import MUST_MATCH, Fingerprint, compare
 from raylm.cluster.netif import NetInterface
 from raylm.cluster.node import NodeFacts
 from raylm.cluster.nodes import NodeView
+from raylm.units import GIB, gib_text
 
-GiB = 1 << 30
 SHM_FAIL = 256 << 20
-SHM_WARN = 1 * GiB
-DISK_FAIL = 1 * GiB
-DISK_WARN = 10 * GiB
+SHM_WARN = 1 * GIB
+DISK_FAIL = 1 * GIB
+DISK_WARN = 10 * GIB
 SKEW_WARN_S = 0.5
 SKEW_FAIL_S = 5.0
 MIN_CC = (7, 0)
-
-
-def _gib(b: int) -> str:
-    return f"{b / GiB:.2f} GiB"
 
 
 def check_versions(head: NodeView, fps: dict[str, Fingerprint], ips: dict[str, str]) -> list[Check]:
@@ -187,14 +183,18 @@ def check_shm(ip: str, f: NodeFacts) -> Check:
             "shm",
             ip,
             CheckStatus.FAIL,
-            f"/dev/shm is {_gib(f.shm_bytes)}: NCCL and vLLM workers fail or crawl",
+            f"/dev/shm is {gib_text(f.shm_bytes, 2)}: NCCL and vLLM workers fail or crawl",
             fix,
         )
     if f.shm_bytes < SHM_WARN:
         return make_check(
-            "shm", ip, CheckStatus.WARN, f"/dev/shm is {_gib(f.shm_bytes)} (under 1 GiB)", fix
+            "shm",
+            ip,
+            CheckStatus.WARN,
+            f"/dev/shm is {gib_text(f.shm_bytes, 2)} (under 1 GiB)",
+            fix,
         )
-    return make_check("shm", ip, CheckStatus.PASS, f"/dev/shm is {_gib(f.shm_bytes)}")
+    return make_check("shm", ip, CheckStatus.PASS, f"/dev/shm is {gib_text(f.shm_bytes, 2)}")
 
 
 def check_disk(ip: str, f: NodeFacts) -> Check:
@@ -202,14 +202,22 @@ def check_disk(ip: str, f: NodeFacts) -> Check:
     fix = f"free space under {f.model_store} or point RAYLM_HOME at a bigger disk"
     if f.disk_free_bytes < DISK_FAIL:
         return make_check(
-            "disk", ip, CheckStatus.FAIL, f"{_gib(f.disk_free_bytes)} free in the model store", fix
+            "disk",
+            ip,
+            CheckStatus.FAIL,
+            f"{gib_text(f.disk_free_bytes, 2)} free in the model store",
+            fix,
         )
     if f.disk_free_bytes < DISK_WARN:
         return make_check(
-            "disk", ip, CheckStatus.WARN, f"{_gib(f.disk_free_bytes)} free in the model store", fix
+            "disk",
+            ip,
+            CheckStatus.WARN,
+            f"{gib_text(f.disk_free_bytes, 2)} free in the model store",
+            fix,
         )
     return make_check(
-        "disk", ip, CheckStatus.PASS, f"{_gib(f.disk_free_bytes)} free in {f.model_store}"
+        "disk", ip, CheckStatus.PASS, f"{gib_text(f.disk_free_bytes, 2)} free in {f.model_store}"
     )
 
 
@@ -254,14 +262,14 @@ def check_gpu_memory(ip: str, f: NodeFacts) -> list[Check]:
         if held < 256 << 20:
             continue
         free = g.memory_total_bytes - g.memory_used_bytes
-        who = ", ".join(f"pid {p.pid} ({p.name}) {_gib(p.memory_bytes)}" for p in others)
+        who = ", ".join(f"pid {p.pid} ({p.name}) {gib_text(p.memory_bytes, 2)}" for p in others)
         out.append(
             make_check(
                 "gpu-memory",
                 ip,
                 CheckStatus.WARN,
-                f"GPU{g.index} {g.name}: {_gib(held)} held by other processes ({who}); "
-                f"{_gib(free)} of {_gib(g.memory_total_bytes)} free",
+                f"GPU{g.index} {g.name}: {gib_text(held, 2)} held by other processes ({who}); "
+                f"{gib_text(free, 2)} of {gib_text(g.memory_total_bytes, 2)} free",
                 "`raylm plan --cluster live` and `raylm serve` plan with the free memory (a "
                 "lower --gpu-memory-utilization, or refuse with the numbers); stop those "
                 "processes to use the whole GPU",
