@@ -1,8 +1,9 @@
 """Turn a serve spec and the live cluster's nodes into the controller's deployment layout.
 
-The planner decides TP/PP/replicas for GPU clusters from memory; this module fits that
-decision (or the user's flags) onto the nodes Ray reports, and refuses layouts that
-cannot be placed before anything loads.
+On GPU clusters the planner decides TP/PP/replicas and the nodes (one GPU kind), and
+`place_plan` places exactly that: the layout `raylm serve` printed is the one it runs. Without
+a plan (CPU nodes), `fit_placement` fits the user's flags onto the nodes Ray reports. Both
+refuse, before anything loads, a layout that cannot be placed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from raylm.cluster.nodes import NodeView
 from raylm.errors import PlanError
+from raylm.planner.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -104,3 +106,30 @@ def fit_placement(
             command="raylm status",
         )
     return Placement("cpu", replicas, tp, pp, span, per, 0)
+
+
+def place_plan(nodes: list[NodeView], layout: Layout) -> Placement:
+    """The planner's GPU layout on the nodes it chose; refuse when some of those nodes are
+    gone (or not eligible) and the rest cannot hold every replica."""
+    planned = [n for n in nodes if n.ip in layout.nodes and n.gpus >= layout.gpus_per_node]
+    slots = sum(n.gpus // layout.gpus_per_node for n in planned)
+    need = layout.replicas * layout.nodes_per_replica
+    if slots < need:
+        missing = sorted(set(layout.nodes) - {n.ip for n in planned})
+        raise PlanError(
+            f"The plan ({layout.shape()}) cannot be placed",
+            why=f"it needs {need} node slot(s) of {layout.gpus_per_node} GPU(s) on "
+            f"{', '.join(layout.nodes)}; "
+            + (f"not usable now: {', '.join(missing)}" if missing else f"only {slots} are free"),
+            fix="Bring those nodes back, or give --replicas/--tp/--pp that fit the rest",
+            command="raylm status",
+        )
+    return Placement(
+        "cuda",
+        layout.replicas,
+        layout.tensor_parallel_size,
+        layout.pipeline_parallel_size,
+        layout.nodes_per_replica,
+        0,
+        layout.gpus_per_node,
+    )

@@ -14,17 +14,21 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from raylm.cluster.inventory import cluster_inventory
 from raylm.cluster.nodes import NodeView, alive_nodes
 from raylm.config import ServeSpec
 from raylm.errors import PlanError
+from raylm.models.sync import verify_on_nodes
+from raylm.models.weights import read_model_facts
+from raylm.planner import Layout, check_layout, cluster_from_inventory, plan
 from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.engine import resolve_dtype
-from raylm.serve.placement import Placement, fit_placement
+from raylm.serve.placement import Placement, fit_placement, place_plan
 
 if TYPE_CHECKING:
     from raylm.models.facts import ModelFacts
     from raylm.models.store import ModelEntry
-    from raylm.planner.cluster import ClusterSpec
+    from raylm.planner import ClusterSpec
     from raylm.serve.runner import Reporter
 
 # Context length on CPU when none is asked for: the KV cache at the default memory share
@@ -42,8 +46,6 @@ def _model_config(path: Path) -> dict[str, Any]:
 
 def check_model_layout(path: Path, tp: int, pp: int) -> None:
     """Refuse a TP/PP the model cannot take (e.g. heads not divisible), before loading."""
-    from raylm.models.weights import read_model_facts
-    from raylm.planner import check_layout
 
     reasons = check_layout(read_model_facts(path), tp, pp)
     if reasons:
@@ -59,7 +61,6 @@ def preflight_nodes(
     entry: ModelEntry, nodes: list[NodeView], reporter: Reporter
 ) -> tuple[list[NodeView], dict[str, str], dict[str, str]]:
     """Verify the model's copy on every node: (eligible nodes, their model paths, refusals)."""
-    from raylm.models.sync import verify_on_nodes
 
     reporter.phase(f"verifying {entry.name} on {len(nodes)} node(s)")
     results = verify_on_nodes(entry.name, [n.ip for n in nodes])
@@ -76,17 +77,26 @@ def build_deployment(
     local: bool,
     node_model_paths: dict[str, str] | None = None,
     allowed_node_ips: list[str] | None = None,
+    planned: Layout | None = None,
 ) -> tuple[DeploymentConfig, Placement]:
+    """The controller's deployment: the planned layout (`planned`, GPU clusters) on the
+    nodes the planner chose, else the spec's sizes fitted onto `nodes`."""
     model_path = Path(entry.path)
     tp = spec.tensor_parallel_size or 1
     pp = spec.pipeline_parallel_size or 1
-    layout = fit_placement(
-        nodes,
-        replicas=spec.replicas or 1,
-        tensor_parallel_size=tp,
-        pipeline_parallel_size=pp,
-        cpus_per_replica=spec.cpus_per_replica,
-    )
+    if planned is not None:
+        layout = place_plan(nodes, planned)
+        allowed_node_ips = [
+            ip for ip in (allowed_node_ips or [n.ip for n in nodes]) if ip in planned.nodes
+        ]
+    else:
+        layout = fit_placement(
+            nodes,
+            replicas=spec.replicas or 1,
+            tensor_parallel_size=tp,
+            pipeline_parallel_size=pp,
+            cpus_per_replica=spec.cpus_per_replica,
+        )
     if spec.executor == "ray" and layout.device == "cpu":
         raise PlanError(
             "executor = 'ray' cannot run on CPU nodes",
@@ -124,10 +134,12 @@ def build_deployment(
     return config, layout
 
 
-def apply_plan(spec: ServeSpec, facts: ModelFacts, cluster: ClusterSpec) -> tuple[ServeSpec, str]:
+def apply_plan(
+    spec: ServeSpec, facts: ModelFacts, cluster: ClusterSpec
+) -> tuple[ServeSpec, Layout | None, str]:
     """Fill in TP/PP/replicas/context the user left out from the planner's choice; refuse
-    given sizes that cannot work. Returns the completed spec and the plan, in words."""
-    from raylm.planner import plan
+    given sizes that cannot work. Returns the completed spec, the chosen layout (what serve
+    places) and the plan, in words."""
 
     given = spec.engine_args.get("gpu-memory-utilization")  # keys are dashed (ServeSpec)
     result = plan(
@@ -143,7 +155,7 @@ def apply_plan(spec: ServeSpec, facts: ModelFacts, cluster: ClusterSpec) -> tupl
     )
     chosen = result.plan
     if chosen is None:  # plan() raises when nothing fits; keep the user's spec otherwise
-        return spec, "no plan"
+        return spec, None, "no plan"
     # The share the plan fits in (lowered to what other processes leave free, if need be).
     engine_args = {**spec.engine_args, "gpu-memory-utilization": chosen.gpu_memory_utilization}
     done = spec.model_copy(
@@ -161,21 +173,20 @@ def apply_plan(spec: ServeSpec, facts: ModelFacts, cluster: ClusterSpec) -> tupl
         f"gpu_memory_utilization {chosen.gpu_memory_utilization:g}"
         + "".join(f"; {w}" for w in chosen.warnings)
     )
-    return done, words
+    return done, chosen, words
 
 
-def _plan_on_gpus(spec: ServeSpec, entry: ModelEntry, reporter: Reporter) -> ServeSpec:
-    from raylm.cluster.inventory import cluster_inventory
-    from raylm.models.weights import read_model_facts
-    from raylm.planner import cluster_from_inventory
+def _plan_on_gpus(
+    spec: ServeSpec, entry: ModelEntry, reporter: Reporter
+) -> tuple[ServeSpec, Layout | None]:
 
     reporter.phase("planning the layout from the live GPU inventory")
     inventory = cluster_inventory().model_dump(mode="json")
-    done, words = apply_plan(
+    done, chosen, words = apply_plan(
         spec, read_model_facts(Path(entry.path)), cluster_from_inventory(inventory)
     )
     reporter.phase(words)
-    return done
+    return done, chosen
 
 
 def plan_deployment(
@@ -183,15 +194,16 @@ def plan_deployment(
 ) -> tuple[DeploymentConfig, Placement]:
     """Fit the spec onto the live cluster, placing only where the model copy is verified."""
     nodes = alive_nodes()
+    planned: Layout | None = None
     if any(n.gpus for n in nodes):
         # On CPU nodes the layout is the user's (default one replica): several vLLM
         # engines sharing one host's cores gain nothing, and the planner models a CPU
         # node as one device.
-        spec = _plan_on_gpus(spec, entry, reporter)
+        spec, planned = _plan_on_gpus(spec, entry, reporter)
     # A private local cluster is this node alone, whose copy `resolve` just checked; a bare
     # directory (not in the store) has no manifest to verify against.
     if local or spec.skip_verify or not entry.manifest:
-        return build_deployment(spec, entry, nodes, local=local)
+        return build_deployment(spec, entry, nodes, local=local, planned=planned)
     eligible, paths, refused = preflight_nodes(entry, nodes, reporter)
     for ip, why in refused.items():
         reporter.phase(f"not placing replicas on {ip}: {why}")
@@ -203,6 +215,7 @@ def plan_deployment(
             local=local,
             node_model_paths=paths,
             allowed_node_ips=[n.ip for n in eligible],
+            planned=planned,
         )
     except PlanError as e:
         if not refused:
