@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,6 +12,7 @@ from raylm.cluster.fingerprint import Fingerprint
 from raylm.cluster.node import GpuInfo, NodeFacts, local_node_facts
 from raylm.cluster.nodes import NodeView, cluster_nodes
 from raylm.cluster.pinned import run_on_nodes
+from raylm.errors import exception_line
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class ClusterInventory(BaseModel):
         return [n for n in self.nodes if n.alive]
 
 
-def _facts_on_node() -> dict[str, Any]:
-    return local_node_facts().model_dump()
+def _facts_on_node() -> NodeFacts:
+    return local_node_facts()
 
 
 def _actors_by_node() -> tuple[dict[str, list[str]], str]:
@@ -108,10 +108,10 @@ def cluster_inventory(address: str | None = None, *, timeout: float = 120) -> Cl
     for n in sorted(nodes, key=lambda x: (not x.is_head, not x.alive, x.ip)):
         r = results.get(n.node_id)
         facts, err = None, ""
-        if isinstance(r, dict):
-            facts = NodeFacts.model_validate(r)
+        if isinstance(r, NodeFacts):
+            facts = r
         elif isinstance(r, BaseException):
-            err = f"{type(r).__name__}: {str(r).splitlines()[0] if str(r) else ''}"
+            err = exception_line(r)
         elif not n.alive:
             err = "node is dead"
         out.append(node_inventory(n, facts, err, actors.get(n.node_id, [])))

@@ -28,6 +28,7 @@ from raylm.cluster.nodes import alive_nodes
 from raylm.errors import exception_line
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import DeploymentConfig
+from raylm.serve.rank import RankNode, RankStarted, RankStatus
 from raylm.serve.supervisor import ReplicaSupervisor
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Controller:
     def ping(self) -> str:
         return "ok"
 
-    def replica_infos(self) -> list[dict[str, Any]]:
+    def replica_infos(self) -> list[ReplicaInfo]:
         return [
             ReplicaInfo(
                 replica_id=r.replica_id,
@@ -111,7 +112,7 @@ class Controller:
                 detail=r.detail,
                 log_path=r.log_path,
                 generation=r.generation,
-            ).model_dump(mode="json")
+            )
             for r in self.replicas
         ]
 
@@ -152,7 +153,7 @@ class Controller:
 
     async def _check(self, r: _Replica) -> None:
         try:
-            statuses = await self._off_loop(
+            statuses: list[RankStatus] = await self._off_loop(
                 _call_all, r.supervisors, "status", _STATUS_TIMEOUT_S, timeout=_STATUS_TIMEOUT_S + 2
             )
         except (TimeoutError, ray.exceptions.GetTimeoutError):
@@ -169,14 +170,11 @@ class Controller:
             await self._fail(r, f"a rank was lost: {type(e).__name__}")
             return
         r.missed_status = 0
-        dead = [s for s in statuses if s["state"] == ReplicaState.DEAD.value]
+        dead = [s for s in statuses if s.state is ReplicaState.DEAD]
         if dead:
-            s = dead[0]
-            await self._fail(r, f"rank on {s['node_ip']}: {s['detail']}")
+            await self._fail(r, f"rank on {dead[0].node_ip}: {dead[0].detail}")
             return
-        head = statuses[0]
-        r.state = ReplicaState(head["state"])
-        r.detail = head["detail"]
+        r.state, r.detail = statuses[0].state, statuses[0].detail
         if r.state is ReplicaState.READY:
             r.failures = 0
 
@@ -308,15 +306,15 @@ class Controller:
                 r.supervisors = []
                 r.not_before = time.monotonic() + 5.0
                 return
-            infos = await asyncio.wait_for(
+            infos: list[RankNode] = await asyncio.wait_for(
                 asyncio.gather(*(s.node_info.remote() for s in r.supervisors)), _PLACE_TIMEOUT_S
             )
-            r.node_ids = [i["node_id"] for i in infos]
-            r.node_ips = [i["node_ip"] for i in infos]
+            r.node_ids = [i.node_id for i in infos]
+            r.node_ips = [i.node_ip for i in infos]
             allowed = c.allowed_node_ips
             if allowed is not None and (bad := [ip for ip in r.node_ips if ip not in allowed]):
                 raise RuntimeError(f"placed on {', '.join(bad)}, which has no verified model copy")
-            r.slots = [(i["host_id"], self._alloc_slot(i["host_id"])) for i in infos]
+            r.slots = [(i.host_id, self._alloc_slot(i.host_id)) for i in infos]
             head = r.supervisors[0]
             port = await head.reserve_port.remote(c.bind_host)
             master_port = await head.reserve_port.remote(None) if c.nodes_per_replica > 1 else None
@@ -330,10 +328,10 @@ class Controller:
                     master_addr=r.node_ips[0],
                     master_port=master_port,
                 )
-                launches.append(sup.launch.remote(spec.model_dump(), r.slots[rank][1]))
-            results = await asyncio.gather(*launches)
+                launches.append(sup.launch.remote(spec, r.slots[rank][1]))
+            results: list[RankStarted] = await asyncio.gather(*launches)
             r.url = f"http://{c.bind_host or r.node_ips[0]}:{port}"
-            r.log_path = results[0]["log_path"]
+            r.log_path = results[0].log_path
             r.state, r.detail = ReplicaState.STARTING, "vLLM is loading"
         except asyncio.CancelledError:
             raise

@@ -94,7 +94,7 @@ async def wait_until_ready(
     """Wait for every replica to be ready; raise ReplicaError when one keeps failing."""
     ever_ready: set[str] = set()
     while not stop.is_set():
-        infos = [ReplicaInfo(**r) for r in await controller.replica_infos.remote()]
+        infos: list[ReplicaInfo] = await controller.replica_infos.remote()
         reporter.replicas(infos)
         ever_ready |= {i.replica_id for i in infos if i.state is ReplicaState.READY}
         for info in infos:
@@ -208,8 +208,7 @@ async def _watch(controller: Any, reporter: Reporter, stop: asyncio.Event) -> No
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.0)
         with contextlib.suppress(Exception):
-            rows = await asyncio.wait_for(controller.replica_infos.remote(), 5.0)
-            reporter.replicas([ReplicaInfo(**r) for r in rows])
+            reporter.replicas(await asyncio.wait_for(controller.replica_infos.remote(), 5.0))
 
 
 async def _stop_controller(controller: Any) -> None:

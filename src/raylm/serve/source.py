@@ -16,5 +16,7 @@ class ControllerReplicaSource:
 
     async def snapshot(self) -> list[ReplicaInfo]:
         # Bounded: a stuck call must not freeze the gateway's view of the replicas.
-        rows = await asyncio.wait_for(self._controller.replica_infos.remote(), 5.0)
-        return [ReplicaInfo(**row) for row in rows]
+        rows: list[ReplicaInfo] = await asyncio.wait_for(
+            self._controller.replica_infos.remote(), 5.0
+        )
+        return rows

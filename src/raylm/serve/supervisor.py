@@ -14,7 +14,6 @@ import random
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import psutil
@@ -26,6 +25,7 @@ from raylm.serve import engine, replica_auth
 from raylm.serve.health import Judgement, Probing, ProgressWatch
 from raylm.serve.probe import engine_load, generate_one_token, http_ok
 from raylm.serve.process import EngineProcess
+from raylm.serve.rank import RankNode, RankStarted, RankStatus
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +90,11 @@ class ReplicaSupervisor:
         self.exit_code: int | None = None
         self._watch: asyncio.Task[None] | None = None
 
-    def node_info(self) -> dict[str, Any]:
+    def node_info(self) -> RankNode:
         """Where this rank lives, so the controller can wire ranks together."""
-        return {
-            "node_ip": self.node_ip,
-            "node_id": self.node_id,
-            "host_id": host_id(),
-            "pid": os.getpid(),
-        }
+        return RankNode(
+            node_ip=self.node_ip, node_id=self.node_id, host_id=host_id(), pid=os.getpid()
+        )
 
     def reserve_port(self, host: str | None = None) -> int:
         return free_port(host or self.node_ip)
@@ -113,12 +110,11 @@ class ReplicaSupervisor:
         start = (self.cpu_slot * self.cpus) % len(cores)
         return [cores[(start + i) % len(cores)] for i in range(min(self.cpus, len(cores)))]
 
-    async def launch(self, launch: dict[str, Any], cpu_slot: int = 0) -> dict[str, Any]:
-        """Start vLLM with `launch` (a RankLaunch as dict) and begin watching it.
+    async def launch(self, spec: engine.RankLaunch, cpu_slot: int = 0) -> RankStarted:
+        """Start vLLM as `spec` says and begin watching it.
 
         `cpu_slot` numbers this rank among raylm's ranks on the node, to pick its cores.
         """
-        spec = engine.RankLaunch(**launch)
         self.cpu_slot = cpu_slot
         self.launch_spec = spec
         iface = os.environ.get("GLOO_SOCKET_IFNAME") or iface_of(self.node_ip)
@@ -134,18 +130,18 @@ class ReplicaSupervisor:
         self.state = ReplicaState.STARTING
         self.detail = "vLLM is loading"
         self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
-        return {"pid": self.proc.pid, "log_path": str(log_path)}
+        return RankStarted(pid=self.proc.pid, log_path=str(log_path))
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "detail": self.detail,
-            "node_ip": self.node_ip,
-            "pid": self.proc.pid if self.proc else None,
-            "exit_code": self.exit_code,
-            "log_path": str(self.proc.log_path) if self.proc else "",
-            "log_tail": self.proc.tail() if self.proc and self.state is ReplicaState.DEAD else "",
-        }
+    def status(self) -> RankStatus:
+        return RankStatus(
+            state=self.state,
+            detail=self.detail,
+            node_ip=self.node_ip,
+            pid=self.proc.pid if self.proc else None,
+            exit_code=self.exit_code,
+            log_path=str(self.proc.log_path) if self.proc else "",
+            log_tail=self.proc.tail() if self.proc and self.state is ReplicaState.DEAD else "",
+        )
 
     def _dead(self, why: str) -> None:
         self.state = ReplicaState.DEAD
