@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from raylm.cluster.inventory import ClusterInventory, NodeInventory
+from raylm.cluster.node import GpuInfo
 from raylm.errors import ConfigError, PlanError
 from raylm.models.facts import ModelFacts
 from raylm.planner import cluster_from_inventory, find_gpu, gpu_table, parse_cluster_spec, plan
@@ -103,20 +104,47 @@ def test_json_and_toml_files(tmp_path: Path) -> None:
     assert parse_cluster_spec(full).nodes == parse_cluster_spec("2x4xL20").nodes
 
 
-INVENTORY = {
-    "nodes": [
-        {
-            "ip": "10.0.0.1",
-            "cpus": 64,
-            "memory_bytes": 512 * GIB,
-            "gpus": [
-                {"name": "NVIDIA L20", "memory_total_bytes": 46068 * 1024**2, "index": i}
-                for i in range(4)
-            ],
-        },
-        {"ip": "10.0.0.2", "cpus": 2, "memory_bytes": 8 * GIB, "gpus": []},
-    ]
-}
+def _gpu(i: int, used: int = 0) -> GpuInfo:
+    return GpuInfo(
+        index=i,
+        name="NVIDIA L20",
+        uuid=f"GPU-{i}",
+        memory_total_bytes=46068 * 1024**2,
+        memory_used_bytes=used,
+        utilization_pct=0,
+        compute_capability="",  # as an old driver reports it: the GPU table fills it in
+        pci_bus_id=f"0000:0{i}:00.0",
+    )
+
+
+def _node(ip: str, gpus: list[GpuInfo], memory: int, alive: bool = True) -> NodeInventory:
+    return NodeInventory(
+        node_id=ip,
+        ip=ip,
+        role="worker",
+        alive=alive,
+        cpus=64.0 if gpus else 2.0,
+        ray_gpus=float(len(gpus)),
+        memory_bytes=memory,
+        disk_free_bytes=100 * GIB,
+        model_store="/root/.raylm/models",
+        shm_bytes=GIB,
+        gpus=gpus,
+        versions=None,
+        raylm_actors=[],
+        error="",
+    )
+
+
+def _inventory(*nodes: NodeInventory) -> ClusterInventory:
+    return ClusterInventory(
+        address="10.0.0.1:6379", taken_at=0.0, nodes=list(nodes), actors_error=""
+    )
+
+
+GPU_NODE = _node("10.0.0.1", [_gpu(i) for i in range(4)], 512 * GIB)
+CPU_NODE = _node("10.0.0.2", [], 8 * GIB)
+INVENTORY = _inventory(GPU_NODE, CPU_NODE)
 
 
 def test_live_inventory_shape(tmp_path: Path) -> None:
@@ -128,22 +156,30 @@ def test_live_inventory_shape(tmp_path: Path) -> None:
     assert (cpu.accelerator, cpu.gpu_count, cpu.gpu_memory_bytes) == ("cpu", 1, 8 * GIB)
     # `raylm status --json > f.json` works as --cluster f.json.
     f = tmp_path / "status.json"
-    f.write_text(json.dumps(INVENTORY))
+    f.write_text(INVENTORY.model_dump_json())
     assert parse_cluster_spec(f).nodes == c.nodes
+    # A node with InfiniBand says so, so TP may span such nodes.
+    ib = _inventory(GPU_NODE.model_copy(update={"infiniband": True}))
+    assert cluster_from_inventory(ib).nodes[0].infiniband
 
 
-def test_bad_inventory() -> None:
+def test_bad_inventory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="lists no nodes"):
-        cluster_from_inventory({"nodes": []})
+        cluster_from_inventory(_inventory())
     with pytest.raises(ConfigError, match="neither GPUs nor memory"):
-        cluster_from_inventory([{"ip": "x", "gpus": []}])
+        cluster_from_inventory(_inventory(_node("10.0.0.3", [], 0)))
+    # A hand-cut status file is named as such, with the fields it lacks.
+    f = tmp_path / "cut.json"
+    f.write_text(json.dumps({"nodes": [{"ip": "10.0.0.1", "gpus": []}]}))
+    with pytest.raises(ConfigError, match="not complete") as e:
+        parse_cluster_spec(f)
+    assert "nodes.0.node_id: Field required" in (e.value.why or "")
 
 
 def test_dead_nodes_and_busy_gpus(model_facts: Callable[[str], ModelFacts]) -> None:
-    node = copy.deepcopy(INVENTORY["nodes"][0])
-    for g in node["gpus"]:
-        g["memory_used_bytes"] = 20 * GIB  # another process holds 20 GiB of each GPU
-    busy = {"nodes": [{**node, "alive": True}, {**node, "ip": "10.0.0.3", "alive": False}]}
+    # Another process holds 20 GiB of each GPU.
+    node = GPU_NODE.model_copy(update={"gpus": [_gpu(i, 20 * GIB) for i in range(4)]})
+    busy = _inventory(node, node.model_copy(update={"ip": "10.0.0.3", "alive": False}))
     c = cluster_from_inventory(busy)
     assert [n.name for n in c.nodes] == ["10.0.0.1"]
     assert c.nodes[0].gpu_memory_free_bytes == 46068 * 1024**2 - 20 * GIB
@@ -159,7 +195,7 @@ def test_dead_nodes_and_busy_gpus(model_facts: Callable[[str], ModelFacts]) -> N
         plan(model_facts("qwen3-0.6b"), c, max_model_len=4096, gpu_memory_utilization=0.9)
     assert "free" in e.value.message() and "other processes hold" in e.value.message()
     with pytest.raises(ConfigError, match="alive"):
-        cluster_from_inventory({"nodes": [{**INVENTORY["nodes"][0], "alive": False}]})
+        cluster_from_inventory(_inventory(GPU_NODE.model_copy(update={"alive": False})))
 
 
 def test_doctor_says_whether_a_model_still_fits(model_facts: Callable[[str], ModelFacts]) -> None:
@@ -171,15 +207,13 @@ def test_doctor_says_whether_a_model_still_fits(model_facts: Callable[[str], Mod
     free = check_model_fit("qwen", facts, INVENTORY)
     assert free.status == "PASS" and free.finding.startswith("qwen fits as "), free
     assert "gpu_memory_utilization 0.9" in free.finding
-    node = copy.deepcopy(INVENTORY["nodes"][0])
-    for g in node["gpus"]:
-        g["memory_used_bytes"] = 20 * GIB
-    busy = check_model_fit("qwen", facts, {"nodes": [node]})
+    node = GPU_NODE.model_copy(update={"gpus": [_gpu(i, 20 * GIB) for i in range(4)]})
+    busy = check_model_fit("qwen", facts, _inventory(node))
     assert busy.status == "WARN" and "other processes hold" in busy.finding, busy
-    for g in node["gpus"]:
-        g["memory_used_bytes"] = g["memory_total_bytes"] - GIB // 2
-    full = check_model_fit("qwen", facts, {"nodes": [node]})
+    nearly_all = 46068 * 1024**2 - GIB // 2
+    node = GPU_NODE.model_copy(update={"gpus": [_gpu(i, nearly_all) for i in range(4)]})
+    full = check_model_fit("qwen", facts, _inventory(node))
     assert full.status == "FAIL" and full.finding.startswith("qwen does not fit: "), full
     assert "GiB" in full.finding and full.fix, full
-    cpu = check_model_fit("qwen", facts, {"nodes": [INVENTORY["nodes"][1]]})
+    cpu = check_model_fit("qwen", facts, _inventory(CPU_NODE))
     assert cpu.status == "PASS" and "no GPU" in cpu.finding

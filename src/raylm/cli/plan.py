@@ -25,7 +25,7 @@ def live_cluster(address: str | None = None) -> ClusterSpec:
     from raylm.cluster.inventory import cluster_inventory
     from raylm.planner import cluster_from_inventory
 
-    return cluster_from_inventory(cluster_inventory(address).model_dump())
+    return cluster_from_inventory(cluster_inventory(address))
 
 
 def _gib(b: float) -> str:

@@ -33,6 +33,9 @@ class NodeInventory(BaseModel):
     model_store: str = Field(description="Path of the node's model store.")
     shm_bytes: int = Field(description="Size of /dev/shm on the node.")
     gpus: list[GpuInfo] = Field(description="GPUs read through NVML on the node.")
+    infiniband: bool = Field(
+        default=False, description="Whether the node has an InfiniBand/RoCE device."
+    )
     versions: Fingerprint | None = Field(description="Versions installed on the node.")
     raylm_actors: list[str] = Field(description="raylm actors placed on the node.")
     error: str = Field(description="Why facts are missing ('' when complete).")
@@ -92,6 +95,7 @@ def node_inventory(
         model_store=facts.model_store if facts else "",
         shm_bytes=facts.shm_bytes if facts else 0,
         gpus=facts.gpus if facts else [],
+        infiniband=facts.infiniband if facts else False,
         versions=facts.fingerprint if facts else None,
         raylm_actors=sorted(actors),
         error=err,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from raylm.cluster.fingerprint import Fingerprint, local_fingerprint
 from raylm.cluster.gpu import nvml_inventory
+from raylm.cluster.netif import has_infiniband
 from raylm.cluster.ray_process import RUN_MARKER
 from raylm.home import models_dir
 
@@ -63,6 +64,10 @@ class NodeFacts(BaseModel):
     gpus: list[GpuInfo] = Field(description="GPUs NVML reports.")
     nvml_error: str = Field(description="Why NVML could not be read ('' when it could).")
     fingerprint: Fingerprint = Field(description="Software versions.")
+    infiniband: bool = Field(
+        default=False,
+        description="Whether the node has an InfiniBand/RoCE device (/sys/class/infiniband).",
+    )
     time_unix: float = Field(description="This node's clock when the facts were taken.")
     pid: int = Field(description="Process that took the facts.")
 
@@ -112,6 +117,7 @@ def local_node_facts() -> NodeFacts:
         gpus=[_gpu(g) for g in inv["gpus"]],
         nvml_error=str(inv["error"]),
         fingerprint=local_fingerprint(),
+        infiniband=has_infiniband(),
         time_unix=time.time(),
         pid=os.getpid(),
     )

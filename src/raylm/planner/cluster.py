@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from raylm.cluster.inventory import ClusterInventory
 from raylm.errors import ConfigError
 from raylm.units import GIB
 
@@ -198,7 +199,21 @@ def _nodes_from_dict(d: dict[str, Any]) -> ClusterSpec:
     if "nodes" in d and any(
         isinstance(n, dict) and "gpus" in n and isinstance(n["gpus"], list) for n in d["nodes"]
     ):
-        return cluster_from_inventory(d)
+        try:
+            inventory = ClusterInventory.model_validate(d)
+        except ValidationError as e:
+            raise ConfigError(
+                "The cluster file looks like `raylm status --json` output but is not complete",
+                why=str(e).splitlines()[0]
+                + ": "
+                + "; ".join(
+                    f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+                    for err in e.errors()[:3]
+                ),
+                fix="save it again from the cluster, or describe the cluster as e.g. 2x4xL20",
+                command="raylm status --json > cluster.json",
+            ) from None
+        return cluster_from_inventory(inventory)
     try:
         return ClusterSpec(**d)
     except (ValidationError, TypeError):
@@ -252,67 +267,53 @@ def parse_cluster_spec(spec: str | Path) -> ClusterSpec:
     return ClusterSpec(nodes=nodes, description=text)
 
 
-def cluster_from_inventory(inventory: dict[str, Any] | list[Any]) -> ClusterSpec:
-    """A ClusterSpec from a live inventory (`raylm status --json`).
-
-    Accepts `{"nodes": [...]}` or a bare list, each node shaped like
-    `{"ip": str, "gpus": [{"name": str, "memory_total_bytes": int, "compute_capability":
-    "8.9"?}, ...], "cpus": int, "memory_bytes": int, "infiniband": bool?}`. A node without
-    GPUs becomes a CPU node: one device whose memory is the node's `memory_bytes`.
-    """
-    raw = inventory.get("nodes") if isinstance(inventory, dict) else inventory
-    if not isinstance(raw, list) or not raw:
+def cluster_from_inventory(inventory: ClusterInventory) -> ClusterSpec:
+    """A ClusterSpec from the live inventory (`raylm status --json`): each alive node with
+    its GPUs as NVML reports them (the GPU table fills in what NVML lacks); a node without
+    GPUs becomes a CPU node, one device whose memory is the node's."""
+    if not inventory.nodes:
         raise ConfigError(
             "The cluster inventory lists no nodes",
-            why="expected {'nodes': [{'ip', 'gpus': [...], 'cpus', 'memory_bytes'}, ...]}",
             fix="start the cluster first or describe it with --cluster 2x4xL20",
             command="raylm status",
         )
     nodes: list[NodeSpec] = []
-    for i, n in enumerate(raw):
-        if not isinstance(n, dict):
-            raise ConfigError(f"Inventory node #{i + 1} is not an object")
-        name = str(n.get("ip") or n.get("node_ip") or n.get("name") or f"node{i}")
-        if n.get("alive") is False:
+    for n in inventory.nodes:
+        if not n.alive:
             continue  # a dead node cannot host a replica
-        gpus = [g for g in (n.get("gpus") or []) if isinstance(g, dict)]
-        ib = bool(n.get("infiniband", False))
-        if not gpus:
-            mem = int(n.get("memory_bytes") or 0)
-            if mem <= 0:
-                raise ConfigError(f"Inventory node {name} reports neither GPUs nor memory_bytes")
+        if not n.gpus:
+            if n.memory_bytes <= 0:
+                raise ConfigError(f"Inventory node {n.ip} reports neither GPUs nor memory_bytes")
             nodes.append(
                 NodeSpec(
-                    name=name,
+                    name=n.ip,
                     accelerator="cpu",
                     gpu_count=1,
                     gpu_name="cpu",
-                    gpu_memory_bytes=mem,
-                    infiniband=ib,
+                    gpu_memory_bytes=n.memory_bytes,
+                    infiniband=n.infiniband,
                 )
             )
             continue
-        first = gpus[0]
-        gname = str(first.get("name") or "unknown GPU")
-        mem = min(int(g.get("memory_total_bytes") or g.get("memory_bytes") or 0) for g in gpus)
-        row = find_gpu(gname)
+        first = n.gpus[0]
+        mem = min(g.memory_total_bytes for g in n.gpus)
+        row = find_gpu(first.name)
         if mem <= 0:
             if row is None:
-                raise ConfigError(f"Inventory node {name}: GPU {gname!r} reports no memory")
+                raise ConfigError(f"Inventory node {n.ip}: GPU {first.name!r} reports no memory")
             mem = int(row.memory_gb * GIB)
-        cc = first.get("compute_capability") or (row.compute_capability if row else None)
-        used = [int(g["memory_used_bytes"]) for g in gpus if g.get("memory_used_bytes") is not None]
+        cc = first.compute_capability or (row.compute_capability if row else None)
         nodes.append(
             NodeSpec(
-                name=name,
-                gpu_count=len(gpus),
-                gpu_name=gname,
+                name=n.ip,
+                gpu_count=len(n.gpus),
+                gpu_name=first.name,
                 gpu_memory_bytes=mem,
-                compute_capability=str(cc) if cc else None,
+                compute_capability=cc,
                 bandwidth_gbps=row.bandwidth_gbps if row else None,
                 nvlink=row.nvlink if row else False,
-                infiniband=ib,
-                gpu_memory_free_bytes=mem - max(used) if used else None,
+                infiniband=n.infiniband,
+                gpu_memory_free_bytes=mem - max(g.memory_used_bytes for g in n.gpus),
             )
         )
     if not nodes:

@@ -181,7 +181,7 @@ def _plan_on_gpus(
 ) -> tuple[ServeSpec, Layout | None]:
 
     reporter.phase("planning the layout from the live GPU inventory")
-    inventory = cluster_inventory().model_dump(mode="json")
+    inventory = cluster_inventory()
     done, chosen, words = apply_plan(
         spec, read_model_facts(Path(entry.path)), cluster_from_inventory(inventory)
     )

@@ -4,18 +4,17 @@ runner hands in the model's facts and the live inventory."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from raylm.cluster.doctor.report import Check, CheckStatus, make_check
+from raylm.cluster.inventory import ClusterInventory
 from raylm.errors import PlanError
 from raylm.models.facts import ModelFacts
 from raylm.planner import cluster_from_inventory, plan
 
 
-def check_model_fit(name: str, facts: ModelFacts, inventory: dict[str, Any]) -> Check:
+def check_model_fit(name: str, facts: ModelFacts, inventory: ClusterInventory) -> Check:
     """PASS with the layout `raylm serve NAME` would run; WARN when it fits only by taking
     less memory (others hold some) or a shorter context; FAIL with the planner's numbers."""
-    if not any(n.get("gpus") for n in inventory.get("nodes", []) if n.get("alive", True)):
+    if not any(n.gpus for n in inventory.nodes if n.alive):
         return make_check(
             "model-fit",
             "cluster",

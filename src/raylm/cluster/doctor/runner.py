@@ -329,5 +329,5 @@ def run_doctor(
 
 def _model_fit(name: str, timeout: float) -> Check:
     entry = ModelStore().resolve(name)
-    inventory = cluster_inventory(timeout=timeout).model_dump(mode="json")
+    inventory = cluster_inventory(timeout=timeout)
     return check_model_fit(name, read_model_facts(Path(entry.path)), inventory)
