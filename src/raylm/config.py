@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from raylm.errors import ConfigError
 from raylm.gateway.limits import GatewayLimits
+from raylm.gateway.policy import PolicyName
 from raylm.serve.health import Probing
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16", "half", "float"]
@@ -109,6 +110,12 @@ class ServeSpec(BaseModel):
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="vLLM engine arguments passed to `vllm serve` untouched (--key value).",
+    )
+    routing: PolicyName = Field(
+        default="least-outstanding",
+        description="How the gateway picks a replica: 'least-outstanding' (fewest requests in "
+        "flight), 'round-robin', or 'prefix-approximate' (where the prompt's prefix was sent "
+        "before, unless that replica is overloaded; raylm.gateway.policy).",
     )
     limits: GatewayLimits = Field(
         default_factory=GatewayLimits,

@@ -25,6 +25,7 @@ from raylm.gateway.body import ClientGone
 from raylm.gateway.info_routes import InfoRoutes
 from raylm.gateway.native_routes import NativeRoutes
 from raylm.gateway.openai_routes import OpenAIRoutes
+from raylm.gateway.policy import make_policy
 from raylm.gateway.responses import HttpError, error_response
 from raylm.gateway.routing import ReplicaTable
 from raylm.gateway.settings import GatewaySettings
@@ -45,7 +46,7 @@ class Gateway:
     def __init__(self, source: ReplicaSource, settings: GatewaySettings) -> None:
         self.settings = settings
         self.source = source
-        self.table = ReplicaTable(eject_s=settings.eject_s)
+        self.table = ReplicaTable(eject_s=settings.eject_s, policy=make_policy(settings.routing))
         self.metrics = gm.GatewayMetrics(self.table)
         self.upstream = Upstream(self.table, self.metrics, settings)
         self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None

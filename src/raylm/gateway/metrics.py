@@ -93,6 +93,13 @@ class GatewayMetrics:
             ["replica"],
             registry=r,
         )
+        self.routing = Counter(
+            "raylm_routing_decisions",
+            "Replica choices of the routing policy, by why the replica was chosen "
+            "(prefix, cost, session, overload, no-match, no-key, or the policy's name).",
+            ["policy", "reason"],
+            registry=r,
+        )
         self.retries = Counter(
             "raylm_retries",
             "Requests retried on another replica after one failed before sending a byte.",

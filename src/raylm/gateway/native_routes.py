@@ -20,6 +20,8 @@ from raylm.gateway.native import (
     SamplingFields,
     validation_message,
 )
+from raylm.gateway.policy import RouteRequest
+from raylm.gateway.prefix import block_hashes
 from raylm.gateway.responses import (
     HttpError,
     error_message,
@@ -59,7 +61,8 @@ class NativeRoutes:
         self, params: SamplingFields, prompt: str, model: str, route: str
     ) -> GenerateResult:
         body = json.dumps(params.completion_body(prompt, model)).encode()
-        up = await self.up.buffered(route, model, "/v1/completions", body)
+        key = RouteRequest(model, block_hashes(prompt))
+        up = await self.up.buffered(route, key, "/v1/completions", body)
         if up.status != 200:
             # vLLM's 4xx (e.g. a prompt longer than the context) keep status and message.
             raise HttpError(

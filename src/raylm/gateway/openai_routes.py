@@ -13,6 +13,8 @@ from starlette.responses import Response
 
 from raylm.gateway.intake import context_len, read_json, resolve_model, unless_client_leaves
 from raylm.gateway.limits import admit
+from raylm.gateway.policy import RouteRequest
+from raylm.gateway.prefix import request_blocks, session_of
 from raylm.gateway.responses import HttpError, error_response, json_response, refused
 from raylm.gateway.upstream import Upstream
 
@@ -44,9 +46,14 @@ class OpenAIRoutes:
         refusal = admit(parsed, settings.limits, context_len(self.up.table, model))
         if refusal is not None:
             raise refused(refusal)
+        key = RouteRequest(
+            model,
+            request_blocks(route, parsed),
+            session_of(parsed, request.headers.get("x-session-id")),
+        )
         if stream:
-            return await self.up.stream(route, model, path, body, t0)
-        up = await unless_client_leaves(self.up.buffered(route, model, path, body), request.receive)
+            return await self.up.stream(route, key, path, body, t0)
+        up = await unless_client_leaves(self.up.buffered(route, key, path, body), request.receive)
         if up.status == 200:
             self._count_usage(model, up.body)
         return Response(up.body, status_code=up.status, media_type=up.content_type)

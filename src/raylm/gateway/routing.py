@@ -1,10 +1,12 @@
-"""The replica table the gateway routes on, and the least-in-flight policy."""
+"""The replica table the gateway routes on: the latest snapshot, in-flight counts, ejected
+replicas, and the routing policy that picks among the ready ones (raylm.gateway.policy)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+from raylm.gateway.policy import Candidate, Decision, LeastOutstanding, RouteRequest, RoutingPolicy
 from raylm.replica import ReplicaInfo, ReplicaState
 
 
@@ -21,18 +23,25 @@ class ReplicaTable:
     """The latest snapshot of replicas plus what only the gateway knows: in-flight
     counts and replicas it took out of rotation after a failed connection."""
 
-    def __init__(self, eject_s: float) -> None:
+    def __init__(self, eject_s: float, policy: RoutingPolicy | None = None) -> None:
         self._eject_s = eject_s
+        self.policy: RoutingPolicy = policy or LeastOutstanding()
         self._replicas: dict[str, ReplicaInfo] = {}
         self._models: list[str] = []
         self._in_flight: dict[str, int] = {}
         # replica_id -> (monotonic deadline, generation it applies to)
         self._ejected: dict[str, tuple[float, int]] = {}
-        self._turn = 0
 
     def update(self, replicas: list[ReplicaInfo]) -> None:
-        """Install a new snapshot; in-flight counts of surviving replicas are kept."""
-        self._replicas = {r.replica_id: r for r in replicas}
+        """Install a new snapshot; in-flight counts of surviving replicas are kept. A replica
+        that is gone or restarted (a new generation) has lost its cache: the policy forgets
+        what it knew of it."""
+        new = {r.replica_id: r for r in replicas}
+        for rid, old in self._replicas.items():
+            now = new.get(rid)
+            if now is None or now.generation != old.generation:
+                self.policy.forget(rid)
+        self._replicas = new
         self._models = sorted({r.model for r in replicas})
         for rid, (_, generation) in list(self._ejected.items()):
             current = self._replicas.get(rid)
@@ -79,9 +88,11 @@ class ReplicaTable:
     def is_routable(self, replica: ReplicaInfo) -> bool:
         return replica.state is ReplicaState.READY and not self.is_ejected(replica)
 
-    def pick(self, model: str, exclude: frozenset[str] = frozenset()) -> ReplicaInfo | None:
-        """The ready replica of `model` with the fewest requests in flight (ties take
-        turns). Replicas the gateway ejected are used only when nothing else is ready."""
+    def pick(
+        self, model: str, exclude: frozenset[str] = frozenset(), request: RouteRequest | None = None
+    ) -> Decision | None:
+        """The policy's choice among the ready replicas of `model`. Replicas the gateway
+        ejected are offered only when nothing else is ready."""
         ready = [
             r
             for r in self._replicas.values()
@@ -90,10 +101,12 @@ class ReplicaTable:
         if not ready:
             return None
         healthy = [r for r in ready if not self.is_ejected(r)] or ready
-        least = min(self._in_flight.get(r.replica_id, 0) for r in healthy)
-        tied = [r for r in healthy if self._in_flight.get(r.replica_id, 0) == least]
-        self._turn += 1
-        return tied[self._turn % len(tied)]
+        req = request or RouteRequest(model)
+        decision = self.policy.choose(
+            req, [Candidate(r, self._in_flight.get(r.replica_id, 0)) for r in healthy]
+        )
+        self.policy.routed(req, decision.replica.replica_id)
+        return decision
 
     def acquire(self, replica_id: str) -> None:
         self._in_flight[replica_id] = self._in_flight.get(replica_id, 0) + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from raylm.gateway.limits import GatewayLimits
+from raylm.gateway.policy import PolicyName
 
 
 class GatewaySettings(BaseModel):
@@ -52,6 +53,11 @@ class GatewaySettings(BaseModel):
         ge=0,
         description="How long a replica that refused a connection is skipped by routing, "
         "unless the source reports a new generation of it sooner.",
+    )
+    routing: PolicyName = Field(
+        default="least-outstanding",
+        description="The routing policy (raylm.gateway.policy): least-outstanding, "
+        "round-robin or prefix-approximate.",
     )
     retry_after_s: int = Field(
         default=2, ge=1, description="Retry-After seconds sent with 503 answers."

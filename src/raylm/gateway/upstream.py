@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from raylm.gateway import metrics as gm
+from raylm.gateway.policy import RouteRequest
 from raylm.gateway.responses import (
     HttpError,
     error_message,
@@ -51,6 +52,7 @@ class Buffered:
 class _Attempt:
     """What one client request has tried so far."""
 
+    request: RouteRequest
     tried: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
     retried: bool = False
@@ -216,9 +218,11 @@ class Upstream:
                 unavailable("The gateway is draining for shutdown.", retry_after, "draining")
             )
         while True:
-            replica = self.table.pick(model, frozenset(attempt.tried))
-            if replica is None:
+            decision = self.table.pick(model, frozenset(attempt.tried), attempt.request)
+            if decision is None:
                 break
+            replica = decision.replica
+            self.metrics.routing.labels(self.table.policy.name, decision.reason).inc()
             if attempt.tried:
                 if attempt.retried or not self.settings.retry_on_failure:
                     break
@@ -259,10 +263,11 @@ class Upstream:
             unavailable("No ready replica of " + self.table.unready(model), retry_after)
         )
 
-    async def buffered(self, route: str, model: str, path: str, body: bytes) -> Buffered:
+    async def buffered(self, route: str, request: RouteRequest, path: str, body: bytes) -> Buffered:
         """A whole non-streaming answer. Nothing reaches the client before it is complete,
         so a replica failing at any point before that may be replaced (once)."""
-        attempt = _Attempt()
+        model = request.model
+        attempt = _Attempt(request)
         while True:
             replica, resp = await self._call(route, model, path, body, False, attempt)
             try:
@@ -286,9 +291,12 @@ class Upstream:
                 resp.release()
                 self._end(replica)
 
-    async def stream(self, route: str, model: str, path: str, body: bytes, t0: float) -> Response:
+    async def stream(
+        self, route: str, request: RouteRequest, path: str, body: bytes, t0: float
+    ) -> Response:
         """A streaming answer relayed as it comes, or the replica's own error answer."""
-        replica, resp = await self._call(route, model, path, body, True, _Attempt())
+        model = request.model
+        replica, resp = await self._call(route, model, path, body, True, _Attempt(request))
         ctype = resp.headers.get("Content-Type", "")
         if resp.status != 200 or not ctype.startswith("text/event-stream"):
             # vLLM rejects a bad streaming request with a plain JSON error.

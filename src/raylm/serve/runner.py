@@ -168,6 +168,7 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                         upstream_api_key=config.replica_api_key,
                         limits=spec.limits,
                         drain_timeout_s=spec.drain_timeout_s,
+                        routing=spec.routing,
                     ),
                 ),
                 spec.host,

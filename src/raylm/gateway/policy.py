@@ -1,0 +1,222 @@
+"""How the gateway chooses a replica: the routing policies, behind one interface.
+
+Every policy sees the same candidates (the ready replicas of the model that routing has not
+set aside, each with the requests the gateway has in flight on it) and returns a `Decision`
+with its reason, which `/metrics` counts. The spec's `routing` names the policy.
+
+- `least-outstanding`: the fewest requests in flight; ties take turns.
+- `round-robin`: each replica in turn.
+- `prefix-approximate`: the lowest predicted cost, from an index of the prompts this gateway
+  routed (see `PrefixApproximate`). It needs nothing from the engines.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from raylm.gateway.prefix import BLOCK_CHARS, CHARS_PER_TOKEN
+from raylm.replica import ReplicaInfo
+
+PolicyName = Literal["least-outstanding", "round-robin", "prefix-approximate"]
+POLICIES: tuple[PolicyName, ...] = ("least-outstanding", "round-robin", "prefix-approximate")
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """What routing may know of a request."""
+
+    model: str
+    blocks: tuple[bytes, ...] = ()
+    """The prompt's chained block hashes (raylm.gateway.prefix); empty: no text prompt."""
+    session: str | None = None
+    """The client's session hint (`x-session-id` or OpenAI's `user`), if any."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A replica that may take the request, with the gateway's requests in flight on it."""
+
+    replica: ReplicaInfo
+    in_flight: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The replica chosen, and why (a `/metrics` label)."""
+
+    replica: ReplicaInfo
+    reason: str
+    cached_blocks: int = 0
+    """Blocks of the prompt the policy expects the replica to have cached."""
+
+
+class RoutingPolicy(Protocol):
+    """The interface every policy implements."""
+
+    name: str
+
+    def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
+        """Pick one of `candidates` (never empty)."""
+        ...
+
+    def routed(self, request: RouteRequest, replica_id: str) -> None:
+        """`request` was sent to `replica_id` (policies that learn from routing record it)."""
+        ...
+
+    def forget(self, replica_id: str) -> None:
+        """The replica went away or restarted: whatever it had cached is gone."""
+        ...
+
+
+@dataclass
+class _Turns:
+    """Ties take turns, so equal replicas share the work."""
+
+    turn: int = 0
+
+    def pick(self, tied: list[Candidate]) -> Candidate:
+        self.turn += 1
+        return tied[self.turn % len(tied)]
+
+
+@dataclass
+class LeastOutstanding:
+    """The fewest requests in flight; ties take turns."""
+
+    name: str = "least-outstanding"
+    _turns: _Turns = field(default_factory=_Turns)
+
+    def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
+        least = min(c.in_flight for c in candidates)
+        tied = [c for c in candidates if c.in_flight == least]
+        return Decision(self._turns.pick(tied).replica, self.name)
+
+    def routed(self, request: RouteRequest, replica_id: str) -> None:
+        return None
+
+    def forget(self, replica_id: str) -> None:
+        return None
+
+
+@dataclass
+class RoundRobin:
+    """Each replica in turn, whatever its load."""
+
+    name: str = "round-robin"
+    _turns: _Turns = field(default_factory=_Turns)
+
+    def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
+        ordered = sorted(candidates, key=lambda c: c.replica.replica_id)
+        return Decision(self._turns.pick(ordered).replica, self.name)
+
+    def routed(self, request: RouteRequest, replica_id: str) -> None:
+        return None
+
+    def forget(self, replica_id: str) -> None:
+        return None
+
+
+# The weights of the cost rule (prefill tokens). A request in flight counts as LOAD_TOKENS
+# of work: a replica holding a 1k-token prefix (~16 blocks) stays preferred until it has
+# about four requests more than the others, and never past the overload bound.
+LOAD_TOKENS = 256.0
+# Affinity never sends work to a replica with more than OVERLOAD_FACTOR x the least loaded
+# one's requests plus OVERLOAD_SLACK: one hot prefix cannot pile onto one replica.
+OVERLOAD_FACTOR = 1.5
+OVERLOAD_SLACK = 4
+# Blocks remembered per replica (least recently used go first): ~16M characters of prompts.
+INDEX_BLOCKS = 65536
+SESSIONS = 65536
+
+
+class PrefixApproximate:
+    """The lowest predicted cost: the prompt's blocks the replica has not seen, in prefill
+    tokens, plus LOAD_TOKENS per request already in flight on it. What a replica "has seen"
+    is what this gateway sent it (an estimate: the engine may have evicted it).
+
+    A replica past the overload bound is not chosen for affinity: the least loaded one is
+    (reason `overload`). A session hint picks its last replica while that one is within the
+    bound (reason `session`). With no prompt text, or nothing cached anywhere, the least
+    loaded replica is chosen (`no-key`, `no-match`).
+    """
+
+    name = "prefix-approximate"
+
+    def __init__(self, index_blocks: int = INDEX_BLOCKS, sessions: int = SESSIONS) -> None:
+        self._index_blocks = index_blocks
+        self._seen: dict[str, OrderedDict[bytes, None]] = {}
+        self._sessions: OrderedDict[str, str] = OrderedDict()
+        self._max_sessions = sessions
+        self._least = LeastOutstanding()
+
+    def matched(self, replica_id: str, blocks: tuple[bytes, ...]) -> int:
+        """How many leading blocks of the prompt the replica has seen (chained hashes: the
+        deepest one it has seen implies every block before it)."""
+        seen = self._seen.get(replica_id)
+        if not seen:
+            return 0
+        for i in range(len(blocks) - 1, -1, -1):
+            if blocks[i] in seen:
+                return i + 1
+        return 0
+
+    def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
+        bound = OVERLOAD_FACTOR * min(c.in_flight for c in candidates) + OVERLOAD_SLACK
+        within = [c for c in candidates if c.in_flight <= bound]
+        if request.session is not None:
+            rid = self._sessions.get(request.session)
+            for c in within:
+                if c.replica.replica_id == rid:
+                    return Decision(c.replica, "session", self.matched(rid, request.blocks))
+        if not request.blocks:
+            return Decision(self._least.choose(request, candidates).replica, "no-key")
+        matches = {
+            c.replica.replica_id: self.matched(c.replica.replica_id, request.blocks)
+            for c in candidates
+        }
+        if not any(matches.values()):
+            return Decision(self._least.choose(request, candidates).replica, "no-match")
+        per_block = BLOCK_CHARS / CHARS_PER_TOKEN
+
+        def cost(c: Candidate) -> float:
+            uncached = (len(request.blocks) - matches[c.replica.replica_id]) * per_block
+            return uncached + LOAD_TOKENS * c.in_flight
+
+        best = min(candidates, key=cost)
+        if best not in within:
+            least = self._least.choose(request, within)
+            return Decision(least.replica, "overload", matches[least.replica.replica_id])
+        tied = [c for c in within if cost(c) == cost(best)]
+        chosen = self._least._turns.pick(tied) if len(tied) > 1 else best
+        rid = chosen.replica.replica_id
+        return Decision(chosen.replica, "prefix" if matches[rid] else "cost", matches[rid])
+
+    def routed(self, request: RouteRequest, replica_id: str) -> None:
+        if request.blocks:
+            seen = self._seen.setdefault(replica_id, OrderedDict())
+            for b in request.blocks:
+                seen[b] = None
+                seen.move_to_end(b)
+            while len(seen) > self._index_blocks:
+                seen.popitem(last=False)
+        if request.session is not None:
+            self._sessions[request.session] = replica_id
+            self._sessions.move_to_end(request.session)
+            while len(self._sessions) > self._max_sessions:
+                self._sessions.popitem(last=False)
+
+    def forget(self, replica_id: str) -> None:
+        self._seen.pop(replica_id, None)
+        for s in [s for s, r in self._sessions.items() if r == replica_id]:
+            del self._sessions[s]
+
+
+def make_policy(name: PolicyName) -> RoutingPolicy:
+    """The policy the spec names."""
+    if name == "round-robin":
+        return RoundRobin()
+    if name == "prefix-approximate":
+        return PrefixApproximate()
+    return LeastOutstanding()
