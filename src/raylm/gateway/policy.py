@@ -28,7 +28,7 @@ class RouteRequest:
     """What routing may know of a request."""
 
     model: str
-    blocks: tuple[bytes, ...] = ()
+    blocks: tuple[int, ...] = ()
     """The prompt's chained block hashes (raylm.gateway.prefix); empty: no text prompt."""
     session: str | None = None
     """The client's session hint (`x-session-id` or OpenAI's `user`), if any."""
@@ -146,21 +146,31 @@ class PrefixApproximate:
 
     def __init__(self, index_blocks: int = INDEX_BLOCKS, sessions: int = SESSIONS) -> None:
         self._index_blocks = index_blocks
-        self._seen: dict[str, OrderedDict[bytes, None]] = {}
+        # block hash -> replicas it was sent to; per replica, its blocks, least recent first
+        self._where: dict[int, set[str]] = {}
+        self._order: dict[str, OrderedDict[int, None]] = {}
         self._sessions: OrderedDict[str, str] = OrderedDict()
         self._max_sessions = sessions
         self._least = LeastOutstanding()
 
-    def matched(self, replica_id: str, blocks: tuple[bytes, ...]) -> int:
-        """How many leading blocks of the prompt the replica has seen (chained hashes: the
-        deepest one it has seen implies every block before it)."""
-        seen = self._seen.get(replica_id)
-        if not seen:
-            return 0
+    def matches(self, blocks: tuple[int, ...], replica_ids: set[str]) -> dict[str, int]:
+        """How many leading blocks of the prompt each replica has seen. Hashes are chained,
+        so the deepest block a replica has seen implies all before it: one pass from the
+        end, stopping once every replica is placed."""
+        out = dict.fromkeys(replica_ids, 0)
+        left = set(replica_ids)
         for i in range(len(blocks) - 1, -1, -1):
-            if blocks[i] in seen:
-                return i + 1
-        return 0
+            have = self._where.get(blocks[i])
+            if have and (hit := have & left):
+                for rid in hit:
+                    out[rid] = i + 1
+                left -= hit
+                if not left:
+                    break
+        return out
+
+    def matched(self, replica_id: str, blocks: tuple[int, ...]) -> int:
+        return self.matches(blocks, {replica_id})[replica_id]
 
     def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
         bound = OVERLOAD_FACTOR * min(c.in_flight for c in candidates) + OVERLOAD_SLACK
@@ -172,10 +182,7 @@ class PrefixApproximate:
                     return Decision(c.replica, "session", self.matched(rid, request.blocks))
         if not request.blocks:
             return Decision(self._least.choose(request, candidates).replica, "no-key")
-        matches = {
-            c.replica.replica_id: self.matched(c.replica.replica_id, request.blocks)
-            for c in candidates
-        }
+        matches = self.matches(request.blocks, {c.replica.replica_id for c in candidates})
         if not any(matches.values()):
             return Decision(self._least.choose(request, candidates).replica, "no-match")
         per_block = BLOCK_CHARS / CHARS_PER_TOKEN
@@ -185,7 +192,7 @@ class PrefixApproximate:
             return uncached + LOAD_TOKENS * c.in_flight
 
         best = min(candidates, key=cost)
-        if best not in within:
+        if best.in_flight > bound:
             least = self._least.choose(request, within)
             return Decision(least.replica, "overload", matches[least.replica.replica_id])
         tied = [c for c in within if cost(c) == cost(best)]
@@ -195,12 +202,15 @@ class PrefixApproximate:
 
     def routed(self, request: RouteRequest, replica_id: str) -> None:
         if request.blocks:
-            seen = self._seen.setdefault(replica_id, OrderedDict())
+            order = self._order.setdefault(replica_id, OrderedDict())
             for b in request.blocks:
-                seen[b] = None
-                seen.move_to_end(b)
-            while len(seen) > self._index_blocks:
-                seen.popitem(last=False)
+                if b in order:
+                    order.move_to_end(b)
+                else:
+                    order[b] = None
+                    self._where.setdefault(b, set()).add(replica_id)
+            while len(order) > self._index_blocks:
+                self._drop(replica_id, order.popitem(last=False)[0])
         if request.session is not None:
             self._sessions[request.session] = replica_id
             self._sessions.move_to_end(request.session)
@@ -208,9 +218,17 @@ class PrefixApproximate:
                 self._sessions.popitem(last=False)
 
     def forget(self, replica_id: str) -> None:
-        self._seen.pop(replica_id, None)
+        for b in self._order.pop(replica_id, {}):
+            self._drop(replica_id, b)
         for s in [s for s, r in self._sessions.items() if r == replica_id]:
             del self._sessions[s]
+
+    def _drop(self, replica_id: str, block: int) -> None:
+        have = self._where.get(block)
+        if have is not None:
+            have.discard(replica_id)
+            if not have:
+                del self._where[block]
 
 
 def make_policy(name: PolicyName) -> RoutingPolicy:
