@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from gateway_harness import MODEL, RunningGateway
+from gateway_harness import MODEL, RunningGateway, wait_for
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -110,3 +110,21 @@ def test_vllm_validation_error_passes_through(oai: openai.OpenAI) -> None:
 def test_stream_bad_request_is_a_plain_4xx(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         oai.completions.create(model=MODEL, prompt="hi", max_tokens=5000, stream=True)
+
+
+def test_each_replicas_engine_is_on_the_gateways_metrics(
+    oai: openai.OpenAI, gw: RunningGateway
+) -> None:
+    # The same long prompt twice: the engine's prefix cache answers the second from cache,
+    # and the gateway's /metrics shows that engine's counters under the replica's name.
+    prompt = "The history of the Roman roads, told slowly and in order. " * 40
+    for _ in range(2):
+        oai.completions.create(model=MODEL, prompt=prompt, max_tokens=1, temperature=0)
+    labels = {"replica": "r0", "model": MODEL}
+    wait_for(lambda: gw.metric("raylm_engine_prefix_cache_hits_total", **labels) > 0, 10)
+    queries = gw.metric("raylm_engine_prefix_cache_queries_total", **labels)
+    assert queries >= gw.metric("raylm_engine_prefix_cache_hits_total", **labels) > 0
+    usage = gw.gateway.metrics.registry.get_sample_value("raylm_engine_kv_cache_usage", labels)
+    assert usage is not None and 0 <= usage <= 1
+    text = gw.client().get("/metrics").text
+    assert 'raylm_engine_requests_waiting{model="smollm2-135m-instruct",replica="r0"}' in text

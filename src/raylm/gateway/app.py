@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from raylm.gateway import metrics as gm
 from raylm.gateway.body import ClientGone
+from raylm.gateway.engines import EngineView
 from raylm.gateway.info_routes import InfoRoutes
 from raylm.gateway.native_routes import NativeRoutes
 from raylm.gateway.openai_routes import OpenAIRoutes
@@ -31,6 +32,7 @@ from raylm.gateway.routing import ReplicaTable
 from raylm.gateway.settings import GatewaySettings
 from raylm.gateway.source import ReplicaSource
 from raylm.gateway.upstream import RelayResponse, Upstream
+from raylm.replica import ReplicaState
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,11 @@ class Gateway:
         self.table = ReplicaTable(eject_s=settings.eject_s, policy=make_policy(settings.routing))
         self.metrics = gm.GatewayMetrics(self.table)
         self.upstream = Upstream(self.table, self.metrics, settings)
+        self.engines = EngineView(settings.engine_scrape_interval_s, self.upstream.auth_headers)
+        self.metrics.registry.register(gm.EngineCollector(self.table, self.engines))
         self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         self._refresher: asyncio.Task[None] | None = None
+        self._scraper: asyncio.Task[None] | None = None
         self._last_refresh_error = ""
         started_at = time.time()
         openai = OpenAIRoutes(self.upstream, started_at)
@@ -87,6 +92,8 @@ class Gateway:
             self._refresher = asyncio.create_task(
                 self._refresh_loop(), name="raylm-gateway-refresh"
             )
+        if self._scraper is None and self.settings.engine_scrape_interval_s > 0:
+            self._scraper = asyncio.create_task(self._scrape_loop(), name="raylm-engine-scrape")
 
     async def stop(self) -> None:
         """Drain (bounded by `drain_timeout_s`) unless drain() already ran, then stop
@@ -94,11 +101,12 @@ class Gateway:
         if not self.upstream.draining:
             await self.drain(self.settings.drain_timeout_s)
         await self.upstream.end_streams()
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
+        for task in (self._refresher, self._scraper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._refresher = self._scraper = None
         await self.upstream.close_pool()
 
     async def drain(self, timeout_s: float) -> bool:
@@ -146,6 +154,14 @@ class Gateway:
         while True:
             await asyncio.sleep(self.settings.refresh_interval_s)
             await self.refresh()
+
+    async def _scrape_loop(self) -> None:
+        while True:
+            session = self.upstream.session
+            if session is not None:
+                ready = [r for r in self.table.replicas if r.state is ReplicaState.READY]
+                await self.engines.scrape(session, ready)
+            await asyncio.sleep(self.settings.engine_scrape_interval_s)
 
     # ------------------------------------------------------------------- ASGI
 

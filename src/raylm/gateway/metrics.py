@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from raylm.gateway.engines import EngineView
 from raylm.gateway.routing import ReplicaTable
 from raylm.replica import ReplicaState
 
@@ -50,6 +51,47 @@ class _ReplicaCollector(Collector):
         for m in self._table.status():
             ready.add_metric([m.model], m.ready)
         yield from (state, in_flight, restarts, ready)
+
+
+class EngineCollector(Collector):
+    """Each ready replica's engine stats (raylm.gateway.engines), as last scraped."""
+
+    def __init__(self, table: ReplicaTable, engines: EngineView) -> None:
+        self._table = table
+        self._engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["replica", "model"]
+        kv = GaugeMetricFamily(
+            "raylm_engine_kv_cache_usage", "Share of the KV cache in use (0..1).", labels=labels
+        )
+        running = GaugeMetricFamily(
+            "raylm_engine_requests_running", "Requests the engine is computing.", labels=labels
+        )
+        waiting = GaugeMetricFamily(
+            "raylm_engine_requests_waiting", "Requests queued in the engine.", labels=labels
+        )
+        hits = CounterMetricFamily(
+            "raylm_engine_prefix_cache_hits",
+            "Prompt tokens the engine served from its prefix cache.",
+            labels=labels,
+        )
+        queries = CounterMetricFamily(
+            "raylm_engine_prefix_cache_queries",
+            "Prompt tokens the engine looked up in its prefix cache.",
+            labels=labels,
+        )
+        for r in self._table.replicas:
+            st = self._engines.get(r.replica_id)
+            if st is None:
+                continue
+            key = [r.replica_id, r.model]
+            kv.add_metric(key, st.kv_cache_usage)
+            running.add_metric(key, st.running)
+            waiting.add_metric(key, st.waiting)
+            hits.add_metric(key, st.prefix_cache_hits)
+            queries.add_metric(key, st.prefix_cache_queries)
+        yield from (kv, running, waiting, hits, queries)
 
 
 class GatewayMetrics:

@@ -54,6 +54,12 @@ class GatewaySettings(BaseModel):
         description="How long a replica that refused a connection is skipped by routing, "
         "unless the source reports a new generation of it sooner.",
     )
+    engine_scrape_interval_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How often each ready replica's engine metrics (KV-cache usage, running "
+        "and waiting requests, prefix-cache hits) are read for /metrics and routing; 0: never.",
+    )
     routing: PolicyName = Field(
         default="least-outstanding",
         description="The routing policy (raylm.gateway.policy): least-outstanding, "

@@ -121,6 +121,16 @@ class Upstream:
         self.stopping = False
         """Streams that break now end with the gateway's own 'stopped' event."""
 
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        """The connection pool to the replicas (None before `open_pool`)."""
+        return self._session
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What the gateway presents to its replicas (their private key, if any)."""
+        return {k: v for k, v in self._headers.items() if k == "Authorization"}
+
     # ----------------------------------------------------------------- life cycle
 
     def open_pool(self) -> None:

@@ -26,6 +26,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from raylm.prom import sum_samples
+
 # Counters that move while an engine makes progress (summed over their label sets).
 _PROGRESS = (
     "vllm:prompt_tokens_total",
@@ -52,19 +54,7 @@ class EngineLoad(BaseModel):
 
 def parse_engine_load(text: str) -> EngineLoad | None:
     """The load from vLLM's Prometheus text, or None when it lacks the gauges."""
-    sums: dict[str, float] = {}
-    wanted = {*_PROGRESS, _RUNNING, _WAITING}
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        name, _, rest = line.partition("{") if "{" in line else line.partition(" ")
-        if name not in wanted:
-            continue
-        value = rest.rsplit(" ", 1)[-1] if "{" in line else rest
-        try:
-            sums[name] = sums.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
+    sums = sum_samples(text, (*_PROGRESS, _RUNNING, _WAITING))
     if _RUNNING not in sums or _WAITING not in sums:
         return None
     return EngineLoad(
