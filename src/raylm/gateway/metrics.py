@@ -142,6 +142,13 @@ class GatewayMetrics:
             ["policy", "reason"],
             registry=r,
         )
+        self.predicted_cached = Counter(
+            "raylm_routing_predicted_cached_tokens",
+            "Prompt tokens the routing policy expected the chosen replica to have cached "
+            "(compare with raylm_engine_prefix_cache_hits_total, what the engine found).",
+            ["replica"],
+            registry=r,
+        )
         self.retries = Counter(
             "raylm_retries",
             "Requests retried on another replica after one failed before sending a byte.",

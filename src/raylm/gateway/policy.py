@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from raylm.gateway.prefix import BLOCK_CHARS, CHARS_PER_TOKEN
+from raylm.gateway.prefix import BLOCK_TOKENS
 from raylm.replica import ReplicaInfo
 
 PolicyName = Literal["least-outstanding", "round-robin", "prefix-approximate"]
@@ -185,7 +185,7 @@ class PrefixApproximate:
         matches = self.matches(request.blocks, {c.replica.replica_id for c in candidates})
         if not any(matches.values()):
             return Decision(self._least.choose(request, candidates).replica, "no-match")
-        per_block = BLOCK_CHARS / CHARS_PER_TOKEN
+        per_block = BLOCK_TOKENS
 
         def cost(c: Candidate) -> float:
             uncached = (len(request.blocks) - matches[c.replica.replica_id]) * per_block

@@ -20,6 +20,7 @@ from typing import Any
 BLOCK_CHARS = 256
 # Characters per token, to turn uncached characters into prefill tokens (English text).
 CHARS_PER_TOKEN = 4.0
+BLOCK_TOKENS = BLOCK_CHARS / CHARS_PER_TOKEN
 
 
 def prompt_text(route: str, body: dict[str, Any]) -> str | None:
