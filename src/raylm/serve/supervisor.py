@@ -47,18 +47,6 @@ def host_id() -> str:
         return socket.gethostname()
 
 
-def parse_cores(spec: str) -> list[int]:
-    """Parse a CPU list like "0,2-3" into [0, 2, 3] (empty or malformed: [])."""
-    cores: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            lo, _, hi = part.partition("-")
-            cores += range(int(lo), int(hi or lo) + 1)
-    except ValueError:
-        return []
-    return cores
-
-
 class ReplicaSupervisor:
     """Runs one rank of one replica. Created by the controller with Ray resources attached."""
 
@@ -104,7 +92,7 @@ class ReplicaSupervisor:
             return None
         # Ray reserves a count, not core ids: take this slot's share of the node's cores,
         # RAYLM_CPU_CORES (e.g. "2-3", set where nodes share a host) or our affinity set.
-        cores = parse_cores(os.environ.get("RAYLM_CPU_CORES", "")) or sorted(
+        cores = engine.parse_cores(os.environ.get("RAYLM_CPU_CORES", "")) or sorted(
             os.sched_getaffinity(0)
         )
         start = (self.cpu_slot * self.cpus) % len(cores)
