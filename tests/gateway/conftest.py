@@ -17,7 +17,7 @@ import pytest
 from gateway_harness import MAX_MODEL_LEN, MODEL, RunningGateway, free_port, replica
 
 from raylm.gateway.limits import GatewayLimits
-from raylm.serve.engine import CPU_KV_CACHE_BYTES
+from raylm.serve.engine import CPU_KV_CACHE_BYTES, UNIPROC_ENV
 from raylm.testing.pytest_netns import release_after_last_use
 
 
@@ -38,8 +38,13 @@ def replica_url(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    # Core 1: the lead's replicas use core 0 on this 2-core machine.
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("RAYLM_TEST_CPU_BIND", "1")}
+    # Core 1 (the other tests' replicas start on core 0), in one process as raylm runs a
+    # one-rank CPU replica (raylm.serve.engine.rank_env).
+    env = {
+        **os.environ,
+        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("RAYLM_TEST_CPU_BIND", "1"),
+        UNIPROC_ENV: "0",
+    }
     cmd = [
         sys.executable, "-m", "raylm.serve.launcher", "serve", str(demo_model_path),
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
