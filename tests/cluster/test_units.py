@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,3 +222,78 @@ def test_ray_start_other_failures_are_not_retried(tmp_path: Path) -> None:
     with pytest.raises(ClusterError, match="`ray start` failed") as ei:
         start_ray(_fake_ray_start(tmp_path, "port 6379 is already in use"), {})
     assert "port 6379 is already in use" in (ei.value.why or "")
+
+
+def _probe(reach: list[tuple[str, str, int, str]], dashboard: str = "", auth: str = "token") -> Any:
+    from raylm.cluster.doctor.probes import NodeProbe, PortReach
+
+    return NodeProbe(
+        facts=local_node_facts(),
+        env={"RAY_AUTH_MODE": auth},
+        interfaces=[],
+        reach=[PortReach(ip=ip, name=n, port=p, error=e) for ip, n, p, e in reach],
+        dashboard=dashboard,
+        listening=[],
+    )
+
+
+def test_reachability_names_the_blocked_port_and_the_rule_that_opens_it() -> None:
+    from raylm.cluster.doctor.network import check_reach
+
+    ports = RayPorts()
+    ips = {"a": "10.0.0.1", "b": "10.0.0.2"}
+    res = {
+        "a": _probe(
+            [("10.0.0.2", "gcs", 6379, ""), ("10.0.0.2", "node_manager", 8077, "timed out")]
+        ),
+        "b": _probe([("10.0.0.1", "gcs", 6379, "")]),
+    }
+    checks, matrix = check_reach(res, ips, ports)
+    by_node = {c.node: c for c in checks}
+    assert by_node["10.0.0.1"].status == "PASS"
+    assert by_node["10.0.0.2"].status == "FAIL"
+    assert "10.0.0.1 -> 10.0.0.2:8077 (node_manager): timed out" in by_node["10.0.0.2"].finding
+    assert by_node["10.0.0.2"].fix.startswith("open TCP 8077 on 10.0.0.2")
+    assert matrix == {"10.0.0.1": {"10.0.0.2": [8077]}, "10.0.0.2": {"10.0.0.1": []}}
+
+
+def test_auth_an_open_dashboard_fails_and_auth_off_is_worse_when_the_gcs_is_reachable() -> None:
+    from raylm.cluster.doctor.network import check_auth
+
+    ports = RayPorts()
+    ips = {"a": "10.0.0.1", "b": "10.0.0.2"}
+    closed = {"a": _probe([], "401"), "b": _probe([("10.0.0.1", "gcs", 6379, "")], "401")}
+    assert [c.status for c in check_auth("10.0.0.1", closed, ips, ports)] == ["PASS"]
+    opened = {"a": _probe([], "200", auth=""), "b": _probe([("10.0.0.1", "gcs", 6379, "")], "401")}
+    checks = check_auth("10.0.0.1", opened, ips, ports)
+    assert [(c.node, c.status) for c in checks] == [("10.0.0.1", "FAIL"), ("10.0.0.1", "FAIL")]
+    assert "answers without a token (from 10.0.0.1)" in checks[0].finding
+    assert "the GCS is reachable from the network" in checks[1].finding
+    # Auth off, but nobody reached the GCS: a warning, not a failure.
+    alone = {"a": _probe([], "401", auth=""), "b": _probe([], "401")}
+    assert [c.status for c in check_auth("10.0.0.1", alone, ips, ports)] == ["PASS", "WARN"]
+
+
+def test_exposure_an_open_vllm_api_fails_and_rays_metrics_only_warn() -> None:
+    from raylm.cluster.doctor.network import check_exposure
+    from raylm.cluster.exposure import Exposure, ListeningPort, PortKind, Verdict
+
+    def seen(port: int, kind: PortKind, verdict: Verdict, process: str) -> Exposure:
+        lp = ListeningPort(port=port, bind="0.0.0.0", process=process, kind=kind)
+        return Exposure(node="10.0.0.2", port=lp, verdict=verdict, detail="HTTP/1.1 200 OK")
+
+    found = [
+        seen(8001, PortKind.VLLM, Verdict.OPEN, "python"),
+        seen(44217, PortKind.RAY, Verdict.OPEN, "raylet"),
+        seen(8077, PortKind.RAY, Verdict.NOT_HTTP, "raylet"),
+    ]
+    checks = check_exposure(found, ["10.0.0.1", "10.0.0.2"])
+    assert [(c.node, c.status) for c in checks] == [
+        ("10.0.0.1", "PASS"),
+        ("10.0.0.2", "FAIL"),
+        ("10.0.0.2", "WARN"),
+    ]
+    assert "port(s) 8001" in checks[1].finding
+    assert (
+        "44217 (raylet: HTTP/1.1 200 OK)" in checks[2].finding and "8077" not in checks[2].finding
+    )

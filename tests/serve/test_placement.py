@@ -7,7 +7,7 @@ import pytest
 from raylm.cluster.nodes import NodeView, node_views
 from raylm.errors import PlanError
 from raylm.serve.engine import UNIPROC_ENV, RankLaunch, parse_cores, pin_to_bound_cores, rank_env
-from raylm.serve.placement import fit_placement
+from raylm.serve.placement import fit_placement, pick_node
 
 
 def _node(ip: str, cpus: int = 2, gpus: int = 0) -> NodeView:
@@ -108,3 +108,18 @@ def test_cpu_ranks_get_their_cores_and_a_one_rank_engine_runs_in_one_process(
     assert pin_to_bound_cores() == [1] and pinned == [{1}]
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
     assert pin_to_bound_cores() == []
+
+
+def test_node_picking_spreads_replicas_and_respects_room_and_limits() -> None:
+    a, b, c = _node("10.0.0.1", 4), _node("10.0.0.2", 4), _node("10.0.0.3", 1)
+    need = {"CPU": 2.0}
+    # Nothing placed yet: the node with the most room left after the rank.
+    assert pick_node([c, a, b], need, [], exclude=set(), allowed=None) in {"10001", "10002"}
+    # One replica on a: the next goes to b (spread), though a still has room.
+    assert pick_node([a, b], need, [["10001"]], exclude=set(), allowed=None) == "10002"
+    # Both full: no room anywhere; c never had room for 2 cores.
+    full = [["10001"], ["10001"], ["10002"], ["10002"]]
+    assert pick_node([a, b, c], need, full, exclude=set(), allowed=None) is None
+    # A suspect node is skipped, and so is one without a verified copy of the model.
+    assert pick_node([a, b], need, [], exclude={"10001"}, allowed=None) == "10002"
+    assert pick_node([a, b], need, [], exclude=set(), allowed=["10.0.0.1"]) == "10001"

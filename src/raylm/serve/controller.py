@@ -28,6 +28,7 @@ from raylm.cluster.nodes import alive_nodes
 from raylm.errors import exception_line
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import DeploymentConfig
+from raylm.serve.placement import pick_node
 from raylm.serve.rank import RankNode, RankStarted, RankStatus
 from raylm.serve.supervisor import ReplicaSupervisor
 
@@ -216,29 +217,9 @@ class Controller:
         return {"CPU": float(c.cpus_per_node)}
 
     def _pick_node(self, exclude: set[str]) -> str | None:
-        """The alive node with room for one more rank and the fewest of ours (spread)."""
-        need = self._need()
-        ours: dict[str, int] = {}
-        used: dict[str, float] = {}
-        for r in self.replicas:
-            for nid in r.node_ids:
-                ours[nid] = ours.get(nid, 0) + 1
-                for k, v in need.items():
-                    used[f"{nid}:{k}"] = used.get(f"{nid}:{k}", 0.0) + v
-        best: tuple[int, float, str] | None = None
+        placed = [r.node_ids for r in self.replicas]
         allowed = self.config.allowed_node_ips
-        for node in alive_nodes():
-            nid = node.node_id
-            if nid in exclude or (allowed is not None and node.ip not in allowed):
-                continue
-            res = node.resources
-            room = min(res.get(k, 0.0) - used.get(f"{nid}:{k}", 0.0) - v for k, v in need.items())
-            if room < 0:
-                continue
-            key = (ours.get(nid, 0), -room, nid)
-            if best is None or key < best:
-                best = key
-        return best[2] if best else None
+        return pick_node(alive_nodes(), self._need(), placed, exclude=exclude, allowed=allowed)
 
     def _alloc_slot(self, host: str) -> int:
         used = self._slots.setdefault(host, set())

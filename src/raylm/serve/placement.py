@@ -133,3 +133,32 @@ def place_plan(nodes: list[NodeView], layout: Layout) -> Placement:
         0,
         layout.gpus_per_node,
     )
+
+
+def pick_node(
+    nodes: list[NodeView],
+    need: dict[str, float],
+    placed: list[list[str]],
+    *,
+    exclude: set[str],
+    allowed: list[str] | None,
+) -> str | None:
+    """The node (id) for one more rank: it has room for `need` beyond the ranks already
+    `placed` there (each replica's node ids), and of those the fewest of this deployment's
+    ranks (replicas spread), then the most room left. None when no node has room."""
+    ours: dict[str, int] = {}
+    for node_ids in placed:
+        for nid in node_ids:
+            ours[nid] = ours.get(nid, 0) + 1
+    best: tuple[int, float, str] | None = None
+    for node in nodes:
+        nid = node.node_id
+        if nid in exclude or (allowed is not None and node.ip not in allowed):
+            continue
+        room = min(node.resources.get(k, 0.0) - ours.get(nid, 0) * v - v for k, v in need.items())
+        if room < 0:
+            continue
+        key = (ours.get(nid, 0), -room, nid)
+        if best is None or key < best:
+            best = key
+    return best[2] if best else None
