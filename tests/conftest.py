@@ -130,26 +130,29 @@ def stop_tree(proc: subprocess.Popen[bytes]) -> None:
             p.kill()
 
 
-@pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`raylm serve --replicas 2` of the demo model with an API key, ready."""
-    tmp = tmp_path_factory.mktemp("serve")
-    port = free_port()
-    key = secrets.token_hex(16)
+@contextlib.contextmanager
+def running_serve(tmp: Path, *args: str, timeout: float = 1200) -> Iterator[Served]:
+    """`raylm serve ARGS` of the demo model with an API key, on a free port, until ready;
+    stopped (with everything it started) on exit."""
+    port, key = free_port(), secrets.token_hex(16)
     # A user's shell: their API key and raylm home (the demo model's conversion is cached
     # there across runs), nothing of Ray's or vLLM's that raylm must set up itself.
     env = {**machine_base_env(), "RAYLM_API_KEY": key, "RAYLM_HOME": str(raylm_home())}
     log_path = tmp / "serve.log"
-    proc = start_serve(
-        ["--replicas", "2", "--port", str(port), "--name", "pytest", "--max-batch-size", "8"],
-        log_path,
-        env,
-    )
+    proc = start_serve([*args, "--port", str(port)], log_path, env)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(proc, base_url, log_path, timeout=1200)
+        wait_ready(proc, base_url, log_path, timeout=timeout)
         yield Served(
             proc=proc, base_url=base_url, api_key=key, log_path=log_path, home=raylm_home()
         )
     finally:
         stop_tree(proc)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """`raylm serve --replicas 2` of the demo model with an API key, ready."""
+    tmp = tmp_path_factory.mktemp("serve")
+    with running_serve(tmp, "--replicas", "2", "--name", "pytest", "--max-batch-size", "8") as s:
+        yield s

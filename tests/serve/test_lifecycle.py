@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -24,8 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from raylm.testing.machine import machine_base_env
-from tests.conftest import Served, free_port, raylm_home, start_serve, stop_tree, wait_ready
+from tests.conftest import Served, running_serve
 
 SPEC = """
 probe_interval_s = 2.0
@@ -45,22 +43,8 @@ def life(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("lifecycle")
     spec = tmp / "raylm.toml"
     spec.write_text(SPEC)
-    port, key = free_port(), secrets.token_hex(16)
-    env = {**machine_base_env(), "RAYLM_API_KEY": key, "RAYLM_HOME": str(raylm_home())}
-    log_path = tmp / "serve.log"
-    proc = start_serve(
-        ["--replicas", "2", "--port", str(port), "--name", "lifecycle", "-f", str(spec)],
-        log_path,
-        env,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, base_url, log_path, timeout=900)
-        yield Served(
-            proc=proc, base_url=base_url, api_key=key, log_path=log_path, home=raylm_home()
-        )
-    finally:
-        stop_tree(proc)
+    with running_serve(tmp, "--replicas", "2", "--name", "lifecycle", "-f", str(spec)) as s:
+        yield s
 
 
 def _replicas(s: Served) -> list[dict[str, Any]]:
