@@ -19,8 +19,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from raylm.cluster.context import ensure_attached
 from raylm.errors import ModelError
+from raylm.models.hub import pull
 from raylm.models.listing import model_rows
+from raylm.models.store import ModelStore
+from raylm.models.sync import (
+    NodeProgress,
+    list_on_nodes,
+    remove_on_nodes,
+    resolve_nodes,
+    sync_model,
+    verify_on_nodes,
+)
 from raylm.units import size_text
 
 out = Console(soft_wrap=True)
@@ -49,7 +60,6 @@ def _dump(obj: Any) -> None:
 
 
 def _store() -> Any:
-    from raylm.models.store import ModelStore
 
     return ModelStore()
 
@@ -64,9 +74,6 @@ def list_cmd(
     entries = _store().list_models()
     per_node: dict[str, list[Any]] = {}
     if nodes:
-        from raylm.cluster.context import ensure_attached
-        from raylm.models.sync import list_on_nodes, resolve_nodes
-
         ensure_attached(address)
         per_node = list_on_nodes(resolve_nodes(nodes))
     rows = model_rows(entries, per_node)
@@ -122,7 +129,6 @@ def pull_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Download a model from a hub, check every file against the hub's checksums."""
-    from raylm.models.hub import pull
 
     if source not in ("hf", "modelscope"):
         raise ModelError(f"Unknown --source {source!r}", fix="use --source hf or modelscope")
@@ -148,9 +154,6 @@ def rm_cmd(
 ) -> None:
     """Remove a model (files registered in place are kept; only the manifest goes)."""
     if all_nodes:
-        from raylm.cluster.context import ensure_attached
-        from raylm.models.sync import remove_on_nodes
-
         ensure_attached(address)
         done = remove_on_nodes(name)
         if not any(done.values()):
@@ -174,9 +177,6 @@ def verify_cmd(
 ) -> None:
     """Hash every file (on each node with --nodes) and name every missing or differing one."""
     if nodes:
-        from raylm.cluster.context import ensure_attached
-        from raylm.models.sync import verify_on_nodes
-
         ensure_attached(address)
         results = verify_on_nodes(name, nodes, full=True)
     else:
@@ -220,8 +220,6 @@ def sync_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Copy this node's verified copy to the other nodes through Ray; only what is missing."""
-    from raylm.cluster.context import ensure_attached
-    from raylm.models.sync import NodeProgress, sync_model
 
     ensure_attached(address)
     with err.status(f"Checking {name} in this node's store...", spinner="dots"):

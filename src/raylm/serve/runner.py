@@ -14,12 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from raylm.cluster.context import connect
 from raylm.config import ServeSpec
 from raylm.errors import ConfigError, ReplicaError
+from raylm.gateway import GatewayServer, GatewaySettings, create_gateway
+from raylm.gateway.server import bind_socket
+from raylm.models.store import ModelStore
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import CONTROLLER_NAMESPACE, DeploymentConfig
 from raylm.serve.placement import Placement
 from raylm.serve.planning import check_model_layout, plan_deployment
+from raylm.serve.source import ControllerReplicaSource
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +47,14 @@ class Reporter(Protocol):
 
 def check_port_free(host: str, port: int) -> None:
     """Fail fast, before anything loads, when the gateway's port is taken."""
-    from raylm.gateway.server import bind_socket
 
     bind_socket(host, port).close()
 
 
 def start_controller(config: DeploymentConfig) -> Any:
     """Create the detached controller actor; refuse if this deployment already runs."""
+    # Function-local: Ray (and the controller, which imports it) read their auth settings
+    # at import, after `connect` has applied this cluster's token.
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -134,9 +140,6 @@ def _signals_to(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterato
 
 async def serve(spec: ServeSpec, reporter: Reporter) -> None:
     """Run a deployment in the foreground until SIGINT/SIGTERM, then drain and stop it all."""
-    from raylm.cluster.context import connect
-    from raylm.gateway import GatewayServer, GatewaySettings, create_gateway
-    from raylm.models.store import ModelStore
 
     check_port_free(spec.host, spec.port)
     loop = asyncio.get_running_loop()
@@ -158,7 +161,6 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
             )
             reporter.phase(f"starting {layout.describe()}")
             controller = await loop.run_in_executor(None, start_controller, config)
-            from raylm.serve.source import ControllerReplicaSource
 
             gateway = GatewayServer(
                 create_gateway(
