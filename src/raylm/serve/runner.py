@@ -200,7 +200,7 @@ def _reachable_host(host: str) -> str:
     """The address clients use for a gateway bound to `host` (a wildcard: this node's IP)."""
     if host not in ("0.0.0.0", "::", ""):
         return host
-    import ray
+    import ray  # function-local: Ray reads its auth settings at import
 
     return str(ray.util.get_node_ip_address())
 
@@ -215,7 +215,7 @@ async def _watch(controller: Any, reporter: Reporter, stop: asyncio.Event) -> No
 
 
 async def _stop_controller(controller: Any) -> None:
-    import ray
+    import ray  # function-local: Ray reads its auth settings at import
 
     try:
         await asyncio.wait_for(controller.shutdown.remote(), 60)
