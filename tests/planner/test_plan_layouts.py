@@ -129,8 +129,8 @@ def test_70b_bf16_is_refused_on_one_80gb_card_with_numbers(
     with pytest.raises(PlanError) as ei:
         plan(facts, parse_cluster_spec("1x1x80GB"), max_model_len=8192)
     e = ei.value
-    assert e.available_bytes == int(80 * GIB * 0.9)
-    assert e.needed_bytes is not None and e.needed_bytes > facts.weight_bytes
+    assert e.available_bytes_per_gpu == int(80 * GIB * 0.9)
+    assert e.needed_bytes_per_gpu is not None and e.needed_bytes_per_gpu > facts.weight_bytes
     msg = e.message()
     assert "does not fit" in msg and "GiB" in msg
     assert "quantized" in msg and "GPUs" in msg and "--max-model-len" in msg
