@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+# vLLM's own metric names that raylm reads.
+VLLM_RUNNING = "vllm:num_requests_running"
+VLLM_WAITING = "vllm:num_requests_waiting"
+
 
 def sum_samples(text: str, names: Iterable[str]) -> dict[str, float]:
     """{name: sum of its samples} for the wanted names present in `text`."""

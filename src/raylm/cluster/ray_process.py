@@ -107,15 +107,14 @@ def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -
     which is how `processes_of_run` finds them later. A start that ran out of Ray's own
     registration time is cleaned up and tried once more.
     """
-    for attempt in (1, 2):
-        run_id, p = _start_once(argv, env, timeout)
-        out = (p.stdout or "") + (p.stderr or "")
-        if p.returncode == 0:
-            return run_id, out
+    run_id, p = _start_once(argv, env, timeout)
+    if p.returncode != 0 and _STARTUP_TIMEOUT in (p.stdout or "") + (p.stderr or ""):
         stop_run(run_id)
-        if attempt == 1 and _STARTUP_TIMEOUT in out:
-            log.warning("`ray start` ran out of Ray's 30 s registration time; trying once more")
-            continue
+        log.warning("`ray start` ran out of Ray's 30 s registration time; trying once more")
+        run_id, p = _start_once(argv, env, timeout)
+    out = (p.stdout or "") + (p.stderr or "")
+    if p.returncode != 0:
+        stop_run(run_id)
         tail = "\n".join(out.strip().splitlines()[-8:])
         raise ClusterError(
             "`ray start` failed",
@@ -123,7 +122,7 @@ def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -
             fix="Free the ports raylm uses (see `raylm up --help`) or stop the old cluster",
             command="raylm down",
         )
-    raise AssertionError("unreachable")
+    return run_id, out
 
 
 def _start_once(

@@ -13,14 +13,12 @@ import time
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
-from raylm.prom import sum_samples
+from raylm.prom import VLLM_RUNNING, VLLM_WAITING, sum_samples
 from raylm.replica import ReplicaInfo
 
 logger = logging.getLogger(__name__)
 
 _KV = "vllm:kv_cache_usage_perc"
-_RUNNING = "vllm:num_requests_running"
-_WAITING = "vllm:num_requests_waiting"
 _HITS = "vllm:prefix_cache_hits_total"
 _QUERIES = "vllm:prefix_cache_queries_total"
 
@@ -40,13 +38,13 @@ class EngineStats(BaseModel):
 
 def parse_engine_stats(text: str, now: float) -> EngineStats | None:
     """The stats from vLLM's Prometheus text, or None when it lacks the request gauges."""
-    s = sum_samples(text, (_KV, _RUNNING, _WAITING, _HITS, _QUERIES))
-    if _RUNNING not in s or _WAITING not in s:
+    s = sum_samples(text, (_KV, VLLM_RUNNING, VLLM_WAITING, _HITS, _QUERIES))
+    if VLLM_RUNNING not in s or VLLM_WAITING not in s:
         return None
     return EngineStats(
         kv_cache_usage=s.get(_KV, 0.0),
-        running=int(s[_RUNNING]),
-        waiting=int(s[_WAITING]),
+        running=int(s[VLLM_RUNNING]),
+        waiting=int(s[VLLM_WAITING]),
         prefix_cache_hits=s.get(_HITS, 0.0),
         prefix_cache_queries=s.get(_QUERIES, 0.0),
         scraped_at=now,

@@ -151,7 +151,8 @@ class PrefixApproximate:
         self._order: dict[str, OrderedDict[int, None]] = {}
         self._sessions: OrderedDict[str, str] = OrderedDict()
         self._max_sessions = sessions
-        self._least = LeastOutstanding()
+        self._turns = _Turns()
+        self._least = LeastOutstanding(_turns=self._turns)
 
     def matches(self, blocks: tuple[int, ...], replica_ids: set[str]) -> dict[str, int]:
         """How many leading blocks of the prompt each replica has seen. Hashes are chained,
@@ -196,7 +197,7 @@ class PrefixApproximate:
             least = self._least.choose(request, within)
             return Decision(least.replica, "overload", matches[least.replica.replica_id])
         tied = [c for c in within if cost(c) == cost(best)]
-        chosen = self._least._turns.pick(tied) if len(tied) > 1 else best
+        chosen = self._turns.pick(tied) if len(tied) > 1 else best
         rid = chosen.replica.replica_id
         return Decision(chosen.replica, "prefix" if matches[rid] else "cost", matches[rid])
 

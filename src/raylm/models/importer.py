@@ -60,7 +60,7 @@ def resolve(store: ModelStore, ref: str | None) -> ModelEntry:
     )
 
 
-def _bare_dir(store: ModelStore, p: Path) -> ModelEntry:
+def _require_hf_dir(p: Path) -> None:
     if not (p / "config.json").is_file():
         raise ModelError(
             f"{p} is not a Hugging Face-format model directory",
@@ -68,6 +68,10 @@ def _bare_dir(store: ModelStore, p: Path) -> ModelEntry:
             why="it has no config.json",
             fix="point at the directory holding config.json, the tokenizer and the weights",
         )
+
+
+def _bare_dir(store: ModelStore, p: Path) -> ModelEntry:
+    _require_hf_dir(p)
     for m in (store.read_manifest(e.name) for e in store.list_models()):
         if m is not None and store.path_of(m).resolve() == p:
             return store.entry_from(m)
@@ -140,13 +144,7 @@ def import_dir(store: ModelStore, path: Path, name: str | None = None) -> ModelE
         raise ModelError(
             f"{p} is not a directory", model=str(p), fix="give a model directory or .gguf"
         )
-    if not (p / "config.json").is_file():
-        raise ModelError(
-            f"{p} is not a Hugging Face-format model directory",
-            model=str(p),
-            why="it has no config.json",
-            fix="point at the directory holding config.json, the tokenizer and the weights",
-        )
+    _require_hf_dir(p)
     name = check_name(name or default_name(p.name))
     with store.lock(name):
         in_store = p.parent == store.root.resolve()

@@ -26,7 +26,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raylm.prom import sum_samples
+from raylm.prom import VLLM_RUNNING, VLLM_WAITING, sum_samples
 
 # Counters that move while an engine makes progress (summed over their label sets).
 _PROGRESS = (
@@ -34,8 +34,6 @@ _PROGRESS = (
     "vllm:generation_tokens_total",
     "vllm:iteration_tokens_total_count",
 )
-_RUNNING = "vllm:num_requests_running"
-_WAITING = "vllm:num_requests_waiting"
 
 
 class EngineLoad(BaseModel):
@@ -54,12 +52,12 @@ class EngineLoad(BaseModel):
 
 def parse_engine_load(text: str) -> EngineLoad | None:
     """The load from vLLM's Prometheus text, or None when it lacks the gauges."""
-    sums = sum_samples(text, (*_PROGRESS, _RUNNING, _WAITING))
-    if _RUNNING not in sums or _WAITING not in sums:
+    sums = sum_samples(text, (*_PROGRESS, VLLM_RUNNING, VLLM_WAITING))
+    if VLLM_RUNNING not in sums or VLLM_WAITING not in sums:
         return None
     return EngineLoad(
-        running=int(sums[_RUNNING]),
-        waiting=int(sums[_WAITING]),
+        running=int(sums[VLLM_RUNNING]),
+        waiting=int(sums[VLLM_WAITING]),
         progress=sum(sums.get(k, 0.0) for k in _PROGRESS),
     )
 

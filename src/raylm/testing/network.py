@@ -96,42 +96,33 @@ def restore_link(n: NetnsNode) -> None:
 
 def block_tcp_port(n: NetnsNode, port: int) -> None:
     """Drop TCP connections from other hosts to node n's `port` (see NetnsCluster.block_port)."""
-    if port in n.blocked_ports:
-        return
-    run_ip(
-        "-n",
-        n.netns,
-        "rule",
-        "add",
-        "priority",
-        str(_rule_prio(port)),
-        "ipproto",
-        "tcp",
-        "sport",
-        str(port),
-        "prohibit",
-    )
-    n.blocked_ports.add(port)
+    if port not in n.blocked_ports:
+        _port_rule(n, "add", port)
+        n.blocked_ports.add(port)
 
 
 def unblock_tcp_port(n: NetnsNode, port: int) -> None:
     """Undo block_tcp_port."""
-    if port not in n.blocked_ports:
-        return
+    if port in n.blocked_ports:
+        _port_rule(n, "del", port)
+        n.blocked_ports.discard(port)
+
+
+def _port_rule(n: NetnsNode, action: str, port: int) -> None:
+    prio = str(_rule_prio(port))
     run_ip(
         "-n",
         n.netns,
         "rule",
-        "del",
+        action,
         "priority",
-        str(_rule_prio(port)),
+        prio,
         "ipproto",
         "tcp",
         "sport",
         str(port),
         "prohibit",
     )
-    n.blocked_ports.discard(port)
 
 
 def _rule_prio(port: int) -> int:
