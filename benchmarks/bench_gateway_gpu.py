@@ -117,8 +117,13 @@ def main() -> int:
     ap.add_argument(
         "--quick", action="store_true", help="A few prompts per run: checks the script (CPU)."
     )
+    ap.add_argument(
+        "--levels", nargs="+", choices=sorted(LEVELS), default=list(LEVELS),
+        help="Which concurrency levels to run (default: all).",
+    )  # fmt: skip
     a = ap.parse_args()
-    levels = {k: (c, max(2, n // 64)) for k, (c, n) in LEVELS.items()} if a.quick else LEVELS
+    chosen = {k: LEVELS[k] for k in a.levels}
+    levels = {k: (c, max(2, n // 64)) for k, (c, n) in chosen.items()} if a.quick else chosen
     home = Path(tempfile.mkdtemp(prefix="raylm-bench-gpu-"))
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
         level: {"direct": [], "gateway": []} for level in levels
@@ -134,6 +139,8 @@ def main() -> int:
                     r = _pick(_bench(url, k, a.model, served, conc, n))
                     runs[level][side].append(r)
                     print(f"{level} round {rnd} {side}: {r}", flush=True)
+                    if a.out:  # what a run cut short by a time limit still leaves
+                        a.out.with_suffix(".runs.json").write_text(json.dumps(runs, indent=2))
     summary: dict[str, Any] = {}
     heads = ("TTFT p50 +ms", "TTFT p99 +ms", "TPOT p50 +ms", "throughput B/A")
     print(f"\n{'level':<11} " + " ".join(f"{h:>22}" for h in heads))
