@@ -28,8 +28,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src
 
+# Two workers: much of the suite waits (on vLLM loading, Ray noticing a dead node), so two
+# test groups at once fill the idle core (raylm.testing.pytest_groups keeps each shared
+# server or cluster on one worker).
+PYTEST_WORKERS ?= 2
+
 pytest: $(STAMP)
-	$(BIN)/pytest -ra --durations=25 $(ARGS)
+	$(BIN)/pytest -ra --durations=25 -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(ARGS)
 
 # Lint and type checks run beside the suite: they are single-threaded and the suite's
 # first minutes leave a core idle (measured: 40-50 % idle while they ran alone).

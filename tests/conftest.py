@@ -25,7 +25,7 @@ import pytest
 from raylm.cluster.ports import free_port
 from raylm.testing.machine import machine_base_env
 
-pytest_plugins = ["raylm.testing.pytest_netns"]
+pytest_plugins = ["raylm.testing.pytest_netns", "raylm.testing.pytest_groups"]
 
 REPO = Path(__file__).resolve().parents[1]
 RAYLM = str(Path(sys.executable).with_name("raylm"))

@@ -84,6 +84,15 @@ class RunningGateway:
         """Run a coroutine on the gateway's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def close_server(self, server: asyncio.Server) -> None:
+        """Close a server this gateway's loop runs. asyncio's servers are not thread-safe:
+        closed from another thread, one racing a connection's end raised TypeError."""
+
+        async def close() -> None:
+            server.close()
+
+        self.call(close())
+
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, **{"timeout": 120, **kw})
 

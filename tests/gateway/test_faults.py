@@ -66,7 +66,7 @@ def test_replica_answering_503_is_retried(replica_url: str) -> None:
                 assert r.status_code == 200, r.text
         assert gw.metric("raylm_failovers_total", replica="busy") >= 1
         assert gw.metric("raylm_retries_total", route="completions") >= 1
-        server.close()
+        gw.close_server(server)
 
 
 def test_without_retry_a_dead_replica_gives_503(replica_url: str) -> None:
@@ -102,7 +102,7 @@ def test_stream_failing_midway_ends_with_error_event(mode: str) -> None:
         with pytest.raises(openai.APIError, match=r"mid-stream|before it was complete"):
             for _ in oai.chat.completions.create(model=MODEL, stream=True, **CHAT):  # type: ignore[call-overload]
                 pass
-        server.close()
+        gw.close_server(server)
 
 
 def test_no_ready_replica_then_ready_then_dead(replica_url: str) -> None:
@@ -224,7 +224,7 @@ def test_silent_replica_times_out_with_504(stream: bool) -> None:
         assert gw.metric("raylm_retries_total", route="chat") == 0
         assert gw.metric("raylm_failovers_total", replica="mute") == 0
         wait_for(lambda: gw.gateway.active_requests == 0, 5)
-        server.close()
+        gw.close_server(server)
 
 
 def test_client_leaving_mid_stream_frees_the_replica(replica_url: str) -> None:
