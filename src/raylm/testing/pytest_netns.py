@@ -45,12 +45,9 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     used = [f for f in _release if f in getattr(item, "fixturenames", ())]
     if not used:
         return
-    if hasattr(item.config, "workerinput"):
-        # An xdist worker runs only its share, and a fixture's users are one group
-        # (raylm.testing.pytest_groups), sent to it together: the next test is all it needs.
-        later = [nextitem] if nextitem is not None else []
-    else:
-        later = item.session.items[item.session.items.index(item) + 1 :]
+    # Also right on an xdist worker: every user of a session fixture is in one group
+    # (raylm.testing.pytest_groups), which one worker runs in this order.
+    later = item.session.items[item.session.items.index(item) + 1 :]
     for fixture in used:
         if not any(fixture in getattr(it, "fixturenames", ()) for it in later):
             _release.pop(fixture)()
