@@ -152,7 +152,9 @@ def running_serve(tmp: Path, *args: str, timeout: float = 1200) -> Iterator[Serv
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`raylm serve --replicas 2` of the demo model with an API key, ready."""
+    """`raylm serve --replicas 2 --routing kv-aware` of the demo model with an API key, ready."""
     tmp = tmp_path_factory.mktemp("serve")
-    with running_serve(tmp, "--replicas", "2", "--name", "pytest", "--max-batch-size", "8") as s:
+    with running_serve(
+        tmp, "--replicas", "2", "--name", "pytest", "--max-batch-size", "8", "--routing", "kv-aware"
+    ) as s:
         yield s

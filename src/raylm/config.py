@@ -114,8 +114,10 @@ class ServeSpec(BaseModel):
     routing: PolicyName = Field(
         default="least-outstanding",
         description="How the gateway picks a replica: 'least-outstanding' (fewest requests in "
-        "flight), 'round-robin', or 'prefix-approximate' (where the prompt's prefix was sent "
-        "before, unless that replica is overloaded; raylm.gateway.policy).",
+        "flight), 'round-robin', 'prefix-approximate' (where the prompt's prefix was sent "
+        "before, unless that replica is overloaded; raylm.gateway.policy) or 'kv-aware' (the "
+        "same rule over what each engine really caches, from its KV events; "
+        "raylm.gateway.kv_policy).",
     )
     limits: GatewayLimits = Field(
         default_factory=GatewayLimits,

@@ -96,6 +96,11 @@ def serve(
         None, help="Most prompts per request ([serve.limits] max_prompts) [default: 64]."
     ),
     skip_verify: bool = typer.Option(False, help="Serve even where a model copy is unverified."),
+    routing: str | None = typer.Option(
+        None,
+        help="least-outstanding|round-robin|prefix-approximate|kv-aware: how the gateway "
+        "picks a replica [default: least-outstanding].",
+    ),
 ) -> None:
     """Serve MODEL on Ray behind an OpenAI-compatible gateway, until Ctrl+C or SIGTERM."""
     from raylm.serve.runner import serve as run
@@ -117,6 +122,7 @@ def serve(
         "cpus_per_replica": cpus_per_replica,
         "limits": {"max_prompts": max_batch_size},
         "skip_verify": skip_verify or None,
+        "routing": routing,
         "engine_args": dict(parse_engine_arg(a) for a in engine_arg),
     }
     spec = load_spec(file, overrides)

@@ -24,6 +24,8 @@ from raylm.gateway import metrics as gm
 from raylm.gateway.body import ClientGone
 from raylm.gateway.engines import EngineView
 from raylm.gateway.info_routes import InfoRoutes
+from raylm.gateway.kv_index import BlockIndex, BlockSource
+from raylm.gateway.kv_policy import KvAware
 from raylm.gateway.native_routes import NativeRoutes
 from raylm.gateway.openai_routes import OpenAIRoutes
 from raylm.gateway.policy import make_policy
@@ -31,6 +33,7 @@ from raylm.gateway.responses import HttpError, error_response
 from raylm.gateway.routing import ReplicaTable
 from raylm.gateway.settings import GatewaySettings
 from raylm.gateway.source import ReplicaSource
+from raylm.gateway.tokens import PromptTokens
 from raylm.gateway.upstream import RelayResponse, Upstream
 from raylm.replica import ReplicaState
 
@@ -48,14 +51,22 @@ class Gateway:
     def __init__(self, source: ReplicaSource, settings: GatewaySettings) -> None:
         self.settings = settings
         self.source = source
-        self.table = ReplicaTable(eject_s=settings.eject_s, policy=make_policy(settings.routing))
+        self.kv: KvAware | None = None
+        if settings.routing == "kv-aware":
+            self.kv = KvAware(BlockIndex(), PromptTokens(settings.model_dirs))
+        self.table = ReplicaTable(
+            eject_s=settings.eject_s, policy=make_policy(settings.routing, self.kv)
+        )
         self.metrics = gm.GatewayMetrics(self.table)
+        if self.kv is not None:
+            self.metrics.registry.register(gm.KvIndexCollector(self.table, self.kv.index))
         self.upstream = Upstream(self.table, self.metrics, settings)
         self.engines = EngineView(settings.engine_scrape_interval_s, self.upstream.auth_headers)
         self.metrics.registry.register(gm.EngineCollector(self.table, self.engines))
         self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         self._refresher: asyncio.Task[None] | None = None
         self._scraper: asyncio.Task[None] | None = None
+        self._kv_reader: asyncio.Task[None] | None = None
         self._last_refresh_error = ""
         started_at = time.time()
         openai = OpenAIRoutes(self.upstream, started_at)
@@ -94,6 +105,8 @@ class Gateway:
             )
         if self._scraper is None and self.settings.engine_scrape_interval_s > 0:
             self._scraper = asyncio.create_task(self._scrape_loop(), name="raylm-engine-scrape")
+        if self._kv_reader is None and self.kv is not None and isinstance(self.source, BlockSource):
+            self._kv_reader = asyncio.create_task(self._kv_loop(self.kv, self.source))
 
     async def stop(self) -> None:
         """Drain (bounded by `drain_timeout_s`) unless drain() already ran, then stop
@@ -101,12 +114,12 @@ class Gateway:
         if not self.upstream.draining:
             await self.drain(self.settings.drain_timeout_s)
         await self.upstream.end_streams()
-        for task in (self._refresher, self._scraper):
+        for task in (self._refresher, self._scraper, self._kv_reader):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._refresher = self._scraper = None
+        self._refresher = self._scraper = self._kv_reader = None
         await self.upstream.close_pool()
 
     async def drain(self, timeout_s: float) -> bool:
@@ -162,6 +175,26 @@ class Gateway:
                 ready = [r for r in self.table.replicas if r.state is ReplicaState.READY]
                 await self.engines.scrape(session, ready)
             await asyncio.sleep(self.settings.engine_scrape_interval_s)
+
+    async def read_kv(self, kv: KvAware, source: BlockSource) -> None:
+        """Read the ready replicas' cache changes once into kv-aware routing's index."""
+        ready = {r.replica_id: r for r in self.table.replicas if r.state is ReplicaState.READY}
+        cursors = {rid: c for rid, c in kv.index.cursors.items() if rid in ready}
+        try:
+            deltas = await source.kv_deltas(cursors)
+        except Exception as e:  # routing goes on by load and the last index
+            logger.debug("reading KV cache changes failed: %s", e)
+            return
+        for rid, delta in deltas.items():
+            if rid in ready:
+                kv.index.apply(rid, delta)
+                if delta.block_size:
+                    kv.block_sizes[ready[rid].model] = delta.block_size
+
+    async def _kv_loop(self, kv: KvAware, source: BlockSource) -> None:
+        while True:
+            await self.read_kv(kv, source)
+            await asyncio.sleep(self.settings.kv_poll_interval_s)
 
     # ------------------------------------------------------------------- ASGI
 

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from raylm.gateway.engines import EngineView
+from raylm.gateway.kv_index import BlockIndex
 from raylm.gateway.routing import ReplicaTable
 from raylm.replica import ReplicaState
 
@@ -92,6 +93,37 @@ class EngineCollector(Collector):
             hits.add_metric(key, st.prefix_cache_hits)
             queries.add_metric(key, st.prefix_cache_queries)
         yield from (kv, running, waiting, hits, queries)
+
+
+class KvIndexCollector(Collector):
+    """kv-aware routing's copy of the engines' caches (raylm.gateway.kv_index)."""
+
+    def __init__(self, table: ReplicaTable, index: BlockIndex) -> None:
+        self._table = table
+        self._index = index
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["replica", "model"]
+        synced = GaugeMetricFamily(
+            "raylm_kv_index_synced",
+            "1 once the replica's cached blocks were read from its events; 0: routing "
+            "knows nothing of its cache yet (a new gateway or replica starts so).",
+            labels=labels,
+        )
+        blocks = GaugeMetricFamily(
+            "raylm_kv_index_blocks", "Blocks the replica's engine holds.", labels=labels
+        )
+        gaps = GaugeMetricFamily(
+            "raylm_kv_index_gaps",
+            "Event batches of the replica that were lost (its cache is known less well).",
+            labels=labels,
+        )
+        for r in self._table.replicas:
+            key = [r.replica_id, r.model]
+            synced.add_metric(key, float(r.replica_id in self._index.cursors))
+            blocks.add_metric(key, self._index.blocks_held(r.replica_id))
+            gaps.add_metric(key, self._index.gaps.get(r.replica_id, 0))
+        yield from (synced, blocks, gaps)
 
 
 class GatewayMetrics:

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from raylm.gateway.intake import context_len, read_json, resolve_model, unless_client_leaves
 from raylm.gateway.limits import admit
 from raylm.gateway.policy import RouteRequest
-from raylm.gateway.prefix import request_blocks, session_of
+from raylm.gateway.prefix import session_of
 from raylm.gateway.responses import HttpError, error_response, json_response, refused
 from raylm.gateway.upstream import Upstream
 
@@ -48,7 +48,7 @@ class OpenAIRoutes:
             raise refused(refusal)
         key = RouteRequest(
             model,
-            request_blocks(route, parsed),
+            self.up.table.policy.keys(model, route, parsed),
             session_of(parsed, request.headers.get("x-session-id")),
         )
         if stream:

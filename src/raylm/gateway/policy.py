@@ -8,19 +8,26 @@ with its reason, which `/metrics` counts. The spec's `routing` names the policy.
 - `round-robin`: each replica in turn.
 - `prefix-approximate`: the lowest predicted cost, from an index of the prompts this gateway
   routed (see `PrefixApproximate`). It needs nothing from the engines.
+- `kv-aware`: the same cost rule over the engines' exact cache contents, from their KV
+  events (raylm.gateway.kv_policy).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
 
-from raylm.gateway.prefix import BLOCK_TOKENS
+from raylm.gateway.prefix import BLOCK_TOKENS, request_blocks
 from raylm.replica import ReplicaInfo
 
-PolicyName = Literal["least-outstanding", "round-robin", "prefix-approximate"]
-POLICIES: tuple[PolicyName, ...] = ("least-outstanding", "round-robin", "prefix-approximate")
+PolicyName = Literal["least-outstanding", "round-robin", "prefix-approximate", "kv-aware"]
+POLICIES: tuple[PolicyName, ...] = (
+    "least-outstanding",
+    "round-robin",
+    "prefix-approximate",
+    "kv-aware",
+)
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,8 @@ class RouteRequest:
 
     model: str
     blocks: tuple[int, ...] = ()
-    """The prompt's chained block hashes (raylm.gateway.prefix); empty: no text prompt."""
+    """The prompt's chained block keys, as the policy keys prompts (`RoutingPolicy.keys`);
+    empty: not keyed."""
     session: str | None = None
     """The client's session hint (`x-session-id` or OpenAI's `user`), if any."""
 
@@ -50,12 +58,18 @@ class Decision:
     reason: str
     cached_blocks: int = 0
     """Blocks of the prompt the policy expects the replica to have cached."""
+    cached_tokens: float = 0.0
+    """The same in prompt tokens (for `/metrics`: predicted against the engine's hits)."""
 
 
 class RoutingPolicy(Protocol):
     """The interface every policy implements."""
 
     name: str
+
+    def keys(self, model: str, route: str, body: dict[str, Any]) -> tuple[int, ...]:
+        """The request's prompt as this policy's block keys (empty: it does not key)."""
+        ...
 
     def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
         """Pick one of `candidates` (never empty)."""
@@ -88,6 +102,9 @@ class LeastOutstanding:
     name: str = "least-outstanding"
     _turns: _Turns = field(default_factory=_Turns)
 
+    def keys(self, model: str, route: str, body: dict[str, Any]) -> tuple[int, ...]:
+        return ()
+
     def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
         least = min(c.in_flight for c in candidates)
         tied = [c for c in candidates if c.in_flight == least]
@@ -106,6 +123,9 @@ class RoundRobin:
 
     name: str = "round-robin"
     _turns: _Turns = field(default_factory=_Turns)
+
+    def keys(self, model: str, route: str, body: dict[str, Any]) -> tuple[int, ...]:
+        return ()
 
     def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
         ordered = sorted(candidates, key=lambda c: c.replica.replica_id)
@@ -173,33 +193,16 @@ class PrefixApproximate:
     def matched(self, replica_id: str, blocks: tuple[int, ...]) -> int:
         return self.matches(blocks, {replica_id})[replica_id]
 
+    def keys(self, model: str, route: str, body: dict[str, Any]) -> tuple[int, ...]:
+        return request_blocks(route, body)
+
     def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
-        bound = OVERLOAD_FACTOR * min(c.in_flight for c in candidates) + OVERLOAD_SLACK
-        within = [c for c in candidates if c.in_flight <= bound]
-        if request.session is not None:
-            rid = self._sessions.get(request.session)
-            for c in within:
-                if c.replica.replica_id == rid:
-                    return Decision(c.replica, "session", self.matched(rid, request.blocks))
-        if not request.blocks:
-            return Decision(self._least.choose(request, candidates).replica, "no-key")
-        matches = self.matches(request.blocks, {c.replica.replica_id for c in candidates})
-        if not any(matches.values()):
-            return Decision(self._least.choose(request, candidates).replica, "no-match")
-        per_block = BLOCK_TOKENS
-
-        def cost(c: Candidate) -> float:
-            uncached = (len(request.blocks) - matches[c.replica.replica_id]) * per_block
-            return uncached + LOAD_TOKENS * c.in_flight
-
-        best = min(candidates, key=cost)
-        if best.in_flight > bound:
-            least = self._least.choose(request, within)
-            return Decision(least.replica, "overload", matches[least.replica.replica_id])
-        tied = [c for c in within if cost(c) == cost(best)]
-        chosen = self._turns.pick(tied) if len(tied) > 1 else best
-        rid = chosen.replica.replica_id
-        return Decision(chosen.replica, "prefix" if matches[rid] else "cost", matches[rid])
+        session = self._sessions.get(request.session) if request.session is not None else None
+        ids = {c.replica.replica_id for c in candidates}
+        matches = self.matches(request.blocks, ids) if request.blocks else dict.fromkeys(ids, 0)
+        return Affinity(self._turns, self._least).choose(
+            request, candidates, matches, BLOCK_TOKENS, session
+        )
 
     def routed(self, request: RouteRequest, replica_id: str) -> None:
         if request.blocks:
@@ -232,10 +235,68 @@ class PrefixApproximate:
                 del self._where[block]
 
 
-def make_policy(name: PolicyName) -> RoutingPolicy:
-    """The policy the spec names."""
+@dataclass
+class Affinity:
+    """The cost rule `prefix-approximate` and `kv-aware` share: the lowest predicted cost,
+    the prompt's uncached tokens plus LOAD_TOKENS per request in flight, within the
+    overload bound. Reasons: `session` (the hint's replica, within the bound), `no-key`
+    (nothing to match on), `no-match` (cached nowhere: least loaded), `prefix` (the cheapest
+    has part of the prompt), `cost` (the cheapest has none of it), `overload` (the cheapest
+    is past the bound: least loaded instead)."""
+
+    turns: _Turns
+    least: LeastOutstanding
+
+    def choose(
+        self,
+        request: RouteRequest,
+        candidates: list[Candidate],
+        matches: dict[str, int],
+        block_tokens: float,
+        session_replica: str | None,
+    ) -> Decision:
+        d = self._choose(request, candidates, matches, block_tokens, session_replica)
+        return replace(d, cached_tokens=d.cached_blocks * block_tokens)
+
+    def _choose(
+        self,
+        request: RouteRequest,
+        candidates: list[Candidate],
+        matches: dict[str, int],
+        block_tokens: float,
+        session_replica: str | None,
+    ) -> Decision:
+        bound = OVERLOAD_FACTOR * min(c.in_flight for c in candidates) + OVERLOAD_SLACK
+        within = [c for c in candidates if c.in_flight <= bound]
+        for c in within:
+            if session_replica is not None and c.replica.replica_id == session_replica:
+                return Decision(c.replica, "session", matches.get(session_replica, 0))
+        if not request.blocks:
+            return Decision(self.least.choose(request, candidates).replica, "no-key")
+        if not any(matches.values()):
+            return Decision(self.least.choose(request, candidates).replica, "no-match")
+
+        def cost(c: Candidate) -> float:
+            uncached = (len(request.blocks) - matches[c.replica.replica_id]) * block_tokens
+            return uncached + LOAD_TOKENS * c.in_flight
+
+        best = min(candidates, key=cost)
+        if best.in_flight > bound:
+            least = self.least.choose(request, within)
+            return Decision(least.replica, "overload", matches[least.replica.replica_id])
+        tied = [c for c in within if cost(c) == cost(best)]
+        chosen = self.turns.pick(tied) if len(tied) > 1 else best
+        rid = chosen.replica.replica_id
+        return Decision(chosen.replica, "prefix" if matches[rid] else "cost", matches[rid])
+
+
+def make_policy(name: PolicyName, kv: Any = None) -> RoutingPolicy:
+    """The policy the spec names; `kv-aware` needs its `KvAware` built by the gateway
+    (raylm.gateway.kv_policy), passed as `kv`, and falls back to least-outstanding without."""
     if name == "round-robin":
         return RoundRobin()
     if name == "prefix-approximate":
         return PrefixApproximate()
+    if name == "kv-aware" and kv is not None:
+        return kv  # type: ignore[no-any-return]
     return LeastOutstanding()

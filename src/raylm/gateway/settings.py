@@ -63,7 +63,17 @@ class GatewaySettings(BaseModel):
     routing: PolicyName = Field(
         default="least-outstanding",
         description="The routing policy (raylm.gateway.policy): least-outstanding, "
-        "round-robin or prefix-approximate.",
+        "round-robin, prefix-approximate or kv-aware.",
+    )
+    model_dirs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per served model, its directory on this node: kv-aware routing "
+        "tokenizes prompts with its tokenizer.",
+    )
+    kv_poll_interval_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="kv-aware routing: how often the replicas' cache changes are read.",
     )
     retry_after_s: int = Field(
         default=2, ge=1, description="Retry-After seconds sent with 503 answers."

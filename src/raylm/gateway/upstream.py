@@ -20,7 +20,6 @@ from starlette.types import Receive, Scope, Send
 
 from raylm.gateway import metrics as gm
 from raylm.gateway.policy import RouteRequest
-from raylm.gateway.prefix import BLOCK_TOKENS
 from raylm.gateway.responses import (
     HttpError,
     error_message,
@@ -234,10 +233,8 @@ class Upstream:
                 break
             replica = decision.replica
             self.metrics.routing.labels(self.table.policy.name, decision.reason).inc()
-            if decision.cached_blocks:
-                self.metrics.predicted_cached.labels(replica.replica_id).inc(
-                    decision.cached_blocks * BLOCK_TOKENS
-                )
+            if decision.cached_tokens:
+                self.metrics.predicted_cached.labels(replica.replica_id).inc(decision.cached_tokens)
             if attempt.tried:
                 if attempt.retried or not self.settings.retry_on_failure:
                     break

@@ -26,6 +26,7 @@ from ray.util.scheduling_strategies import (
 
 from raylm.cluster.nodes import alive_nodes
 from raylm.errors import exception_line
+from raylm.kv.blocks import BlockCursor, BlockDelta
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.placement import pick_node
@@ -116,6 +117,22 @@ class Controller:
             )
             for r in self.replicas
         ]
+
+    async def kv_deltas(self, cursors: dict[str, BlockCursor]) -> dict[str, BlockDelta]:
+        """Each ready replica's prefix-cache changes since the gateway's cursor (raylm.kv);
+        replicas that do not answer within a second are left out this time."""
+        ready = [r for r in self.replicas if r.state is ReplicaState.READY and r.supervisors]
+
+        async def one(r: _Replica) -> tuple[str, BlockDelta | None]:
+            c = cursors.get(r.replica_id) or BlockCursor()
+            try:
+                got = await asyncio.wait_for(r.supervisors[0].kv_delta.remote(c.epoch, c.seq), 1.0)
+            except (TimeoutError, ray.exceptions.RayError):
+                return r.replica_id, None
+            return r.replica_id, got
+
+        answers = await asyncio.gather(*(one(r) for r in ready))
+        return {rid: d for rid, d in answers if d is not None}
 
     async def shutdown(self) -> None:
         """Stop every replica (their vLLM process groups) and the reconcile loop."""

@@ -55,6 +55,10 @@ class DeploymentConfig(BaseModel):
         default_factory=dict, description="User's vLLM engine arguments, untouched."
     )
     probing: Probing = Field(description="How each replica's health is judged (from the spec).")
+    kv_events: bool = Field(
+        default=False,
+        description="Replicas publish KV-cache events (the spec's routing is kv-aware).",
+    )
     max_backoff_s: float = Field(default=30.0, description="Longest wait between restarts.")
 
     @property
@@ -89,6 +93,7 @@ class DeploymentConfig(BaseModel):
             executor=self.executor,
             device=self.device,
             engine_args=self.engine_args,
+            kv_events=self.kv_events,
         )
 
     def planned_launches(self) -> list[RankLaunch]:
@@ -123,6 +128,7 @@ def deployment_from_layout(
         executor=spec.executor,
         engine_args=engine_args,
         probing=spec.probing(),
+        kv_events=spec.routing == "kv-aware",
     )
 
 

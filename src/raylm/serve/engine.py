@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from raylm.kv.endpoints import kv_events_config
 from raylm.serve import replica_auth
 
 CPU_KV_CACHE_BYTES = 1 << 30
@@ -54,6 +55,16 @@ class RankLaunch(BaseModel):
     device: str = Field(default="cpu", description="'cpu' or 'cuda': what the node serves with.")
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="User's vLLM engine arguments, untouched."
+    )
+    kv_events: bool = Field(
+        default=False,
+        description="Rank 0 publishes its KV-cache events, with prefix caching on (for "
+        "kv-aware routing; raylm.kv).",
+    )
+    kv_events_dir: str | None = Field(
+        default=None,
+        description="Private directory of rank 0's event sockets, chosen by its supervisor "
+        "at launch; None in a plan.",
     )
 
 
@@ -110,6 +121,10 @@ def vllm_argv(launch: RankLaunch) -> list[str]:
         keys = {k.replace("_", "-") for k in user}
         if not keys & {"gpu-memory-utilization", "kv-cache-memory-bytes"}:
             user["kv-cache-memory-bytes"] = CPU_KV_CACHE_BYTES
+    if launch.kv_events and launch.node_rank == 0:
+        user["enable-prefix-caching"] = True
+        events_dir = Path(launch.kv_events_dir) if launch.kv_events_dir else None
+        user["kv-events-config"] = kv_events_config(events_dir)
     if launch.nnodes > 1:
         argv += ["--nnodes", str(launch.nnodes), "--node-rank", str(launch.node_rank)]
         if launch.master_addr is not None:

@@ -128,6 +128,7 @@ def build_deployment(
         executor=spec.executor,
         engine_args=spec.engine_args,
         probing=spec.probing(),
+        kv_events=spec.routing == "kv-aware",
         bind_host="127.0.0.1" if local else None,
         replica_api_key=SecretStr(secrets.token_urlsafe(24)),
     )

@@ -171,6 +171,7 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                         limits=spec.limits,
                         drain_timeout_s=spec.drain_timeout_s,
                         routing=spec.routing,
+                        model_dirs={config.served_model_name: config.model_path},
                     ),
                 ),
                 spec.host,

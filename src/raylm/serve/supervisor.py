@@ -20,6 +20,9 @@ import psutil
 
 from raylm.cluster.ports import free_port
 from raylm.home import logs_dir
+from raylm.kv.blocks import BlockDelta
+from raylm.kv.endpoints import event_dir
+from raylm.kv.subscriber import EventSubscriber
 from raylm.replica import ReplicaState
 from raylm.serve import engine, replica_auth
 from raylm.serve.health import Judgement, Probing, ProgressWatch
@@ -77,6 +80,7 @@ class ReplicaSupervisor:
         self.launch_spec: engine.RankLaunch | None = None
         self.exit_code: int | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._kv: EventSubscriber | None = None
 
     def node_info(self) -> RankNode:
         """Where this rank lives, so the controller can wire ranks together."""
@@ -104,6 +108,12 @@ class ReplicaSupervisor:
         `cpu_slot` numbers this rank among raylm's ranks on the node, to pick its cores.
         """
         self.cpu_slot = cpu_slot
+        if spec.kv_events and self.rank == 0:
+            # Subscribed before the engine starts, so no event is missed (raylm.kv).
+            events_dir = event_dir()
+            spec = spec.model_copy(update={"kv_events_dir": str(events_dir)})
+            self._kv = EventSubscriber(events_dir)
+            self._kv.start()
         self.launch_spec = spec
         iface = os.environ.get("GLOO_SOCKET_IFNAME") or iface_of(self.node_ip)
         env = engine.rank_env(spec, node_ip=self.node_ip, iface=iface, cpu_cores=self._cpu_cores())
@@ -130,6 +140,11 @@ class ReplicaSupervisor:
             log_path=str(self.proc.log_path) if self.proc else "",
             log_tail=self.proc.tail() if self.proc and self.state is ReplicaState.DEAD else "",
         )
+
+    def kv_delta(self, epoch: str | None, since: int) -> BlockDelta | None:
+        """What changed in this replica's prefix cache since the reader's cursor (raylm.kv);
+        None when the replica does not publish KV events."""
+        return self._kv.delta(epoch, since) if self._kv else None
 
     def _dead(self, why: str) -> None:
         self.state = ReplicaState.DEAD
@@ -238,4 +253,7 @@ class ReplicaSupervisor:
             self._watch.cancel()
         if self.proc:
             await asyncio.get_running_loop().run_in_executor(None, self.proc.stop, grace_s)
+        if self._kv:
+            self._kv.close()
+            self._kv = None
         self.detail = "stopped"

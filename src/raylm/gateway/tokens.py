@@ -1,0 +1,145 @@
+"""A request's prompt as the engine will see it, in token ids: the chat template applied to
+every message, then tokenized the way vLLM's OpenAI server does (chat: no special tokens
+added, the template has them; completions: the tokenizer's own). kv-aware routing keys
+these ids exactly as the replicas' KV events are keyed (raylm.kv.blocks).
+
+Tokenizing a 4k-token prompt costs milliseconds, most of it spent again on the same system
+prompt or the same earlier turns. A tokenizer cuts text at its special tokens before
+anything else, so the rendered text is cut there too and each piece's ids are remembered
+(least recently used first out): a new turn costs only its own text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from typing import Any
+
+from raylm.compat import hide_broken_torch_extensions
+
+logger = logging.getLogger(__name__)
+
+
+class PromptTokens:
+    """Token ids of prompts for each served model, from its model directory's tokenizer
+    (loaded on first use; a model without one yields None: the request is routed by load)."""
+
+    def __init__(self, model_dirs: dict[str, str], cache_chars: int = 32 << 20) -> None:
+        self._dirs = dict(model_dirs)
+        self._tokenizers: dict[str, Any] = {}
+        self._specials: dict[str, tuple[re.Pattern[str] | None, dict[str, int]]] = {}
+        self._pieces: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
+        self._cache_chars = cache_chars
+        self._cached_chars = 0
+
+    def _tokenizer(self, model: str) -> Any:
+        if model not in self._tokenizers:
+            path = self._dirs.get(model)
+            tok = None
+            if path:
+                try:
+                    hide_broken_torch_extensions()  # transformers imports torchvision if present
+                    from transformers import AutoTokenizer
+
+                    tok = AutoTokenizer.from_pretrained(path)
+                except Exception as e:  # routing by load is the fallback, never a failure
+                    logger.warning("no tokenizer for %s in %s: %s", model, path, e)
+            self._tokenizers[model] = tok
+            self._specials[model] = _special_splitter(tok) if tok is not None else (None, {})
+            if tok is not None and not self._pieces_agree(model, tok):
+                self._specials[model] = (None, {})  # this tokenizer joins across them
+        return self._tokenizers[model]
+
+    def _pieces_agree(self, model: str, tok: Any) -> bool:
+        """Whether cutting at special tokens gives this tokenizer's own ids (it does unless
+        a special token strips the whitespace beside it), on a rendered sample chat."""
+        sample = [
+            {"role": "system", "content": " You are terse.\n"},
+            {"role": "user", "content": "Hi  there \n\n"},
+        ]
+        try:
+            text = tok.apply_chat_template(sample, tokenize=False, add_generation_prompt=True)
+            whole = list(tok.encode(text, add_special_tokens=False))
+        except Exception:
+            return False
+        return self._encode_pieces(model, tok, text) == whole
+
+    def _encode_pieces(self, model: str, tok: Any, text: str) -> list[int]:
+        """`tok.encode(text, add_special_tokens=False)`, piece by piece through the cache."""
+        splitter, special_ids = self._specials[model]
+        if splitter is None:
+            return list(tok.encode(text, add_special_tokens=False))
+        out: list[int] = []
+        for piece in splitter.split(text):
+            if not piece:
+                continue
+            if piece in special_ids:
+                out.append(special_ids[piece])
+                continue
+            key = (model, piece)
+            ids = self._pieces.get(key)
+            if ids is None:
+                ids = list(tok.encode(piece, add_special_tokens=False))
+                self._pieces[key] = ids
+                self._cached_chars += len(piece)
+                while self._cached_chars > self._cache_chars and self._pieces:
+                    (_, old), _ = self._pieces.popitem(last=False)
+                    self._cached_chars -= len(old)
+            else:
+                self._pieces.move_to_end(key)
+            out.extend(ids)
+        return out
+
+    def ids(self, model: str, route: str, body: dict[str, Any]) -> list[int] | None:
+        tok = self._tokenizer(model)
+        if tok is None:
+            return None
+        try:
+            if route == "chat":
+                messages = body.get("messages")
+                if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                    return None
+                text = tok.apply_chat_template(
+                    [_text_message(m) for m in messages],
+                    tokenize=False,
+                    add_generation_prompt=body.get("add_generation_prompt", True) is not False,
+                )
+                return self._encode_pieces(model, tok, text)
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+                return [int(t) for t in prompt]  # already token ids
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+                prompt = prompt[0]  # a batch: key on its first prompt
+            if not isinstance(prompt, str):
+                return None
+            return list(tok.encode(prompt, add_special_tokens=True))
+        except Exception as e:  # an odd message the template refuses: route by load
+            logger.debug("cannot tokenize a %s request for %s: %s", route, model, e)
+            return None
+
+
+def _text_message(m: dict[str, Any]) -> dict[str, Any]:
+    """A message with its content as one string (OpenAI content parts: the text ones,
+    joined by newlines, as vLLM renders text-only parts for a string template)."""
+    content = m.get("content")
+    if isinstance(content, list):
+        content = "\n".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return {**m, "content": content if content is not None else ""}
+
+
+def _special_splitter(tok: Any) -> tuple[re.Pattern[str] | None, dict[str, int]]:
+    """A pattern that cuts text at the tokenizer's special tokens, and their ids."""
+    try:
+        specials = [t for t in tok.all_special_tokens if t]
+        ids = {t: int(tok.convert_tokens_to_ids(t)) for t in specials}
+    except Exception:
+        return None, {}
+    if not specials:
+        return None, {}
+    alternatives = "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
+    return re.compile(f"({alternatives})"), ids
