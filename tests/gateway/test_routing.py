@@ -110,7 +110,7 @@ def test_a_cached_prefix_goes_to_its_replica_unless_it_is_overloaded() -> None:
         assert (d.replica.replica_id, d.reason) == (first, "prefix") and d.cached_blocks > 60
     # ... a different prompt goes where the work is least ...
     assert _ask(t, "Hi", system="Something else entirely. " * 60) == other
-    # ... and past the overload bound (1.5 x the other's requests + 4), affinity yields
+    # ... and past the overload bound (1.5 x the other's requests + OVERLOAD_SLACK), affinity yields
     # although the cache would still make it the cheaper replica.
     t.acquire(first)
     d = _decide(t, "And my invoice?", long)

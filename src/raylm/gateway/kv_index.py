@@ -40,6 +40,7 @@ class BlockIndex:
         self._keys: dict[str, set[int]] = {}
         self._where: dict[int, set[str]] = {}
         self._pending: dict[str, dict[int, float]] = {}  # replica -> key -> expiry
+        self._purged = time.monotonic()
 
     def blocks_held(self, replica_id: str) -> int:
         return len(self._keys.get(replica_id, ()))
@@ -76,31 +77,37 @@ class BlockIndex:
         self.gaps.pop(replica_id, None)
 
     def note_routed(self, replica_id: str, keys: Iterable[int]) -> None:
-        until = time.monotonic() + self.pending_s
+        now = time.monotonic()
         pending = self._pending.setdefault(replica_id, {})
         for k in keys:
-            pending[k] = until
+            pending[k] = now + self.pending_s
+        if now - self._purged > self.pending_s:  # expired entries go now and then, not per lookup
+            self._purged = now
+            for p in self._pending.values():
+                for k in [k for k, t in p.items() if t < now]:
+                    del p[k]
 
     def matches(self, keys: tuple[int, ...], replica_ids: set[str]) -> dict[str, int]:
         """How many leading blocks of the prompt each replica holds (or will, pending).
-        Keys are chained, so the deepest key a replica holds implies every one before it."""
+        Keys are chained and an engine evicts a sequence's blocks from its tail, so a replica
+        that holds block i holds every block before it: a binary search per replica (about
+        8 probes for a 4k-token prompt in blocks of 16) finds its deepest one."""
         now = time.monotonic()
-        out = dict.fromkeys(replica_ids, 0)
+        out = {}
         for rid in replica_ids:
-            pending = self._pending.get(rid)
-            if pending:
-                for k in [k for k, t in pending.items() if t < now]:
-                    del pending[k]
-        left = set(replica_ids)
-        for i in range(len(keys) - 1, -1, -1):
-            have = {r for r in left if r in self._where.get(keys[i], ())} | {
-                r for r in left if keys[i] in self._pending.get(r, {})
-            }
-            for rid in have:
-                out[rid] = i + 1
-            left -= have
-            if not left:
-                break
+            pending = self._pending.get(rid, {})
+
+            def held(key: int, rid: str = rid, pending: dict[int, float] = pending) -> bool:
+                return rid in self._where.get(key, ()) or pending.get(key, 0.0) >= now
+
+            lo, hi = 0, len(keys)  # the answer lies in [lo, hi]
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if held(keys[mid - 1]):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            out[rid] = lo
         return out
 
     def _unwhere(self, key: int, replica_id: str) -> None:
