@@ -59,11 +59,6 @@ def _dump(obj: Any) -> None:
     print(json.dumps(obj, indent=1, default=str))
 
 
-def _store() -> Any:
-
-    return ModelStore()
-
-
 @model_app.command("list")
 def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
@@ -71,7 +66,7 @@ def list_cmd(
     address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Models in this node's store (with --nodes: where each is present and verified)."""
-    entries = _store().list_models()
+    entries = ModelStore().list_models()
     per_node: dict[str, list[Any]] = {}
     if nodes:
         ensure_attached(address)
@@ -110,7 +105,7 @@ def import_cmd(
     """Register a model directory in place, or convert a GGUF file into the store."""
     if not path.expanduser().exists():
         raise ModelError(f"{path} does not exist", fix="give a model directory or a .gguf file")
-    e = _store().import_path(path, name)
+    e = ModelStore().import_path(path, name)
     if as_json:
         _dump(e.model_dump(mode="json"))
     else:
@@ -129,7 +124,6 @@ def pull_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Download a model from a hub, check every file against the hub's checksums."""
-
     if source not in ("hf", "modelscope"):
         raise ModelError(f"Unknown --source {source!r}", fix="use --source hf or modelscope")
     e = pull(
@@ -138,7 +132,7 @@ def pull_cmd(
         revision=revision,
         include=include,
         name=name,
-        store=_store(),
+        store=ModelStore(),
     )
     if as_json:
         _dump(e.model_dump(mode="json"))
@@ -161,7 +155,7 @@ def rm_cmd(
         for ip, removed in done.items():
             out.print(f"{ip}: {'removed' if removed else 'not present'}")
         return
-    if not _store().remove(name):
+    if not ModelStore().remove(name):
         raise ModelError(
             f"Model {name} is not in the store", model=name, command="raylm model list"
         )
@@ -180,7 +174,7 @@ def verify_cmd(
         ensure_attached(address)
         results = verify_on_nodes(name, nodes, full=True)
     else:
-        r = _store().verify(name)
+        r = ModelStore().verify(name)
         results = {r.node: r}
     if as_json:
         _dump({ip: r.model_dump(mode="json") for ip, r in results.items()})
@@ -220,10 +214,9 @@ def sync_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Copy this node's verified copy to the other nodes through Ray; only what is missing."""
-
     ensure_attached(address)
     with err.status(f"Checking {name} in this node's store...", spinner="dots"):
-        entry = _store().resolve(name)
+        entry = ModelStore().resolve(name)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -35,7 +35,6 @@ class BlockIndex:
     def __init__(self, pending_s: float = 10.0) -> None:
         self.pending_s = pending_s
         self.cursors: dict[str, BlockCursor] = {}
-        self.block_sizes: dict[str, int] = {}
         self.gaps: dict[str, int] = {}
         self._keys: dict[str, set[int]] = {}
         self._where: dict[int, set[str]] = {}
@@ -63,8 +62,6 @@ class BlockIndex:
             for k in delta.added:
                 pending.pop(k, None)
         self.cursors[replica_id] = BlockCursor(epoch=delta.epoch, seq=delta.seq)
-        if delta.block_size:
-            self.block_sizes[replica_id] = delta.block_size
         self.gaps[replica_id] = delta.gaps
 
     def forget(self, replica_id: str) -> None:
@@ -73,7 +70,6 @@ class BlockIndex:
             self._unwhere(k, replica_id)
         self._pending.pop(replica_id, None)
         self.cursors.pop(replica_id, None)
-        self.block_sizes.pop(replica_id, None)
         self.gaps.pop(replica_id, None)
 
     def note_routed(self, replica_id: str, keys: Iterable[int]) -> None:
@@ -96,14 +92,11 @@ class BlockIndex:
         out = {}
         for rid in replica_ids:
             pending = self._pending.get(rid, {})
-
-            def held(key: int, rid: str = rid, pending: dict[int, float] = pending) -> bool:
-                return rid in self._where.get(key, ()) or pending.get(key, 0.0) >= now
-
             lo, hi = 0, len(keys)  # the answer lies in [lo, hi]
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if held(keys[mid - 1]):
+                key = keys[mid - 1]
+                if rid in self._where.get(key, ()) or pending.get(key, 0.0) >= now:
                     lo = mid
                 else:
                     hi = mid - 1

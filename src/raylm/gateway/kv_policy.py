@@ -10,7 +10,6 @@ known (its first event) or when a prompt cannot be tokenized, requests are route
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 from raylm.gateway.kv_index import BlockIndex
@@ -21,6 +20,7 @@ from raylm.gateway.policy import (
     Decision,
     LeastOutstanding,
     RouteRequest,
+    Sessions,
     _Turns,
 )
 from raylm.gateway.tokens import PromptTokens
@@ -39,8 +39,7 @@ class KvAware:
         """Per served model, its engines' block size (set by the gateway from the events)."""
         self._turns = _Turns()
         self._affinity = Affinity(self._turns, LeastOutstanding(_turns=self._turns))
-        self._sessions: OrderedDict[str, str] = OrderedDict()
-        self._max_sessions = sessions
+        self._sessions = Sessions(sessions)
 
     def keys(self, model: str, route: str, body: dict[str, Any]) -> tuple[int, ...]:
         size = self.block_sizes.get(model, 0)
@@ -54,20 +53,15 @@ class KvAware:
         matches = (
             self.index.matches(request.blocks, ids) if request.blocks else dict.fromkeys(ids, 0)
         )
-        session = self._sessions.get(request.session) if request.session is not None else None
+        session = self._sessions.replica_of(request.session)
         size = self.block_sizes.get(request.model, 0)
         return self._affinity.choose(request, candidates, matches, float(size), session)
 
     def routed(self, request: RouteRequest, replica_id: str) -> None:
         if request.blocks:
             self.index.note_routed(replica_id, request.blocks)
-        if request.session is not None:
-            self._sessions[request.session] = replica_id
-            self._sessions.move_to_end(request.session)
-            while len(self._sessions) > self._max_sessions:
-                self._sessions.popitem(last=False)
+        self._sessions.routed(request.session, replica_id)
 
     def forget(self, replica_id: str) -> None:
         self.index.forget(replica_id)
-        for s in [s for s, r in self._sessions.items() if r == replica_id]:
-            del self._sessions[s]
+        self._sessions.forget(replica_id)

@@ -15,11 +15,14 @@ with its reason, which `/metrics` counts. The spec's `routing` names the policy.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from raylm.gateway.prefix import BLOCK_TOKENS, request_blocks
 from raylm.replica import ReplicaInfo
+
+if TYPE_CHECKING:
+    from raylm.gateway.kv_policy import KvAware
 
 PolicyName = Literal["least-outstanding", "round-robin", "prefix-approximate", "kv-aware"]
 POLICIES: tuple[PolicyName, ...] = (
@@ -153,6 +156,30 @@ INDEX_BLOCKS = 65536
 SESSIONS = 65536
 
 
+class Sessions:
+    """The session hint's memory (`x-session-id` or OpenAI's `user` -> the replica its last
+    request went to), least recently used first out."""
+
+    def __init__(self, limit: int = SESSIONS) -> None:
+        self._last: OrderedDict[str, str] = OrderedDict()
+        self._limit = limit
+
+    def replica_of(self, session: str | None) -> str | None:
+        return self._last.get(session) if session is not None else None
+
+    def routed(self, session: str | None, replica_id: str) -> None:
+        if session is None:
+            return
+        self._last[session] = replica_id
+        self._last.move_to_end(session)
+        while len(self._last) > self._limit:
+            self._last.popitem(last=False)
+
+    def forget(self, replica_id: str) -> None:
+        for s in [s for s, r in self._last.items() if r == replica_id]:
+            del self._last[s]
+
+
 class PrefixApproximate:
     """The lowest predicted cost: the prompt's blocks the replica has not seen, in prefill
     tokens, plus LOAD_TOKENS per request already in flight on it. What a replica "has seen"
@@ -171,10 +198,9 @@ class PrefixApproximate:
         # block hash -> replicas it was sent to; per replica, its blocks, least recent first
         self._where: dict[int, set[str]] = {}
         self._order: dict[str, OrderedDict[int, None]] = {}
-        self._sessions: OrderedDict[str, str] = OrderedDict()
-        self._max_sessions = sessions
+        self._sessions = Sessions(sessions)
         self._turns = _Turns()
-        self._least = LeastOutstanding(_turns=self._turns)
+        self._affinity = Affinity(self._turns, LeastOutstanding(_turns=self._turns))
 
     def matches(self, blocks: tuple[int, ...], replica_ids: set[str]) -> dict[str, int]:
         """How many leading blocks of the prompt each replica has seen. Hashes are chained,
@@ -199,12 +225,10 @@ class PrefixApproximate:
         return request_blocks(route, body)
 
     def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
-        session = self._sessions.get(request.session) if request.session is not None else None
         ids = {c.replica.replica_id for c in candidates}
         matches = self.matches(request.blocks, ids) if request.blocks else dict.fromkeys(ids, 0)
-        return Affinity(self._turns, self._least).choose(
-            request, candidates, matches, BLOCK_TOKENS, session
-        )
+        session = self._sessions.replica_of(request.session)
+        return self._affinity.choose(request, candidates, matches, BLOCK_TOKENS, session)
 
     def routed(self, request: RouteRequest, replica_id: str) -> None:
         if request.blocks:
@@ -217,17 +241,12 @@ class PrefixApproximate:
                     self._where.setdefault(b, set()).add(replica_id)
             while len(order) > self._index_blocks:
                 self._drop(replica_id, order.popitem(last=False)[0])
-        if request.session is not None:
-            self._sessions[request.session] = replica_id
-            self._sessions.move_to_end(request.session)
-            while len(self._sessions) > self._max_sessions:
-                self._sessions.popitem(last=False)
+        self._sessions.routed(request.session, replica_id)
 
     def forget(self, replica_id: str) -> None:
         for b in self._order.pop(replica_id, {}):
             self._drop(replica_id, b)
-        for s in [s for s, r in self._sessions.items() if r == replica_id]:
-            del self._sessions[s]
+        self._sessions.forget(replica_id)
 
     def _drop(self, replica_id: str, block: int) -> None:
         have = self._where.get(block)
@@ -257,26 +276,19 @@ class Affinity:
         block_tokens: float,
         session_replica: str | None,
     ) -> Decision:
-        d = self._choose(request, candidates, matches, block_tokens, session_replica)
-        return replace(d, cached_tokens=d.cached_blocks * block_tokens)
+        def decide(replica: ReplicaInfo, reason: str) -> Decision:
+            cached = matches.get(replica.replica_id, 0)
+            return Decision(replica, reason, cached, cached * block_tokens)
 
-    def _choose(
-        self,
-        request: RouteRequest,
-        candidates: list[Candidate],
-        matches: dict[str, int],
-        block_tokens: float,
-        session_replica: str | None,
-    ) -> Decision:
         bound = OVERLOAD_FACTOR * min(c.in_flight for c in candidates) + OVERLOAD_SLACK
         within = [c for c in candidates if c.in_flight <= bound]
         for c in within:
-            if session_replica is not None and c.replica.replica_id == session_replica:
-                return Decision(c.replica, "session", matches.get(session_replica, 0))
+            if c.replica.replica_id == session_replica:
+                return decide(c.replica, "session")
         if not request.blocks:
-            return Decision(self.least.choose(request, candidates).replica, "no-key")
+            return decide(self.least.choose(request, candidates).replica, "no-key")
         if not any(matches.values()):
-            return Decision(self.least.choose(request, candidates).replica, "no-match")
+            return decide(self.least.choose(request, candidates).replica, "no-match")
 
         def cost(c: Candidate) -> float:
             uncached = (len(request.blocks) - matches[c.replica.replica_id]) * block_tokens
@@ -284,21 +296,21 @@ class Affinity:
 
         best = min(candidates, key=cost)
         if best.in_flight > bound:
-            least = self.least.choose(request, within)
-            return Decision(least.replica, "overload", matches[least.replica.replica_id])
+            return decide(self.least.choose(request, within).replica, "overload")
         tied = [c for c in within if cost(c) == cost(best)]
         chosen = self.turns.pick(tied) if len(tied) > 1 else best
-        rid = chosen.replica.replica_id
-        return Decision(chosen.replica, "prefix" if matches[rid] else "cost", matches[rid])
+        return decide(chosen.replica, "prefix" if matches[chosen.replica.replica_id] else "cost")
 
 
-def make_policy(name: PolicyName, kv: Any = None) -> RoutingPolicy:
-    """The policy the spec names; `kv-aware` needs its `KvAware` built by the gateway
-    (raylm.gateway.kv_policy), passed as `kv`, and falls back to least-outstanding without."""
+def make_policy(name: PolicyName, kv: KvAware | None = None) -> RoutingPolicy:
+    """The policy the spec names. `kv-aware` is built by its owner (the gateway, which holds
+    its index and tokenizers: raylm.gateway.kv_policy) and passed in as `kv`."""
     if name == "round-robin":
         return RoundRobin()
     if name == "prefix-approximate":
         return PrefixApproximate()
-    if name == "kv-aware" and kv is not None:
-        return kv  # type: ignore[no-any-return]
+    if name == "kv-aware":
+        if kv is None:
+            raise ValueError("kv-aware routing needs its KvAware (index and tokenizers)")
+        return kv
     return LeastOutstanding()

@@ -47,7 +47,6 @@ class Reporter(Protocol):
 
 def check_port_free(host: str, port: int) -> None:
     """Fail fast, before anything loads, when the gateway's port is taken."""
-
     bind_socket(host, port).close()
 
 
@@ -140,7 +139,6 @@ def _signals_to(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterato
 
 async def serve(spec: ServeSpec, reporter: Reporter) -> None:
     """Run a deployment in the foreground until SIGINT/SIGTERM, then drain and stop it all."""
-
     check_port_free(spec.host, spec.port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
