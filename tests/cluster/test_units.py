@@ -191,29 +191,44 @@ def test_ray_cli_found_without_its_script(monkeypatch: pytest.MonkeyPatch) -> No
     assert p.returncode == 0 and "version" in p.stdout, p.stderr
 
 
-def _fake_ray_start(tmp_path: Path, first_words: str) -> list[str]:
-    """A stand-in for `ray start` that fails once with `first_words`, then succeeds."""
-    flag = tmp_path / "tried"
+def _fake_ray_start(tmp_path: Path, first_words: str, failures: int = 1) -> list[str]:
+    """A stand-in for `ray start` that fails `failures` times with `first_words`, then
+    succeeds."""
+    count = tmp_path / "tries"
     script = (
         "import pathlib, sys\n"
-        f"flag = pathlib.Path({str(flag)!r})\n"
-        "if not flag.exists():\n"
-        "    flag.touch()\n"
+        f"count = pathlib.Path({str(count)!r})\n"
+        "n = int(count.read_text()) if count.exists() else 0\n"
+        "count.write_text(str(n + 1))\n"
+        f"if n < {failures}:\n"
         f"    sys.exit({first_words!r})\n"
         "print('started')\n"
     )
     return [sys.executable, "-c", script]
 
 
-def test_ray_start_retries_once_when_rays_own_registration_time_runs_out(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+_REGISTRATION = "Exception: The current node timed out during startup. This could happen ..."
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_ray_start_retries_when_rays_own_registration_time_runs_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, failures: int
 ) -> None:
     from raylm.cluster.ray_process import start_ray
 
-    words = "Exception: The current node timed out during startup. This could happen ..."
-    run_id, out = start_ray(_fake_ray_start(tmp_path, words), {})
+    run_id, out = start_ray(_fake_ray_start(tmp_path, _REGISTRATION, failures), {})
     assert "started" in out and len(run_id) == 32
-    assert "trying once more" in caplog.text
+    assert caplog.text.count("trying again") == failures
+    assert (tmp_path / "tries").read_text() == str(failures + 1)
+
+
+def test_ray_start_gives_up_after_three_registration_timeouts(tmp_path: Path) -> None:
+    from raylm.cluster.ray_process import start_ray
+
+    with pytest.raises(ClusterError, match="did not register with the GCS in time") as ei:
+        start_ray(_fake_ray_start(tmp_path, _REGISTRATION, 3), {})
+    assert (tmp_path / "tries").read_text() == "3"
+    assert "raylet.out" in (ei.value.fix or "") and "too busy" in (ei.value.why or "")
 
 
 def test_ray_start_other_failures_are_not_retried(tmp_path: Path) -> None:

@@ -105,17 +105,37 @@ def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -
 
     The run id is put in the environment of every process Ray starts (they inherit it),
     which is how `processes_of_run` finds them later. A start that ran out of Ray's own
-    registration time is cleaned up and tried once more.
+    registration time is cleaned up and tried again, up to three times in all, while
+    `timeout` allows.
     """
+    deadline = time.monotonic() + timeout
     run_id, p = _start_once(argv, env, timeout)
-    if p.returncode != 0 and _STARTUP_TIMEOUT in (p.stdout or "") + (p.stderr or ""):
+    for attempt in (2, 3):
+        left = deadline - time.monotonic()
+        if p.returncode == 0 or _STARTUP_TIMEOUT not in (p.stdout or "") + (p.stderr or ""):
+            break
+        if left < 35:  # another try could not outlast Ray's own 30 s window
+            break
         stop_run(run_id)
-        log.warning("`ray start` ran out of Ray's 30 s registration time; trying once more")
-        run_id, p = _start_once(argv, env, timeout)
+        log.warning(
+            "`ray start` ran out of Ray's 30 s registration time (the node is busy); "
+            "trying again (%d of 3)",
+            attempt,
+        )
+        run_id, p = _start_once(argv, env, left)
     out = (p.stdout or "") + (p.stderr or "")
     if p.returncode != 0:
         stop_run(run_id)
         tail = "\n".join(out.strip().splitlines()[-8:])
+        if _STARTUP_TIMEOUT in out:
+            raise ClusterError(
+                "`ray start` failed: this node's raylet did not register with the GCS in time",
+                why="Ray allows 30 s for it; the node or the head's GCS was too busy, "
+                "every time it was tried",
+                fix="Run the same command again once the node is less busy; the raylet's "
+                "log is raylet.out under the Ray temp dir's session_latest/logs",
+                command="raylm doctor",
+            )
         raise ClusterError(
             "`ray start` failed",
             why=f"exit {p.returncode}: {tail}",
