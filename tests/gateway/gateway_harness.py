@@ -5,6 +5,7 @@ in a thread of their own so the tests can use ordinary blocking clients (httpx, 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -125,6 +126,7 @@ async def start_faulty_replica(mode: str) -> tuple[asyncio.Server, str]:
     - "hang": sends the first SSE event, then nothing, forever;
     - "truncated": sends the first SSE event and ends the body cleanly, without [DONE];
     - "503": answers 503, as a vLLM server shutting down does;
+    - "500": answers 500, as vLLM does for a request in flight when its engine dies;
     - "silent": reads the request and never answers.
     """
 
@@ -140,12 +142,14 @@ async def start_faulty_replica(mode: str) -> tuple[asyncio.Server, str]:
             await reader.read()
             writer.close()
             return
-        if mode == "503":
-            body = b'{"error":{"message":"shutting down","type":"x","param":null,"code":503}}'
+        if mode in ("503", "500"):
+            message = "shutting down" if mode == "503" else "EngineCore encountered an issue."
+            reason = "Service Unavailable" if mode == "503" else "Internal Server Error"
+            body = json.dumps({"error": {"message": message, "type": "x", "code": int(mode)}})
             writer.write(
-                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                f"HTTP/1.1 {mode} {reason}\r\ncontent-type: application/json\r\n".encode()
                 + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
-                + body
+                + body.encode()
             )
         else:
             writer.write(_SSE_HEAD + _chunk(_FIRST_EVENT))

@@ -69,6 +69,29 @@ def test_replica_answering_503_is_retried(replica_url: str) -> None:
         gw.close_server(server)
 
 
+def test_a_replica_failing_with_500_is_a_bad_gateway_never_a_500() -> None:
+    # vLLM answers 500 to a request in flight when its engine dies (EngineDeadError). Not
+    # retried: a request that kills an engine would kill the next one too.
+    with RunningGateway([]) as gw:
+        server, url = gw.call(start_faulty_replica("500"))
+        gw.source.set([replica(url, "dying")])
+        gw.call(gw.gateway.refresh())
+        with gw.client() as c:
+            for path, body in [
+                ("/v1/completions", {"prompt": "Hi", "max_tokens": 2}),
+                ("/v1/completions", {"prompt": "Hi", "max_tokens": 2, "stream": True}),
+                ("/v1/chat/completions", {**CHAT, "max_tokens": 2}),
+                ("/generate", {"prompt": "Hi", "max_tokens": 2}),
+            ]:
+                r = c.post(path, json=body)
+                assert r.status_code == 502, (path, r.status_code, r.text)
+                err = r.json()["error"]
+                assert err["type"] == "upstream_error", err
+                assert "dying" in err["message"] and "EngineCore" in err["message"], err
+        assert gw.metric("raylm_retries_total", route="completions") == 0
+        gw.close_server(server)
+
+
 def test_without_retry_a_dead_replica_gives_503(replica_url: str) -> None:
     reps = [replica(dead_url(), "dead")]
     with RunningGateway(reps, retry_on_failure=False) as gw, gw.client() as c:

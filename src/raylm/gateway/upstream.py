@@ -24,6 +24,7 @@ from raylm.gateway.responses import (
     HttpError,
     error_message,
     error_response,
+    replica_error,
     sse_error_event,
     unavailable,
 )
@@ -285,7 +286,10 @@ class Upstream:
             try:
                 data = await resp.read()
                 ctype = resp.headers.get("Content-Type", "application/json")
-                return Buffered(resp.status, data, ctype, replica)
+                status, data = replica_error(replica.replica_id, resp.status, data)
+                if status != resp.status:
+                    ctype = "application/json"
+                return Buffered(status, data, ctype, replica)
             except TimeoutError as e:
                 raise HttpError(
                     error_response(
@@ -319,7 +323,10 @@ class Upstream:
             finally:
                 resp.release()
                 self._end(replica)
-            return Response(data, status_code=resp.status, media_type=ctype or "application/json")
+            status, data = replica_error(replica.replica_id, resp.status, data)
+            if status != resp.status:
+                ctype = "application/json"
+            return Response(data, status_code=status, media_type=ctype or "application/json")
         self._streams.add(resp)
         return RelayResponse(
             self._relay(route, model, replica, resp, t0),
