@@ -117,16 +117,41 @@ def test_a_cached_prefix_goes_to_its_replica_unless_it_is_overloaded() -> None:
     assert (d.replica.replica_id, d.reason) == (other, "overload")
 
 
-def test_the_cost_rule_weighs_cache_against_load() -> None:
+def test_the_cost_rule_weighs_cache_against_queued_prefill_and_load() -> None:
     t = table(ReplicaState.READY, ReplicaState.READY, policy=PrefixApproximate())
     first = _ask(t, "Q")
-    # 5 cached blocks are worth 5 * BLOCK_CHARS / 4 = 320 prefill tokens: more than one
-    # request in flight (LOAD_TOKENS), less than two.
-    assert 1 * LOAD_TOKENS < 5 * BLOCK_CHARS / 4 < 2 * LOAD_TOKENS
-    t.acquire(first)
-    assert _ask(t, "Q2") == first
+    # 5 cached blocks are worth 5 * BLOCK_CHARS / 4 = 320 prompt tokens not prefilled again.
+    cached = 5 * BLOCK_CHARS / 4
+    # A request in flight whose 200 tokens are still to prefill: first is still cheaper ...
+    assert cached > 200 + LOAD_TOKENS
+    t.acquire(first, prefill=200)
+    assert t.prefill(first) == 200
+    d = _decide(t, "Q2")
+    assert (d.replica.replica_id, d.reason) == (first, "prefix")
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Q2"}]
+    blocks = len(request_blocks("chat", {"messages": messages}))
+    assert d.prefill_tokens == (blocks - d.cached_blocks) * BLOCK_CHARS / 4
+    # ... and with one more request in flight, the queue outweighs the cache.
+    assert cached < 200 + 2 * LOAD_TOKENS
     t.acquire(first)
     assert _ask(t, "Q3") != first
+    # Once the first request's first token is back, its prefill no longer counts.
+    t.prefilled(first, 200)
+    assert t.prefill(first) == 0
+    t.release(first)
+    t.release(first)
+    assert t.in_flight(first) == 0 and t.prefill(first) == 0
+
+
+def test_the_table_counts_prefill_until_the_first_token_or_the_end() -> None:
+    t = table(ReplicaState.READY, ReplicaState.READY)
+    t.acquire("r0", prefill=300)
+    t.acquire("r0", prefill=100)
+    assert t.prefill("r0") == 400 and t.in_flight("r0") == 2
+    t.prefilled("r0", 300)  # a stream's first token
+    t.release("r0")  # ... and its end: nothing more to take off
+    t.release("r0", prefill=100)  # a request that ended before any token came back
+    assert t.prefill("r0") == 0 and t.in_flight("r0") == 0
 
 
 def test_a_restarted_replica_is_forgotten_and_sessions_stick_within_the_bound() -> None:

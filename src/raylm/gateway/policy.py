@@ -51,6 +51,9 @@ class Candidate:
 
     replica: ReplicaInfo
     in_flight: int
+    prefill: float = 0.0
+    """Prompt tokens the gateway predicts this replica has still to prefill for the requests
+    in flight on it (each request's uncached tokens until its first token comes back)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Decision:
     """Blocks of the prompt the policy expects the replica to have cached."""
     cached_tokens: float = 0.0
     """The same in prompt tokens (for `/metrics`: predicted against the engine's hits)."""
+    prefill_tokens: float = 0.0
+    """Prompt tokens the replica is predicted to prefill for this request (0: not known)."""
 
 
 class RoutingPolicy(Protocol):
@@ -141,10 +146,11 @@ class RoundRobin:
         return None
 
 
-# The weights of the cost rule (prefill tokens). A request in flight counts as LOAD_TOKENS
-# of work: a replica holding a 1k-token prefix (~16 blocks) stays preferred until it has
-# about four requests more than the others, and never past the overload bound.
-LOAD_TOKENS = 256.0
+# The weights of the cost rule, in prompt tokens to prefill (a request's time to first
+# token is about the prefill queued ahead of it plus its own). Each replica's queued prefill
+# is counted as such (Candidate.prefill); on top, a request in flight counts LOAD_TOKENS,
+# its decode steps sharing the engine with the new prefill.
+LOAD_TOKENS = 64.0
 # Affinity never sends work to a replica with more than OVERLOAD_FACTOR x the least loaded
 # one's requests plus OVERLOAD_SLACK: one hot prefix cannot pile onto one replica. A slack
 # of 4 never bound at a concurrency of 4 over 2 replicas (bench_routing, 2026-11-23: 12 of
@@ -259,10 +265,11 @@ class PrefixApproximate:
 @dataclass
 class Affinity:
     """The cost rule `prefix-approximate` and `kv-aware` share: the lowest predicted cost,
-    the prompt's uncached tokens plus LOAD_TOKENS per request in flight, within the
-    overload bound. Reasons: `session` (the hint's replica, within the bound), `no-key`
-    (nothing to match on), `no-match` (cached nowhere: least loaded), `prefix` (the cheapest
-    has part of the prompt), `cost` (the cheapest has none of it), `overload` (the cheapest
+    the prompt's uncached tokens plus the prefill already queued on the replica plus
+    LOAD_TOKENS per request in flight, within the overload bound. Reasons: `session` (the
+    hint's replica, within the bound), `no-key` (nothing to match on: least loaded),
+    `no-match` (cached nowhere: the least queued work), `prefix` (the cheapest has part of
+    the prompt), `cost` (the cheapest has none of it), `overload` (the cheapest
     is past the bound: least loaded instead)."""
 
     turns: _Turns
@@ -278,7 +285,8 @@ class Affinity:
     ) -> Decision:
         def decide(replica: ReplicaInfo, reason: str) -> Decision:
             cached = matches.get(replica.replica_id, 0)
-            return Decision(replica, reason, cached, cached * block_tokens)
+            uncached = (len(request.blocks) - cached) * block_tokens
+            return Decision(replica, reason, cached, cached * block_tokens, uncached)
 
         bound = OVERLOAD_FACTOR * min(c.in_flight for c in candidates) + OVERLOAD_SLACK
         within = [c for c in candidates if c.in_flight <= bound]
@@ -287,19 +295,19 @@ class Affinity:
                 return decide(c.replica, "session")
         if not request.blocks:
             return decide(self.least.choose(request, candidates).replica, "no-key")
-        if not any(matches.values()):
-            return decide(self.least.choose(request, candidates).replica, "no-match")
 
         def cost(c: Candidate) -> float:
             uncached = (len(request.blocks) - matches[c.replica.replica_id]) * block_tokens
-            return uncached + LOAD_TOKENS * c.in_flight
+            return uncached + c.prefill + LOAD_TOKENS * c.in_flight
 
         best = min(candidates, key=cost)
         if best.in_flight > bound:
             return decide(self.least.choose(request, within).replica, "overload")
         tied = [c for c in within if cost(c) == cost(best)]
         chosen = self.turns.pick(tied) if len(tied) > 1 else best
-        return decide(chosen.replica, "prefix" if matches[chosen.replica.replica_id] else "cost")
+        if matches[chosen.replica.replica_id]:
+            return decide(chosen.replica, "prefix")
+        return decide(chosen.replica, "cost" if any(matches.values()) else "no-match")
 
 
 def make_policy(name: PolicyName, kv: KvAware | None = None) -> RoutingPolicy:

@@ -29,6 +29,7 @@ class ReplicaTable:
         self._replicas: dict[str, ReplicaInfo] = {}
         self._models: list[str] = []
         self._in_flight: dict[str, int] = {}
+        self._prefill: dict[str, float] = {}  # predicted prompt tokens not yet prefilled
         # replica_id -> (monotonic deadline, generation it applies to)
         self._ejected: dict[str, tuple[float, int]] = {}
 
@@ -103,15 +104,36 @@ class ReplicaTable:
         healthy = [r for r in ready if not self.is_ejected(r)] or ready
         req = request or RouteRequest(model)
         decision = self.policy.choose(
-            req, [Candidate(r, self._in_flight.get(r.replica_id, 0)) for r in healthy]
+            req,
+            [
+                Candidate(r, self._in_flight.get(r.replica_id, 0), self.prefill(r.replica_id))
+                for r in healthy
+            ],
         )
         self.policy.routed(req, decision.replica.replica_id)
         return decision
 
-    def acquire(self, replica_id: str) -> None:
-        self._in_flight[replica_id] = self._in_flight.get(replica_id, 0) + 1
+    def prefill(self, replica_id: str) -> float:
+        return self._prefill.get(replica_id, 0.0)
 
-    def release(self, replica_id: str) -> None:
+    def acquire(self, replica_id: str, prefill: float = 0.0) -> None:
+        """A request goes to the replica, with `prefill` prompt tokens predicted to prefill."""
+        self._in_flight[replica_id] = self._in_flight.get(replica_id, 0) + 1
+        if prefill > 0:
+            self._prefill[replica_id] = self._prefill.get(replica_id, 0.0) + prefill
+
+    def prefilled(self, replica_id: str, prefill: float) -> None:
+        """A request's prefill is over (its first token came, or it ended)."""
+        left = self._prefill.get(replica_id, 0.0) - prefill
+        if left > 0.5:
+            self._prefill[replica_id] = left
+        else:
+            self._prefill.pop(replica_id, None)
+
+    def release(self, replica_id: str, prefill: float = 0.0) -> None:
+        """A request ended; `prefill` is what was still counted of its prefill."""
+        if prefill > 0:
+            self.prefilled(replica_id, prefill)
         left = self._in_flight.get(replica_id, 0) - 1
         if left > 0:
             self._in_flight[replica_id] = left

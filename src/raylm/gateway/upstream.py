@@ -57,6 +57,8 @@ class _Attempt:
     tried: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
     retried: bool = False
+    prefill: float = 0.0
+    """Prompt tokens still counted as queued prefill on the replica it is on now."""
 
 
 class _ReplicaFailed(Exception):
@@ -164,24 +166,27 @@ class Upstream:
 
     # ------------------------------------------------------------ accounting
 
-    def _begin(self, replica: ReplicaInfo) -> None:
-        self.table.acquire(replica.replica_id)
+    def _begin(self, replica: ReplicaInfo, attempt: _Attempt) -> None:
+        self.table.acquire(replica.replica_id, attempt.prefill)
         self.active += 1
         self.idle.clear()
         self.metrics.in_flight.inc()
         self.metrics.routed.labels(replica.replica_id).inc()
 
-    def _end(self, replica: ReplicaInfo) -> None:
-        self.table.release(replica.replica_id)
+    def _end(self, replica: ReplicaInfo, attempt: _Attempt) -> None:
+        self.table.release(replica.replica_id, attempt.prefill)
+        attempt.prefill = 0.0
         self.active -= 1
         if self.active == 0:
             self.idle.set()
         self.metrics.in_flight.dec()
 
-    def _close_stream(self, replica: ReplicaInfo, resp: aiohttp.ClientResponse) -> None:
+    def _close_stream(
+        self, replica: ReplicaInfo, resp: aiohttp.ClientResponse, attempt: _Attempt
+    ) -> None:
         self._streams.discard(resp)
         resp.release()
-        self._end(replica)
+        self._end(replica, attempt)
 
     def _failed(self, replica: ReplicaInfo, why: str) -> None:
         logger.warning("replica %s failed before answering: %s", replica.replica_id, why)
@@ -242,15 +247,16 @@ class Upstream:
                 attempt.retried = True
                 self.metrics.retries.labels(route).inc()
             attempt.tried.add(replica.replica_id)
-            self._begin(replica)
+            attempt.prefill = decision.prefill_tokens
+            self._begin(replica, attempt)
             try:
                 return replica, await self._open(replica, path, body, stream)
             except _ReplicaFailed as e:
-                self._end(replica)
+                self._end(replica, attempt)
                 self._failed(replica, str(e))
                 attempt.failures.append(f"{replica.replica_id}: {e}")
             except (aiohttp.ClientError, TimeoutError) as e:
-                self._end(replica)
+                self._end(replica, attempt)
                 raise HttpError(
                     error_response(
                         504,
@@ -261,7 +267,7 @@ class Upstream:
                     )
                 ) from e
             except BaseException:
-                self._end(replica)
+                self._end(replica, attempt)
                 raise
         if attempt.failures:
             failures = "; ".join(attempt.failures)
@@ -305,14 +311,15 @@ class Upstream:
                 attempt.failures.append(f"{replica.replica_id}: {type(e).__name__}: {e}")
             finally:
                 resp.release()
-                self._end(replica)
+                self._end(replica, attempt)
 
     async def stream(
         self, route: str, request: RouteRequest, path: str, body: bytes, t0: float
     ) -> Response:
         """A streaming answer relayed as it comes, or the replica's own error answer."""
         model = request.model
-        replica, resp = await self._call(route, model, path, body, True, _Attempt(request))
+        attempt = _Attempt(request)
+        replica, resp = await self._call(route, model, path, body, True, attempt)
         ctype = resp.headers.get("Content-Type", "")
         if resp.status != 200 or not ctype.startswith("text/event-stream"):
             # vLLM rejects a bad streaming request with a plain JSON error.
@@ -322,21 +329,27 @@ class Upstream:
                 data = json.dumps({"error": {"message": str(e), "type": "upstream_error"}}).encode()
             finally:
                 resp.release()
-                self._end(replica)
+                self._end(replica, attempt)
             status, data = replica_error(replica.replica_id, resp.status, data)
             if status != resp.status:
                 ctype = "application/json"
             return Response(data, status_code=status, media_type=ctype or "application/json")
         self._streams.add(resp)
         return RelayResponse(
-            self._relay(route, model, replica, resp, t0),
-            on_close=partial(self._close_stream, replica, resp),
+            self._relay(route, model, replica, resp, t0, attempt),
+            on_close=partial(self._close_stream, replica, resp, attempt),
             media_type=ctype,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     async def _relay(
-        self, route: str, model: str, replica: ReplicaInfo, resp: aiohttp.ClientResponse, t0: float
+        self,
+        route: str,
+        model: str,
+        replica: ReplicaInfo,
+        resp: aiohttp.ClientResponse,
+        t0: float,
+        attempt: _Attempt,
     ) -> AsyncIterator[bytes]:
         """Pass a replica's SSE bytes through as they come; end with an error event when
         the replica fails or goes quiet mid-way."""
@@ -348,6 +361,9 @@ class Upstream:
                     if first:
                         self.metrics.ttft.labels(route).observe(time.perf_counter() - t0)
                         first = False
+                        # Its prefill is over: the replica's queue no longer holds it.
+                        self.table.prefilled(replica.replica_id, attempt.prefill)
+                        attempt.prefill = 0.0
                     tail = (tail + chunk)[-_TAIL_BYTES:]
                     if not done and tail.rstrip().endswith(_DONE):
                         # Count before the client sees [DONE]: a client that stops there

@@ -28,9 +28,9 @@ def block_keys(tokens: Sequence[int], block_size: int, parent: int = ROOT_KEY) -
     of a tuple of ints is the same in every process of one Python build (only str and bytes
     hashes are salted), so the gateway and the replicas' supervisors agree."""
     out: list[int] = []
-    ids = tuple(tokens)  # a tuple's slices are tuples: one copy, not two per block
-    for start in range(0, len(ids) - block_size + 1, block_size):
-        parent = hash((parent, ids[start : start + block_size]))
+    # zip over one iterator cuts the whole blocks as tuples in C (a partial tail is dropped)
+    for block in zip(*[iter(tokens)] * block_size, strict=False):
+        parent = hash((parent, block))
         out.append(parent)
     return out
 
