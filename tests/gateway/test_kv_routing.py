@@ -191,3 +191,26 @@ def test_prompt_tokens_are_the_tokenizers_own() -> None:
     assert tokens.ids("m", "completions", {"prompt": "Once upon"}) == tok.encode("Once upon")
     assert tokens.ids("m", "completions", {"prompt": [5, 6]}) == [5, 6]
     assert PromptTokens({}).ids("m", "chat", {"messages": []}) is None
+
+
+def test_remembered_piece_keys_are_the_keys_of_the_whole_prompt() -> None:
+    from raylm.models.store import ModelStore
+
+    path = str(ModelStore().resolve(None).path)
+    kv = KvAware(BlockIndex(), PromptTokens({"m": path, "n": path}))
+    system = "You answer from the manual, clause by clause. " * 60
+    history: list[dict[str, str]] = [{"role": "system", "content": system}]
+    for size in (16, 7):
+        kv.block_sizes.update(m=size, n=size)
+        for turn in ("What is in section 2?", "And section 3?", "Thanks.  \n"):
+            history = [*history, {"role": "user", "content": turn}]
+            body = {"messages": history}
+            ids = kv.tokens.ids("m", "chat", body)
+            assert ids is not None
+            # Twice: the second time every piece comes from memory, with the same keys.
+            for model in ("m", "n", "m"):
+                assert kv.keys(model, "chat", body) == tuple(block_keys(ids, size))
+            history.append({"role": "assistant", "content": "Section " + turn[-3:]})
+    prompt = {"prompt": "Once upon a time " * 20}
+    ids = kv.tokens.ids("m", "completions", prompt)
+    assert ids is not None and kv.keys("m", "completions", prompt) == tuple(block_keys(ids, 7))

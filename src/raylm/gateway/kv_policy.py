@@ -10,6 +10,7 @@ known (its first event) or when a prompt cannot be tokenized, requests are route
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from raylm.gateway.kv_index import BlockIndex
@@ -24,7 +25,10 @@ from raylm.gateway.policy import (
     _Turns,
 )
 from raylm.gateway.tokens import PromptTokens
-from raylm.kv.blocks import block_keys
+from raylm.kv.blocks import ROOT_KEY, block_keys
+
+MEMO_KEYS = 1 << 20
+"""Block keys remembered for prompt pieces (the text between special tokens): ~50 MiB."""
 
 
 class KvAware:
@@ -40,13 +44,54 @@ class KvAware:
         self._turns = _Turns()
         self._affinity = Affinity(self._turns, LeastOutstanding(_turns=self._turns))
         self._sessions = Sessions(sessions)
+        self._memo: OrderedDict[
+            tuple[str, int, int, tuple[int, ...], int, int],
+            tuple[int, tuple[int, ...], list[int]],
+        ] = OrderedDict()
+        self._memo_keys = 0
+        self._last: tuple[tuple[int, ...], dict[str, int]] = ((), {})
 
     def keys(self, model: str, route: str, body: dict[str, Any]) -> tuple[int, ...]:
         size = self.block_sizes.get(model, 0)
         if size <= 0:
             return ()
-        ids = self.tokens.ids(model, route, body)
-        return tuple(block_keys(ids, size)) if ids else ()
+        pieces = self.tokens.pieces(model, route, body)
+        if not pieces:
+            return ()
+        keys: list[int] = []
+        parent: int = ROOT_KEY
+        tail: tuple[int, ...] = ()
+        for text, ids in pieces:
+            if not text:  # not a cut of a rendered chat: nothing to remember it by
+                new = block_keys(tail + tuple(ids), size, parent)
+                keys += new
+                break
+            parent, tail, new = self._piece_keys(model, size, parent, tail, text, ids)
+            keys += new
+        return tuple(keys)
+
+    def _piece_keys(
+        self, model: str, size: int, parent: int, tail: tuple[int, ...], text: str, ids: list[int]
+    ) -> tuple[int, tuple[int, ...], list[int]]:
+        """The keys of the whole blocks that `ids` completes after `tail` (the tokens left
+        over from the pieces before) chained on `parent`; the new parent and tail with them.
+        Remembered by what determines them (the text by its length and hash: a collision
+        costs only a worse routing choice), so a shared system prompt or an earlier turn is
+        keyed once; least recently used first out, within MEMO_KEYS keys."""
+        memo_key = (model, size, parent, tail, len(text), hash(text))
+        hit = self._memo.get(memo_key)
+        if hit is not None:
+            self._memo.move_to_end(memo_key)
+            return hit
+        tokens = tail + tuple(ids)
+        whole = len(tokens) // size * size
+        new = block_keys(tokens[:whole], size, parent)
+        hit = (new[-1] if new else parent, tokens[whole:], new)
+        self._memo[memo_key] = hit
+        self._memo_keys += len(new) + 1
+        while self._memo_keys > MEMO_KEYS and self._memo:
+            self._memo_keys -= len(self._memo.popitem(last=False)[1][2]) + 1
+        return hit
 
     def choose(self, request: RouteRequest, candidates: list[Candidate]) -> Decision:
         ids = {c.replica.replica_id for c in candidates}
@@ -55,11 +100,15 @@ class KvAware:
         )
         session = self._sessions.replica_of(request.session)
         size = self.block_sizes.get(request.model, 0)
+        self._last = (request.blocks, matches)
         return self._affinity.choose(request, candidates, matches, float(size), session)
 
     def routed(self, request: RouteRequest, replica_id: str) -> None:
         if request.blocks:
-            self.index.note_routed(replica_id, request.blocks)
+            # The leading blocks the replica was found to hold need no pending entry.
+            blocks, matches = self._last
+            held = matches.get(replica_id, 0) if blocks is request.blocks else 0
+            self.index.note_routed(replica_id, request.blocks[held:])
         self._sessions.routed(request.session, replica_id)
 
     def forget(self, replica_id: str) -> None:

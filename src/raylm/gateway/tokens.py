@@ -67,15 +67,19 @@ class PromptTokens:
 
     def _encode_pieces(self, model: str, tok: Any, text: str) -> list[int]:
         """`tok.encode(text, add_special_tokens=False)`, piece by piece through the cache."""
+        return [t for _, ids in self._pieces_of(model, tok, text) for t in ids]
+
+    def _pieces_of(self, model: str, tok: Any, text: str) -> list[tuple[str, list[int]]]:
+        """`text` cut at special tokens, each piece with its ids (cached)."""
         splitter, special_ids = self._specials[model]
         if splitter is None:
-            return list(tok.encode(text, add_special_tokens=False))
-        out: list[int] = []
+            return [(text, list(tok.encode(text, add_special_tokens=False)))]
+        out: list[tuple[str, list[int]]] = []
         for piece in splitter.split(text):
             if not piece:
                 continue
             if piece in special_ids:
-                out.append(special_ids[piece])
+                out.append((piece, [special_ids[piece]]))
                 continue
             key = (model, piece)
             ids = self._pieces.get(key)
@@ -88,10 +92,19 @@ class PromptTokens:
                     self._cached_chars -= len(old)
             else:
                 self._pieces.move_to_end(key)
-            out.extend(ids)
+            out.append((piece, ids))
         return out
 
     def ids(self, model: str, route: str, body: dict[str, Any]) -> list[int] | None:
+        pieces = self.pieces(model, route, body)
+        return None if pieces is None else [t for _, ids in pieces for t in ids]
+
+    def pieces(
+        self, model: str, route: str, body: dict[str, Any]
+    ) -> list[tuple[str, list[int]]] | None:
+        """The prompt's ids in pieces, each with the text it came from (chat: cut at the
+        special tokens; otherwise one piece), or None when it cannot be tokenized. The ids
+        are the cache's own lists: read them, never change them."""
         tok = self._tokenizer(model)
         if tok is None:
             return None
@@ -105,15 +118,15 @@ class PromptTokens:
                     tokenize=False,
                     add_generation_prompt=body.get("add_generation_prompt", True) is not False,
                 )
-                return self._encode_pieces(model, tok, text)
+                return self._pieces_of(model, tok, text)
             prompt = body.get("prompt")
             if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-                return [int(t) for t in prompt]  # already token ids
+                return [("", [int(t) for t in prompt])]  # already token ids
             if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
                 prompt = prompt[0]  # a batch: key on its first prompt
             if not isinstance(prompt, str):
                 return None
-            return list(tok.encode(prompt, add_special_tokens=True))
+            return [("", list(tok.encode(prompt, add_special_tokens=True)))]
         except Exception as e:  # an odd message the template refuses: route by load
             logger.debug("cannot tokenize a %s request for %s: %s", route, model, e)
             return None
