@@ -11,11 +11,12 @@ handled here rather than by every caller:
   torch, which kills the engine at start (`operator torchvision::nms does not exist`);
   `raylm.compat` hides such a package in this process and in every one vLLM starts.
 
-One cost is cut here too: the CPU platform starts vLLM's engine process, and its worker
-processes, by `spawn`, so each imports torch and vLLM again. raylm has them forked, before
-any of them has run OpenMP work (measured on 2 cores, same tokens: one rank ready in 24 s
-instead of 41 s, TP=3 in 28 s instead of 69 s). `VLLM_WORKER_MULTIPROC_METHOD=spawn` in
-the environment keeps vLLM's spawn.
+One cost is cut here too: the CPU platform starts vLLM's engine process by `spawn`, which
+imports torch and vLLM a second time. A one-process CPU engine (raylm's one-rank replicas)
+is forked instead, before the server has run any OpenMP work (measured on 2 cores: ready
+in 24 s instead of 41 s, same tokens and speed). Engines with worker processes keep spawn.
+
+Usage: `python -m raylm.serve.launcher serve MODEL [vllm arguments...]`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import sys
 
 from raylm.compat import hide_broken_torch_extensions, hide_in_children
-from raylm.serve.engine import pin_to_bound_cores
+from raylm.serve.engine import UNIPROC_ENV, pin_to_bound_cores
 
 # vLLM's choice of how it starts its engine and worker processes: "fork" or "spawn".
 MP_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
@@ -54,11 +55,11 @@ def _alias_vllm_version() -> None:
     md.version = version  # type: ignore[assignment]
 
 
-def _fork_engine_processes() -> bool:
-    """Have vLLM's CPU platform fork its engine and worker processes; return whether it
-    will. The platform sets spawn while it checks the config, so the choice is put back
-    right after that check, unless the user asked for spawn."""
-    if os.environ.get(MP_METHOD_ENV) == "spawn":
+def _fork_one_process_engine() -> bool:
+    """Have vLLM's CPU platform fork the engine process of a one-process engine; return
+    whether it will. The platform sets spawn while it checks the config, so the choice is
+    put back right after that check."""
+    if os.environ.get(UNIPROC_ENV) != "0":
         return False
     from vllm.platforms.cpu import CpuPlatform
 
@@ -81,14 +82,14 @@ def main(argv: list[str] | None = None) -> None:
     hide_in_children(hide_broken_torch_extensions())
     _alias_vllm_version()
     if cpu:
-        _fork_engine_processes()
+        _fork_one_process_engine()
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv = ["vllm", *(sys.argv[1:] if argv is None else argv)]
     vllm_main()
 
 
-# Processes vLLM spawns (with VLLM_WORKER_MULTIPROC_METHOD=spawn) re-import __main__: the
-# guard keeps them from starting another server.
+# vLLM's workers are spawned processes that re-import __main__: the guard keeps them
+# from starting another server.
 if __name__ == "__main__":
     main()
