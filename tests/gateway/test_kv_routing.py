@@ -147,7 +147,7 @@ def test_a_routed_prompt_counts_as_pending_until_events_confirm_it() -> None:
     req = RouteRequest("m", tuple(block_keys(list(range(20)), BS)))
     a, b = _replica("a"), _replica("b")
     first = policy.choose(req, [Candidate(a, 0), Candidate(b, 0)])
-    policy.routed(req, first.replica.replica_id)
+    policy.routed(req, first)
     again = policy.choose(req, [Candidate(a, 1), Candidate(b, 1)])
     assert again.replica == first.replica and again.reason == "prefix"
     time.sleep(0.6)  # never confirmed by an event: forgotten

@@ -49,7 +49,6 @@ class KvAware:
             tuple[int, tuple[int, ...], list[int]],
         ] = OrderedDict()
         self._memo_keys = 0
-        self._last: tuple[tuple[int, ...], dict[str, int]] = ((), {})
 
     def keys(self, model: str, route: str, body: dict[str, Any]) -> tuple[int, ...]:
         size = self.block_sizes.get(model, 0)
@@ -100,15 +99,13 @@ class KvAware:
         )
         session = self._sessions.replica_of(request.session)
         size = self.block_sizes.get(request.model, 0)
-        self._last = (request.blocks, matches)
         return self._affinity.choose(request, candidates, matches, float(size), session)
 
-    def routed(self, request: RouteRequest, replica_id: str) -> None:
+    def routed(self, request: RouteRequest, decision: Decision) -> None:
+        replica_id = decision.replica.replica_id
         if request.blocks:
             # The leading blocks the replica was found to hold need no pending entry.
-            blocks, matches = self._last
-            held = matches.get(replica_id, 0) if blocks is request.blocks else 0
-            self.index.note_routed(replica_id, request.blocks[held:])
+            self.index.note_routed(replica_id, request.blocks[decision.cached_blocks :])
         self._sessions.routed(request.session, replica_id)
 
     def forget(self, replica_id: str) -> None:

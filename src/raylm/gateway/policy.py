@@ -83,8 +83,8 @@ class RoutingPolicy(Protocol):
         """Pick one of `candidates` (never empty)."""
         ...
 
-    def routed(self, request: RouteRequest, replica_id: str) -> None:
-        """`request` was sent to `replica_id` (policies that learn from routing record it)."""
+    def routed(self, request: RouteRequest, decision: Decision) -> None:
+        """`request` was sent as `decision` says (policies that learn from routing record it)."""
         ...
 
     def forget(self, replica_id: str) -> None:
@@ -118,7 +118,7 @@ class LeastOutstanding:
         tied = [c for c in candidates if c.in_flight == least]
         return Decision(self._turns.pick(tied).replica, self.name)
 
-    def routed(self, request: RouteRequest, replica_id: str) -> None:
+    def routed(self, request: RouteRequest, decision: Decision) -> None:
         return None
 
     def forget(self, replica_id: str) -> None:
@@ -139,7 +139,7 @@ class RoundRobin:
         ordered = sorted(candidates, key=lambda c: c.replica.replica_id)
         return Decision(self._turns.pick(ordered).replica, self.name)
 
-    def routed(self, request: RouteRequest, replica_id: str) -> None:
+    def routed(self, request: RouteRequest, decision: Decision) -> None:
         return None
 
     def forget(self, replica_id: str) -> None:
@@ -236,7 +236,8 @@ class PrefixApproximate:
         session = self._sessions.replica_of(request.session)
         return self._affinity.choose(request, candidates, matches, BLOCK_TOKENS, session)
 
-    def routed(self, request: RouteRequest, replica_id: str) -> None:
+    def routed(self, request: RouteRequest, decision: Decision) -> None:
+        replica_id = decision.replica.replica_id
         if request.blocks:
             order = self._order.setdefault(replica_id, OrderedDict())
             for b in request.blocks:

@@ -110,7 +110,7 @@ class ReplicaTable:
                 for r in healthy
             ],
         )
-        self.policy.routed(req, decision.replica.replica_id)
+        self.policy.routed(req, decision)
         return decision
 
     def prefill(self, replica_id: str) -> float:
