@@ -64,15 +64,17 @@ def error_message(body: bytes) -> str:
     return body.decode(errors="replace").strip()[:500]
 
 
-def replica_error(replica_id: str, status: int, body: bytes) -> tuple[int, bytes]:
+def replica_error(
+    replica_id: str, status: int, body: bytes, content_type: str
+) -> tuple[int, bytes, str]:
     """A replica's error answer as the client gets it. The replica's own failure (500 and
     other 5xx, e.g. vLLM's EngineDeadError while its engine is replaced) is a bad gateway
     to the client, never a 500 of ours; its 4xx and 502-504 pass through unchanged."""
     if status < 500 or status in (502, 503, 504):
-        return status, body
+        return status, body, content_type
     message = f"Replica {replica_id} failed while answering ({status}: {error_message(body)})."
     err = error_body(message, type="upstream_error", code="replica_error")
-    return 502, json.dumps(err, separators=(",", ":")).encode()
+    return 502, json.dumps(err, separators=(",", ":")).encode(), "application/json"
 
 
 def sse_error_event(message: str, code: int = 502) -> bytes:

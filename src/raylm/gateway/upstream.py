@@ -292,10 +292,9 @@ class Upstream:
             try:
                 data = await resp.read()
                 ctype = resp.headers.get("Content-Type", "application/json")
-                status, data = replica_error(replica.replica_id, resp.status, data)
-                if status != resp.status:
-                    ctype = "application/json"
-                return Buffered(status, data, ctype, replica)
+                return Buffered(
+                    *replica_error(replica.replica_id, resp.status, data, ctype), replica
+                )
             except TimeoutError as e:
                 raise HttpError(
                     error_response(
@@ -330,10 +329,10 @@ class Upstream:
             finally:
                 resp.release()
                 self._end(replica, attempt)
-            status, data = replica_error(replica.replica_id, resp.status, data)
-            if status != resp.status:
-                ctype = "application/json"
-            return Response(data, status_code=status, media_type=ctype or "application/json")
+            status, data, ctype = replica_error(
+                replica.replica_id, resp.status, data, ctype or "application/json"
+            )
+            return Response(data, status_code=status, media_type=ctype)
         self._streams.add(resp)
         return RelayResponse(
             self._relay(route, model, replica, resp, t0, attempt),
