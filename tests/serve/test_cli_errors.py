@@ -121,3 +121,19 @@ def test_ray_executor_is_refused_on_the_cpu_build_before_anything_starts() -> No
     assert r.returncode == 1, r.stderr
     assert "executor = 'ray'" in r.stderr and "--executor mp" in r.stderr
     assert "connecting to Ray" not in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["serve", "--bogus"], "No such option: --bogus"),
+        (["serve", "--replicas", "two"], "Invalid value for '--replicas'"),
+        (["srve"], "No such command 'srve'"),
+    ],
+)
+def test_a_mistyped_command_line_is_a_usage_error_not_a_bug(args: list[str], says: str) -> None:
+    # Typer parses with a click of its own: its usage errors once read as "a bug in raylm".
+    r = subprocess.run([RAYLM, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and "Usage: raylm" in r.stderr, r.stderr
+    assert "bug in raylm" not in r.stderr and "Traceback" not in r.stderr

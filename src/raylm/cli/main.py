@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import types
 
 import click
 import typer
@@ -27,6 +28,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
+
+# Typer 0.2x parses with a copy of click of its own (typer._click): its usage errors are not
+# click's classes, so both are caught, or a mistyped flag would read as a bug in raylm.
+_typer_click: types.ModuleType
+try:
+    from typer._click import exceptions as _typer_click
+except ImportError:  # an older typer: plain click
+    _typer_click = click.exceptions
+_EXIT = (click.exceptions.Exit, typer.Exit)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+_USAGE = (click.ClickException, _typer_click.ClickException)
 
 
 def _version(value: bool) -> None:
@@ -67,12 +79,12 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=args, prog_name="raylm", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except click.exceptions.Exit as e:
+    except _EXIT as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except _ABORT:
         err_console.print("[red]Aborted.[/red]")
         sys.exit(130)
-    except click.ClickException as e:
+    except _USAGE as e:
         e.show()
         sys.exit(e.exit_code)
     except RaylmError as e:
