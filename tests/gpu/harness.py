@@ -85,6 +85,25 @@ def build_tiny_model(
     return out
 
 
+def build_config_model(out: Path, fixture: Path) -> Path:
+    """A model directory with only a config (the fixture's architecture and sizes, the demo
+    tokenizer's vocabulary) and the demo tokenizer: vLLM runs it with `--load-format dummy`,
+    random weights of a large model's prefill and decode cost, nothing to download."""
+    from transformers import AutoTokenizer
+
+    tok_dir = Path(os.environ[TOKENIZER_ENV])
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    config = {k: v for k, v in json.loads(fixture.read_text()).items() if not k.startswith("_")}
+    config.update(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tok.save_pretrained(out)
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (tok_dir / name).exists() and not (out / name).exists():
+            shutil.copy(tok_dir / name, out / name)
+    return out
+
+
 def gpu_env(home: Path, **extra: str) -> dict[str, str]:
     """A fresh machine's environment: its own HOME, nothing of raylm's."""
     home.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 #   tests/gpu/run_offline.sh install PIECES_DIR WHEELS_DIR   # once: vLLM, Ray, raylm's deps
 #   tests/gpu/run_offline.sh suite TOKENIZER_DIR OUT_DIR [pytest args (default: tests/gpu)]
 #   tests/gpu/run_offline.sh bench TOKENIZER_DIR OUT_DIR [bench args, e.g. --rounds 2]
+#   tests/gpu/run_offline.sh routing TOKENIZER_DIR OUT_DIR [bench_routing args]
 # PIECES_DIR holds the .gpuNN folders of ../shared/gpu/make-pieces.sh, WHEELS_DIR the
 # wheels of tests/gpu/wheels.txt; TOKENIZER_DIR the demo model's tokenizer files.
 set -euo pipefail
@@ -35,5 +36,18 @@ build_tiny_model(Path(sys.argv[2]))
 PY
   python3 benchmarks/bench_gateway_gpu.py --model "$out/tiny-llama" --out "$out/bench_gateway_gpu.json" "$@"
   ;;
-*) echo "usage: $0 install|suite|bench ..." >&2; exit 2 ;;
+routing)
+  # bench_routing on a GPU: two replicas of Llama-3-8B's shape with random weights
+  # (vLLM's dummy load), each KV cache holding ~5.8k tokens, as on CPU.
+  export RAYLM_GPU_TOKENIZER=$2; out=$3; mkdir -p "$out"; shift 3
+  python3 - "$out/llama-8b-shape" <<'PY'
+import sys
+from pathlib import Path
+from tests.gpu.harness import build_config_model
+build_config_model(Path(sys.argv[1]), Path("tests/gpu/llama-3-8b-config.json"))
+PY
+  python3 benchmarks/bench_routing.py --device gpu --model "$out/llama-8b-shape" --dummy-weights \
+    --kv-cache-bytes $((760 << 20)) --out "$out/bench_routing_gpu.json" "$@"
+  ;;
+*) echo "usage: $0 install|suite|bench|routing ..." >&2; exit 2 ;;
 esac
