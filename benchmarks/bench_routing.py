@@ -234,6 +234,10 @@ def _gateway(
     thread.start()
     server = GatewayServer(gw, "127.0.0.1", 0)
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
+    # A gateway that has run a while: kv-aware's tokenizer loaded (in the background).
+    deadline = time.monotonic() + 120
+    while gw.kv is not None and not gw.kv.tokens.loaded(MODEL) and time.monotonic() < deadline:
+        time.sleep(0.1)
     try:
         yield server.url
     finally:

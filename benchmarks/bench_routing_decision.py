@@ -35,6 +35,7 @@ BLOCK = 16
 
 def _kv() -> KvAware:
     kv = KvAware(BlockIndex(), PromptTokens({MODEL: str(ModelStore().resolve(None).path)}))
+    kv.tokens.load()
     kv.block_sizes[MODEL] = BLOCK
     return kv
 

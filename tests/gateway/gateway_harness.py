@@ -5,6 +5,7 @@ in a thread of their own so the tests can use ordinary blocking clients (httpx, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -127,10 +128,13 @@ async def start_faulty_replica(mode: str) -> tuple[asyncio.Server, str]:
     - "truncated": sends the first SSE event and ends the body cleanly, without [DONE];
     - "503": answers 503, as a vLLM server shutting down does;
     - "500": answers 500, as vLLM does for a request in flight when its engine dies;
-    - "silent": reads the request and never answers.
+    - "silent": reads the request and never answers;
+    - "idle-close": answers the first request on a connection (200, kept alive), then
+      closes it when the next one comes, unanswered: a server closing an idle connection
+      just as a request goes out on it (vLLM's closes one idle for 5 s).
     """
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def read_request(reader: asyncio.StreamReader) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         length = 0
         for line in head.split(b"\r\n"):
@@ -138,6 +142,23 @@ async def start_faulty_replica(mode: str) -> tuple[asyncio.Server, str]:
             if name.strip().lower() == b"content-length":
                 length = int(value)
         await reader.readexactly(length)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if mode == "idle-close":
+            body = json.dumps({"id": "x", "object": "text_completion", "model": MODEL,
+                               "choices": [{"index": 0, "text": "Paris", "finish_reason":
+                                            "length"}]}).encode()  # fmt: skip
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await read_request(reader)
+            writer.close()
+            return
         if mode == "silent":
             await reader.read()
             writer.close()

@@ -92,6 +92,22 @@ def test_a_replica_failing_with_500_is_a_bad_gateway_never_a_500() -> None:
         gw.close_server(server)
 
 
+def test_a_connection_the_replica_closed_as_idle_is_not_a_failed_replica() -> None:
+    # Seen on a GPU host: a request went out on a pooled connection as vLLM closed it for
+    # idling; the gateway set the healthy replica aside and its peer took all the work.
+    with RunningGateway([], eject_s=600) as gw:
+        server, url = gw.call(start_faulty_replica("idle-close"))
+        gw.source.set([replica(url, "only")])
+        gw.call(gw.gateway.refresh())
+        with gw.client() as c:
+            for i in range(3):  # the 2nd and 3rd go out on the connection the 1st used
+                r = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+                assert r.status_code == 200, (i, r.text)
+        assert gw.metric("raylm_failovers_total", replica="only") == 0
+        assert gw.metric("raylm_retries_total", route="completions") == 0
+        gw.close_server(server)
+
+
 def test_without_retry_a_dead_replica_gives_503(replica_url: str) -> None:
     reps = [replica(dead_url(), "dead")]
     with RunningGateway(reps, retry_on_failure=False) as gw, gw.client() as c:

@@ -176,6 +176,11 @@ def test_prompt_tokens_are_the_tokenizers_own() -> None:
 
     path = str(ModelStore().resolve(None).path)
     tokens, tok = PromptTokens({"m": path}), AutoTokenizer.from_pretrained(path)
+    # Nothing loads on the caller's thread (the gateway's event loop): until `load` ran
+    # in the background, prompts are not tokenized and routing goes by load.
+    assert tokens.ids("m", "completions", {"prompt": "Hi"}) is None and not tokens.loaded("m")
+    tokens.load()
+    assert tokens.loaded("m")
     system = "You answer from the manual. " * 40
     for question in ("What is in section 2?", "And section 3?\n\n  Thanks "):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
@@ -198,6 +203,7 @@ def test_remembered_piece_keys_are_the_keys_of_the_whole_prompt() -> None:
 
     path = str(ModelStore().resolve(None).path)
     kv = KvAware(BlockIndex(), PromptTokens({"m": path, "n": path}))
+    kv.tokens.load()
     system = "You answer from the manual, clause by clause. " * 60
     history: list[dict[str, str]] = [{"role": "system", "content": system}]
     for size in (16, 7):

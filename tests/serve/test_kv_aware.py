@@ -65,6 +65,11 @@ def test_a_shared_prefix_goes_back_to_the_replica_that_cached_it(served: Served)
             30,
             "both replicas' caches to be read",
         )
+        wait_for(
+            lambda: per_label(c, "raylm_kv_tokenizer_loaded", "model").get(served.model) == 1,
+            60,
+            "the model's tokenizer to load",
+        )
         before = per_label(c, "raylm_replica_requests_total", "replica")
         chat(c, served.model, "What is rule 3?")
         after = per_label(c, "raylm_replica_requests_total", "replica")

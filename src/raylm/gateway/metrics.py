@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from raylm.gateway.engines import EngineView
-from raylm.gateway.kv_index import BlockIndex
+from raylm.gateway.kv_policy import KvAware
 from raylm.gateway.routing import ReplicaTable
 from raylm.replica import ReplicaState
 
@@ -98,9 +98,10 @@ class EngineCollector(Collector):
 class KvIndexCollector(Collector):
     """kv-aware routing's copy of the engines' caches (raylm.gateway.kv_index)."""
 
-    def __init__(self, table: ReplicaTable, index: BlockIndex) -> None:
+    def __init__(self, table: ReplicaTable, kv: KvAware) -> None:
         self._table = table
-        self._index = index
+        self._index = kv.index
+        self._tokens = kv.tokens
 
     def collect(self) -> Iterator[Metric]:
         labels = ["replica", "model"]
@@ -118,12 +119,20 @@ class KvIndexCollector(Collector):
             "Event batches of the replica that were lost (its cache is known less well).",
             labels=labels,
         )
+        tokenizer = GaugeMetricFamily(
+            "raylm_kv_tokenizer_loaded",
+            "1 once the model's tokenizer is loaded (in the background at start); 0: its "
+            "requests are routed by load (still loading, or the model has none).",
+            labels=["model"],
+        )
         for r in self._table.replicas:
             key = [r.replica_id, r.model]
             synced.add_metric(key, float(r.replica_id in self._index.cursors))
             blocks.add_metric(key, self._index.blocks_held(r.replica_id))
             gaps.add_metric(key, self._index.gaps.get(r.replica_id, 0))
-        yield from (synced, blocks, gaps)
+        for model in sorted({r.model for r in self._table.replicas}):
+            tokenizer.add_metric([model], float(self._tokens.loaded(model)))
+        yield from (synced, blocks, gaps, tokenizer)
 
 
 class GatewayMetrics:

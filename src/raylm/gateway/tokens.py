@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 class PromptTokens:
     """Token ids of prompts for each served model, from its model directory's tokenizer
-    (loaded on first use; a model without one yields None: the request is routed by load)."""
+    (loaded by `load`; a model whose tokenizer is not loaded, or that has none, yields None:
+    the request is routed by load)."""
 
     def __init__(self, model_dirs: dict[str, str], cache_chars: int = 32 << 20) -> None:
         self._dirs = dict(model_dirs)
@@ -33,41 +34,35 @@ class PromptTokens:
         self._cache_chars = cache_chars
         self._cached_chars = 0
 
-    def _tokenizer(self, model: str) -> Any:
-        if model not in self._tokenizers:
-            path = self._dirs.get(model)
-            tok = None
-            if path:
-                try:
-                    hide_broken_torch_extensions()  # transformers imports torchvision if present
-                    from transformers import AutoTokenizer
+    def load(self) -> None:
+        """Load every model's tokenizer. Blocking (a tokenizer takes from 0.5 s to several
+        seconds to load): the gateway runs it in a thread at start, so no request waits on
+        it, and until a model's is loaded its prompts are routed by load."""
+        for model in self._dirs:
+            if model not in self._tokenizers:
+                self._load(model)
 
-                    tok = AutoTokenizer.from_pretrained(path)
-                except Exception as e:  # routing by load is the fallback, never a failure
-                    logger.warning("no tokenizer for %s in %s: %s", model, path, e)
-            self._tokenizers[model] = tok
-            self._specials[model] = _special_splitter(tok) if tok is not None else (None, {})
-            if tok is not None and not self._pieces_agree(model, tok):
-                self._specials[model] = (None, {})  # this tokenizer joins across them
-        return self._tokenizers[model]
+    def loaded(self, model: str) -> bool:
+        """Whether `model`'s prompts can be tokenized now."""
+        return self._tokenizers.get(model) is not None
 
-    def _pieces_agree(self, model: str, tok: Any) -> bool:
-        """Whether cutting at special tokens gives this tokenizer's own ids (it does unless
-        a special token strips the whitespace beside it), on a rendered sample chat."""
-        sample = [
-            {"role": "system", "content": " You are terse.\n"},
-            {"role": "user", "content": "Hi  there \n\n"},
-        ]
-        try:
-            text = tok.apply_chat_template(sample, tokenize=False, add_generation_prompt=True)
-            whole = list(tok.encode(text, add_special_tokens=False))
-        except Exception:
-            return False
-        return self._encode_pieces(model, tok, text) == whole
+    def _load(self, model: str) -> None:
+        path = self._dirs.get(model)
+        tok = None
+        if path:
+            try:
+                hide_broken_torch_extensions()  # transformers imports torchvision if present
+                from transformers import AutoTokenizer
 
-    def _encode_pieces(self, model: str, tok: Any, text: str) -> list[int]:
-        """`tok.encode(text, add_special_tokens=False)`, piece by piece through the cache."""
-        return [t for _, ids in self._pieces_of(model, tok, text) for t in ids]
+                tok = AutoTokenizer.from_pretrained(path)
+            except Exception as e:  # routing by load is the fallback, never a failure
+                logger.warning("no tokenizer for %s in %s: %s", model, path, e)
+        specials = _special_splitter(tok) if tok is not None else (None, {})
+        if tok is not None and not _pieces_agree(tok, *specials):
+            specials = (None, {})  # this tokenizer joins across them
+        # Specials first: a reader on the event loop takes a loaded tokenizer as ready.
+        self._specials[model] = specials
+        self._tokenizers[model] = tok
 
     def _pieces_of(self, model: str, tok: Any, text: str) -> list[tuple[str, list[int]]]:
         """`text` cut at special tokens, each piece with its ids (cached)."""
@@ -105,8 +100,8 @@ class PromptTokens:
         """The prompt's ids in pieces, each with the text it came from (chat: cut at the
         special tokens; otherwise one piece), or None when it cannot be tokenized. The ids
         are the cache's own lists: read them, never change them."""
-        tok = self._tokenizer(model)
-        if tok is None:
+        tok = self._tokenizers.get(model)
+        if tok is None:  # not loaded (yet), or none
             return None
         try:
             if route == "chat":
@@ -130,6 +125,29 @@ class PromptTokens:
         except Exception as e:  # an odd message the template refuses: route by load
             logger.debug("cannot tokenize a %s request for %s: %s", route, model, e)
             return None
+
+
+def _pieces_agree(tok: Any, splitter: re.Pattern[str] | None, ids: dict[str, int]) -> bool:
+    """Whether cutting at special tokens gives this tokenizer's own ids (it does unless
+    a special token strips the whitespace beside it), on a rendered sample chat."""
+    if splitter is None:
+        return True
+    sample = [
+        {"role": "system", "content": " You are terse.\n"},
+        {"role": "user", "content": "Hi  there \n\n"},
+    ]
+    try:
+        text = tok.apply_chat_template(sample, tokenize=False, add_generation_prompt=True)
+        whole = list(tok.encode(text, add_special_tokens=False))
+        cut = [
+            t
+            for p in splitter.split(text)
+            if p
+            for t in ([ids[p]] if p in ids else tok.encode(p, add_special_tokens=False))
+        ]
+    except Exception:
+        return False
+    return cut == whole
 
 
 def _text_message(m: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 # Enough of a stream's end to find its final usage chunk and the [DONE] marker.
 _TAIL_BYTES = 8192
 _DONE = b"data: [DONE]"
+# Idle pooled connections are dropped before a replica drops them: vLLM's server closes
+# one idle for 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE), and a request sent on a connection as
+# the replica closes it fails though the replica is well.
+_POOL_KEEPALIVE_S = 4.0
 
 
 @dataclass
@@ -138,7 +142,9 @@ class Upstream:
 
     def open_pool(self) -> None:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(
+                limit=0, keepalive_timeout=_POOL_KEEPALIVE_S, ttl_dns_cache=300
+            )
             # No cookies and no compression between gateway and replica: both cost CPU
             # on every request and neither is used by vLLM.
             self._session = aiohttp.ClientSession(
@@ -203,16 +209,24 @@ class Upstream:
         assert self._session is not None, "Gateway.start() was not called"
         s = self.settings
         timeout = self._stream_timeout if stream else self._buffered_timeout
-        try:
-            resp = await self._session.post(
-                replica.url + path, data=body, headers=self._headers, timeout=timeout
-            )
-        except aiohttp.ServerTimeoutError as e:
-            if isinstance(e, aiohttp.ConnectionTimeoutError):
-                raise _ReplicaFailed(f"no connection within {s.connect_timeout_s} s") from e
-            raise  # a slow answer is not a failure to retry: it would double the load
-        except aiohttp.ClientConnectionError as e:
-            raise _ReplicaFailed(f"{type(e).__name__}: {e}") from e
+        for last_try in (False, True):
+            try:
+                resp = await self._session.post(
+                    replica.url + path, data=body, headers=self._headers, timeout=timeout
+                )
+                break
+            except aiohttp.ServerTimeoutError as e:
+                if isinstance(e, aiohttp.ConnectionTimeoutError):
+                    raise _ReplicaFailed(f"no connection within {s.connect_timeout_s} s") from e
+                raise  # a slow answer is not a failure to retry: it would double the load
+            except aiohttp.ServerDisconnectedError as e:
+                # Closed without a byte of answer: most often a pooled connection the replica
+                # closed as idle just as this request went out. Once more, on a new one; a
+                # replica that is really gone then refuses the connection.
+                if last_try:
+                    raise _ReplicaFailed(f"{type(e).__name__}: {e}") from e
+            except aiohttp.ClientConnectionError as e:
+                raise _ReplicaFailed(f"{type(e).__name__}: {e}") from e
         if resp.status in (502, 503):
             try:
                 detail = error_message(await resp.read())
