@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from raylm.cluster.ports import free_port
 from raylm.gateway.app import create_gateway
@@ -365,6 +366,7 @@ def _run(
         out = asyncio.run(
             _drive(gw, _conversations(workload, args.requests, salt), args.concurrency)
         )
+        out["reasons"] = _reasons(gw)
     after = _engine_counters(urls)
     delta = [
         {k: a.get(k, 0.0) - b.get(k, 0.0) for k in a} for a, b in zip(after, before, strict=True)
@@ -374,6 +376,17 @@ def _run(
     out["cache_hit_rate"] = round(hits / queries, 3) if queries else 0.0
     out["requests_per_replica"] = [int(d.get("vllm:request_success_total", 0.0)) for d in delta]
     return out
+
+
+def _reasons(gateway_url: str) -> dict[str, int]:
+    """The gateway's routing decisions by reason (`raylm_routing_decisions_total`)."""
+    text = httpx.get(gateway_url + "/metrics", timeout=10).text
+    return {
+        s.labels["reason"]: int(s.value)
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "raylm_routing_decisions_total"
+    }
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -423,9 +436,12 @@ def main() -> None:
                     "output_tok_per_s",
                     "cache_hit_rate",
                 )
-                summary = {p: {k: _median(rs, k) for k in keys} for p, rs in runs.items()}
+                summary: dict[str, dict[str, Any]] = {
+                    p: {k: _median(rs, k) for k in keys} for p, rs in runs.items()
+                }
                 for p, rs in runs.items():
                     summary[p]["requests_per_replica"] = [r["requests_per_replica"] for r in rs]
+                    summary[p]["reasons"] = [r["reasons"] for r in rs]
                 b, o = summary[base], summary[other]
                 summary["ratio"] = {
                     k: round(o[k] / b[k], 3) if b.get(k) and o.get(k) is not None else None
