@@ -144,7 +144,7 @@ def _device_args(args: argparse.Namespace, i: int) -> tuple[list[str], dict[str,
 def _replicas(
     log_dir: Path, args: argparse.Namespace
 ) -> Iterator[tuple[list[str], list[EventSubscriber]]]:
-    path = args.model or ModelStore().resolve(None).path
+    path = args.model
     procs, urls, subs = [], [], []
     try:
         for core in (0, 1):
@@ -369,7 +369,7 @@ def _run(
     default = policy_module.LOAD_TOKENS
     policy_module.LOAD_TOKENS = float(load_tokens) if load_tokens else default
     try:
-        with _gateway(urls, subs, name, args.model or ModelStore().resolve(None).path) as gw:
+        with _gateway(urls, subs, name, args.model) as gw:
             out = asyncio.run(
                 _drive(gw, _conversations(workload, args.requests, salt), args.concurrency)
             )
@@ -420,6 +420,7 @@ def main() -> None:
         "model's prefill cost with no weights to bring",
     )
     args = ap.parse_args()
+    args.model = args.model or ModelStore().resolve(None).path
     base, *others = args.policies.split(",")
     report: dict[str, Any] = {
         "requests": args.requests,
@@ -429,7 +430,7 @@ def main() -> None:
     salt = int(time.time())
     log_dir = Path(tempfile.mkdtemp(prefix="raylm-bench-routing-"))
     report["device"] = args.device
-    report["model"] = str(args.model or MODEL)
+    report["model"] = str(args.model)
     with _replicas(log_dir, args) as (urls, subs):
         for workload in args.workloads.split(","):
             for other in others:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from raylm.compat import hide_broken_torch_extensions
@@ -69,26 +70,21 @@ class PromptTokens:
         splitter, special_ids = self._specials[model]
         if splitter is None:
             return [(text, list(tok.encode(text, add_special_tokens=False)))]
-        out: list[tuple[str, list[int]]] = []
-        for piece in splitter.split(text):
-            if not piece:
-                continue
-            if piece in special_ids:
-                out.append((piece, [special_ids[piece]]))
-                continue
-            key = (model, piece)
-            ids = self._pieces.get(key)
-            if ids is None:
-                ids = list(tok.encode(piece, add_special_tokens=False))
-                self._pieces[key] = ids
-                self._cached_chars += len(piece)
-                while self._cached_chars > self._cache_chars and self._pieces:
-                    (_, old), _ = self._pieces.popitem(last=False)
-                    self._cached_chars -= len(old)
-            else:
-                self._pieces.move_to_end(key)
-            out.append((piece, ids))
-        return out
+        return _cut(text, splitter, special_ids, lambda p: self._encode_cached(model, tok, p))
+
+    def _encode_cached(self, model: str, tok: Any, piece: str) -> list[int]:
+        key = (model, piece)
+        ids = self._pieces.get(key)
+        if ids is not None:
+            self._pieces.move_to_end(key)
+            return ids
+        ids = list(tok.encode(piece, add_special_tokens=False))
+        self._pieces[key] = ids
+        self._cached_chars += len(piece)
+        while self._cached_chars > self._cache_chars and self._pieces:
+            (_, old), _ = self._pieces.popitem(last=False)
+            self._cached_chars -= len(old)
+        return ids
 
     def ids(self, model: str, route: str, body: dict[str, Any]) -> list[int] | None:
         pieces = self.pieces(model, route, body)
@@ -127,6 +123,14 @@ class PromptTokens:
             return None
 
 
+def _cut(
+    text: str, splitter: re.Pattern[str], ids: dict[str, int], encode: Callable[[str], list[int]]
+) -> list[tuple[str, list[int]]]:
+    """`text` cut at special tokens: each special token its own id, each other piece
+    through `encode`."""
+    return [(p, [ids[p]] if p in ids else encode(p)) for p in splitter.split(text) if p]
+
+
 def _pieces_agree(tok: Any, splitter: re.Pattern[str] | None, ids: dict[str, int]) -> bool:
     """Whether cutting at special tokens gives this tokenizer's own ids (it does unless
     a special token strips the whitespace beside it), on a rendered sample chat."""
@@ -139,15 +143,11 @@ def _pieces_agree(tok: Any, splitter: re.Pattern[str] | None, ids: dict[str, int
     try:
         text = tok.apply_chat_template(sample, tokenize=False, add_generation_prompt=True)
         whole = list(tok.encode(text, add_special_tokens=False))
-        cut = [
-            t
-            for p in splitter.split(text)
-            if p
-            for t in ([ids[p]] if p in ids else tok.encode(p, add_special_tokens=False))
-        ]
+        # Not through the cache: this runs on the loading thread.
+        pieces = _cut(text, splitter, ids, lambda p: list(tok.encode(p, add_special_tokens=False)))
     except Exception:
         return False
-    return cut == whole
+    return [t for _, piece_ids in pieces for t in piece_ids] == whole
 
 
 def _text_message(m: dict[str, Any]) -> dict[str, Any]:
