@@ -104,6 +104,9 @@ def test_seed_004_layout_when_asked_and_its_command(
         "--middleware",
         "raylm.serve.replica_auth.ReplicaAuth",
     ]
+    # kv-aware (the default) turns the events on, but a plan has no private socket for
+    # them yet, and vLLM's default endpoint would listen on every interface.
+    assert spec.routing == "kv-aware" and "--kv-events-config" not in printable(mine)
 
 
 def test_70b_bf16_fits_one_8x80gb_node(model_facts: Callable[[str], ModelFacts]) -> None:

@@ -23,12 +23,14 @@ def endpoints(directory: Path) -> tuple[str, str]:
     return f"ipc://{directory}/pub", f"ipc://{directory}/replay"
 
 
-def kv_events_config(directory: Path | None) -> dict[str, object]:
-    """vLLM's `--kv-events-config` for an engine publishing into `directory` (None: the
-    endpoints are chosen at launch, as in a plan)."""
-    config: dict[str, object] = {"enable_kv_cache_events": True, "publisher": "zmq"}
-    if directory is not None:
-        pub, replay = endpoints(directory)
-        config.update(endpoint=pub, replay_endpoint=replay)
-    config["topic"] = TOPIC.decode()
-    return config
+def kv_events_config(directory: Path) -> dict[str, object]:
+    """vLLM's `--kv-events-config` for an engine publishing into `directory`. There is no
+    form without a directory: vLLM's default endpoint listens on every interface."""
+    pub, replay = endpoints(directory)
+    return {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": pub,
+        "replay_endpoint": replay,
+        "topic": TOPIC.decode(),
+    }

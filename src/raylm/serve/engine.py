@@ -123,8 +123,10 @@ def vllm_argv(launch: RankLaunch) -> list[str]:
             user["kv-cache-memory-bytes"] = CPU_KV_CACHE_BYTES
     if launch.kv_events and launch.node_rank == 0:
         user["enable-prefix-caching"] = True
-        events_dir = Path(launch.kv_events_dir) if launch.kv_events_dir else None
-        user["kv-events-config"] = kv_events_config(events_dir)
+        # The supervisor picks the directory at launch; a plan, printed for reading, has
+        # none and shows no events config (vLLM's default endpoint is on every interface).
+        if launch.kv_events_dir:
+            user["kv-events-config"] = kv_events_config(Path(launch.kv_events_dir))
     if launch.nnodes > 1:
         argv += ["--nnodes", str(launch.nnodes), "--node-rank", str(launch.node_rank)]
         if launch.master_addr is not None:
