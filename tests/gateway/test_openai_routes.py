@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from gateway_harness import MODEL, RunningGateway, wait_for
@@ -128,3 +130,18 @@ def test_each_replicas_engine_is_on_the_gateways_metrics(
     assert usage is not None and 0 <= usage <= 1
     text = gw.client().get("/metrics").text
     assert 'raylm_engine_requests_waiting{model="smollm2-135m-instruct",replica="r0"}' in text
+
+
+def test_usage_is_read_from_the_answer_without_parsing_all_of_it() -> None:
+    from raylm.gateway.openai_routes import usage_of
+
+    usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    # A quote inside a string is escaped, so text that says "usage": is never the key.
+    answer = json.dumps(
+        {"choices": [{"text": 'say "usage": {"prompt_tokens": 99}'}], "usage": usage, "x": None}
+    ).encode()
+    assert usage_of(answer) == usage
+    assert usage_of(b'{"choices": [], "usage": null}') is None
+    assert usage_of(b'{"choices": []}') is None
+    assert usage_of(b'{"usage": {"prompt_tokens": 7,') is None  # cut short
+    assert usage_of(b'{"usage": "\xff"}') is None  # not UTF-8

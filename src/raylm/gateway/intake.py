@@ -1,22 +1,16 @@
 """What every route does with a request before any replica sees it: read the body within
-the limits, resolve the model, and give up on the work when the client leaves."""
+the limits and resolve the model (the client leaving: raylm.gateway.body)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.requests import Request
-from starlette.types import Receive
 
-from raylm.gateway.body import ClientGone, parse_object, read_body, wait_disconnect
+from raylm.gateway.body import parse_object, read_body
 from raylm.gateway.limits import GatewayLimits, Refusal
 from raylm.gateway.responses import HttpError, error_response, refused, unavailable
 from raylm.gateway.routing import ReplicaTable
-
-T = TypeVar("T")
 
 
 async def read_json(request: Request, limits: GatewayLimits) -> tuple[dict[str, Any], bytes]:
@@ -72,20 +66,3 @@ def resolve_model(table: ReplicaTable, requested: object, retry_after_s: int) ->
             )
         )
     return requested
-
-
-async def unless_client_leaves(work: Awaitable[T], receive: Receive) -> T:
-    """`work`'s result; when the client leaves first, `work` is cancelled (its upstream
-    request closed, so the replica stops generating) and ClientGone is raised."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_disconnect(receive))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    raise ClientGone

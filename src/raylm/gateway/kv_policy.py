@@ -35,6 +35,7 @@ class KvAware:
     """The lowest predicted cost over the engines' exact prefix caches."""
 
     name = "kv-aware"
+    learns = False  # the engines' events say what is cached, not the routing
 
     def __init__(self, index: BlockIndex, tokens: PromptTokens, sessions: int = SESSIONS) -> None:
         self.index = index

@@ -4,9 +4,11 @@ live in one process, e.g. in tests)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from raylm.gateway.engines import EngineView
@@ -209,21 +211,23 @@ class GatewayMetrics:
             ["route"],
             registry=r,
         )
-        self._request_children: dict[tuple[str, int], Counter] = {}
-        self._latency_children: dict[str, Histogram] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r.register(_ReplicaCollector(table))
 
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: labels() checks and locks on every call,
+        which the request path would pay several times a request. The label values are
+        routes, statuses, models, replicas and reasons: a bounded set."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe(self, route: str, status: int, seconds: float) -> None:
-        """Count one answered request (children cached: labels() is costly per request)."""
-        key = (route, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(route, str(status))
-        child.inc()
-        hist = self._latency_children.get(route)
-        if hist is None:
-            hist = self._latency_children[route] = self.latency.labels(route)
-        hist.observe(seconds)
+        """Count one answered request."""
+        self.child(self.requests, route, str(status)).inc()
+        self.child(self.latency, route).observe(seconds)
 
     def count_usage(self, model: str, usage: object) -> None:
         """Add a response's `usage` object to the token counters, if it is well formed."""
@@ -231,9 +235,9 @@ class GatewayMetrics:
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int) and prompt >= 0:
-            self.prompt_tokens.labels(model).inc(prompt)
+            self.child(self.prompt_tokens, model).inc(prompt)
         if isinstance(completion, int) and completion >= 0:
-            self.completion_tokens.labels(model).inc(completion)
+            self.child(self.completion_tokens, model).inc(completion)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

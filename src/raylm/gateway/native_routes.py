@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from raylm.gateway.intake import context_len, read_json, resolve_model, unless_client_leaves
+from raylm.gateway.body import unless_client_leaves
+from raylm.gateway.intake import context_len, read_json, resolve_model
 from raylm.gateway.limits import admit
 from raylm.gateway.native import (
     BatchGenerateRequest,
@@ -20,8 +21,6 @@ from raylm.gateway.native import (
     SamplingFields,
     validation_message,
 )
-from raylm.gateway.policy import RouteRequest
-from raylm.gateway.prefix import block_hashes
 from raylm.gateway.responses import (
     HttpError,
     error_message,
@@ -61,7 +60,8 @@ class NativeRoutes:
         self, params: SamplingFields, prompt: str, model: str, route: str
     ) -> GenerateResult:
         body = json.dumps(params.completion_body(prompt, model)).encode()
-        key = RouteRequest(model, block_hashes(prompt))
+        # Keyed as the policy keys a completion (kv-aware: the engine's own tokens).
+        key = self.up.table.route_request(model, "completions", {"prompt": prompt})
         up = await self.up.buffered(route, key, "/v1/completions", body)
         if up.status != 200:
             # vLLM's 4xx (e.g. a prompt longer than the context) keep status and message.

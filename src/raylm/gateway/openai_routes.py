@@ -11,12 +11,29 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from raylm.gateway.intake import context_len, read_json, resolve_model, unless_client_leaves
+from raylm.gateway.body import unless_client_leaves
+from raylm.gateway.intake import context_len, read_json, resolve_model
 from raylm.gateway.limits import admit
-from raylm.gateway.policy import RouteRequest
 from raylm.gateway.prefix import session_of
 from raylm.gateway.responses import HttpError, error_response, json_response, refused
 from raylm.gateway.upstream import Upstream
+
+_DECODER = json.JSONDecoder()
+
+
+def usage_of(answer: bytes) -> object:
+    """The `usage` object of a whole OpenAI answer, parsed alone: the answer itself may be
+    long (n choices, logprobs) and is passed on as bytes. JSON escapes every quote inside a
+    string, so a raw `"usage":` is a key; vLLM writes the answer's own after `choices`.
+    None when there is none or it does not parse."""
+    at = answer.rfind(b'"usage":')
+    if at < 0:
+        return None
+    try:
+        usage, _ = _DECODER.raw_decode(answer[at + 8 :].decode().lstrip())
+    except ValueError:  # UnicodeDecodeError is one
+        return None
+    return usage
 
 
 class OpenAIRoutes:
@@ -46,11 +63,8 @@ class OpenAIRoutes:
         refusal = admit(parsed, settings.limits, context_len(self.up.table, model))
         if refusal is not None:
             raise refused(refusal)
-        key = RouteRequest(
-            model,
-            self.up.table.policy.keys(model, route, parsed),
-            session_of(parsed, request.headers.get("x-session-id")),
-        )
+        session = session_of(parsed, request.headers.get("x-session-id"))
+        key = self.up.table.route_request(model, route, parsed, session)
         if stream:
             return await self.up.stream(route, key, path, body, t0)
         up = await unless_client_leaves(self.up.buffered(route, key, path, body), request.receive)
@@ -59,12 +73,7 @@ class OpenAIRoutes:
         return Response(up.body, status_code=up.status, media_type=up.content_type)
 
     def _count_usage(self, model: str, body: bytes) -> None:
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return
-        if isinstance(parsed, dict):
-            self.up.metrics.count_usage(model, parsed.get("usage"))
+        self.up.metrics.count_usage(model, usage_of(body))
 
     async def models(self, request: Request) -> Response:
         data = []

@@ -74,6 +74,9 @@ class RoutingPolicy(Protocol):
     """The interface every policy implements."""
 
     name: str
+    learns: bool
+    """Whether the policy learns from what it routes (its keys are wanted even when a
+    model has one replica, for when it has more); else prompts go unkeyed then."""
 
     def keys(self, model: str, route: str, body: dict[str, Any]) -> tuple[int, ...]:
         """The request's prompt as this policy's block keys (empty: it does not key)."""
@@ -108,6 +111,7 @@ class LeastOutstanding:
     """The fewest requests in flight; ties take turns."""
 
     name: str = "least-outstanding"
+    learns: bool = False
     _turns: _Turns = field(default_factory=_Turns)
 
     def keys(self, model: str, route: str, body: dict[str, Any]) -> tuple[int, ...]:
@@ -130,6 +134,7 @@ class RoundRobin:
     """Each replica in turn, whatever its load."""
 
     name: str = "round-robin"
+    learns: bool = False
     _turns: _Turns = field(default_factory=_Turns)
 
     def keys(self, model: str, route: str, body: dict[str, Any]) -> tuple[int, ...]:
@@ -200,6 +205,7 @@ class PrefixApproximate:
     """
 
     name = "prefix-approximate"
+    learns = True
 
     def __init__(self, index_blocks: int = INDEX_BLOCKS, sessions: int = SESSIONS) -> None:
         self._index_blocks = index_blocks
@@ -270,7 +276,8 @@ class Affinity:
     """The cost rule `prefix-approximate` and `kv-aware` share: the lowest predicted cost,
     the prompt's uncached tokens plus the prefill already queued on the replica plus
     LOAD_TOKENS per request in flight, within the overload bound. Reasons: `session` (the
-    hint's replica, within the bound), `no-key` (nothing to match on: least loaded),
+    hint's replica, within the bound), `no-key` (nothing to match on, or the model has a
+    single replica, so the prompt was not keyed: least loaded),
     `no-match` (cached nowhere: the least queued work), `prefix` (the cheapest has part of
     the prompt), `cost` (the cheapest has none of it), `overload` (the cheapest
     is past the bound: least loaded instead)."""

@@ -4,7 +4,9 @@ replicas, and the routing policy that picks among the ready ones (raylm.gateway.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from raylm.gateway.policy import Candidate, Decision, LeastOutstanding, RouteRequest, RoutingPolicy
 from raylm.replica import ReplicaInfo, ReplicaState
@@ -28,6 +30,7 @@ class ReplicaTable:
         self.policy: RoutingPolicy = policy or LeastOutstanding()
         self._replicas: dict[str, ReplicaInfo] = {}
         self._models: list[str] = []
+        self._per_model: Counter[str] = Counter()  # replicas of each model, any state
         self._in_flight: dict[str, int] = {}
         self._prefill: dict[str, float] = {}  # predicted prompt tokens not yet prefilled
         # replica_id -> (monotonic deadline, generation it applies to)
@@ -44,6 +47,7 @@ class ReplicaTable:
                 self.policy.forget(rid)
         self._replicas = new
         self._models = sorted({r.model for r in replicas})
+        self._per_model = Counter(r.model for r in replicas)
         for rid, (_, generation) in list(self._ejected.items()):
             current = self._replicas.get(rid)
             # A restarted replica (new generation) deserves a fresh chance at once.
@@ -78,6 +82,22 @@ class ReplicaTable:
             if r.model == model
         )
         return f"`{model}` right now" + (f": {states}." if states else ".")
+
+    def route_request(
+        self, model: str, route: str, body: dict[str, Any], session: str | None = None
+    ) -> RouteRequest:
+        """What routing may know of a request (`route`: "chat" or "completions", `body` in
+        the OpenAI shape): its prompt keyed by the policy, unless that cannot matter
+        (a single replica, and a policy that does not learn from what it routes)."""
+        keyed = self.policy.learns or self.has_choice(model)
+        return RouteRequest(model, self.policy.keys(model, route, body) if keyed else (), session)
+
+    def has_choice(self, model: str) -> bool:
+        """Whether `model` has more than one replica, in any state. With one, no policy has
+        anything to decide, and keying the prompt (tokenizing it) would be wasted. One
+        that is starting counts: the prefill routed meanwhile to its peer must be known
+        to the cost rule when it is ready."""
+        return self._per_model[model] > 1
 
     def in_flight(self, replica_id: str) -> int:
         return self._in_flight.get(replica_id, 0)

@@ -87,6 +87,8 @@ class GatewayServer:
             log_level="warning",
             server_header=False,
             date_header=False,
+            # X-Forwarded-For is not used: its middleware would only cost time per request.
+            proxy_headers=False,
             timeout_keep_alive=settings.limits.keep_alive_timeout_s,  # type: ignore[arg-type]
             timeout_graceful_shutdown=5,
         )

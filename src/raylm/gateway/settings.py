@@ -63,7 +63,9 @@ class GatewaySettings(BaseModel):
     routing: PolicyName = Field(
         default="least-outstanding",
         description="The routing policy (raylm.gateway.policy): least-outstanding, "
-        "round-robin, prefix-approximate or kv-aware.",
+        "round-robin, prefix-approximate or kv-aware. `raylm serve` passes its spec's "
+        "(default kv-aware); a gateway built alone has no engine events nor model "
+        "directories for kv-aware, so it routes by load unless told.",
     )
     model_dirs: dict[str, str] = Field(
         default_factory=dict,
