@@ -112,12 +112,13 @@ class ServeSpec(BaseModel):
         description="vLLM engine arguments passed to `vllm serve` untouched (--key value).",
     )
     routing: PolicyName = Field(
-        default="least-outstanding",
-        description="How the gateway picks a replica: 'least-outstanding' (fewest requests in "
-        "flight), 'round-robin', 'prefix-approximate' (where the prompt's prefix was sent "
-        "before, unless that replica is overloaded; raylm.gateway.policy) or 'kv-aware' (the "
-        "same rule over what each engine really caches, from its KV events; "
-        "raylm.gateway.kv_policy).",
+        # kv-aware won bench_routing on a GPU under load (docs/gpu-testing.md, "Routing").
+        default="kv-aware",
+        description="How the gateway picks a replica: 'kv-aware' (the lowest predicted cost "
+        "over what each engine really caches, from its KV events; raylm.gateway.kv_policy), "
+        "'prefix-approximate' (the same rule over where the prompt's prefix was sent before; "
+        "raylm.gateway.policy), 'least-outstanding' (fewest requests in flight) or "
+        "'round-robin'.",
     )
     limits: GatewayLimits = Field(
         default_factory=GatewayLimits,

@@ -98,8 +98,8 @@ def serve(
     skip_verify: bool = typer.Option(False, help="Serve even where a model copy is unverified."),
     routing: str | None = typer.Option(
         None,
-        help="least-outstanding|round-robin|prefix-approximate|kv-aware: how the gateway "
-        "picks a replica [default: least-outstanding].",
+        help="kv-aware|prefix-approximate|least-outstanding|round-robin: how the gateway "
+        "picks a replica [default: kv-aware].",
     ),
 ) -> None:
     """Serve MODEL on Ray behind an OpenAI-compatible gateway, until Ctrl+C or SIGTERM."""
