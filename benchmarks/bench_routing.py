@@ -1,6 +1,6 @@
 """Routing benchmark: the same offered load through the gateway under each routing policy.
 
-    .venv/bin/python benchmarks/bench_routing.py [--requests 32] [--concurrency 4]
+    .venv/bin/python benchmarks/bench_routing.py [--requests 32] [--concurrency 4 | --rate R]
         [--workloads a,b,c,d] [--policies least-outstanding,kv-aware,prefix-approximate]
         (a policy may carry a LOAD_TOKENS weight: kv-aware:16)
         [--kv-cache-bytes N] [--out F]
@@ -316,13 +316,38 @@ async def _one(
     return {"ttft": ttft, "tpot": tpot, "tokens": tokens, "text": text}
 
 
+def _arrivals(
+    convs: list[list[list[dict[str, str]]]], rate: float | None, seed: int
+) -> list[float]:
+    """When each conversation starts, in seconds from the run's start: all at once for a
+    closed loop (rate None: the concurrency bounds the load), else a Poisson process whose
+    conversations bring `rate` requests a second (a conversation of n turns arrives at
+    rate/n; its turns follow one another)."""
+    if rate is None:
+        return [0.0] * len(convs)
+    rng, t, out = random.Random(seed), 0.0, []
+    for turns in convs:
+        out.append(t)
+        t += rng.expovariate(rate / len(turns))
+    return out
+
+
 async def _drive(
-    url: str, convs: list[list[list[dict[str, str]]]], concurrency: int
+    url: str,
+    convs: list[list[list[dict[str, str]]]],
+    concurrency: int,
+    rate: float | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    sem = asyncio.Semaphore(concurrency)
+    # Open loop (a rate): every request is sent when it arrives, however many are in flight,
+    # as `vllm bench serve --request-rate` does; closed loop: at most `concurrency` at once.
+    sem = asyncio.Semaphore(concurrency if rate is None else 1 << 30)
     results: list[dict[str, Any]] = []
 
-    async def conversation(client: httpx.AsyncClient, turns: list[list[dict[str, str]]]) -> None:
+    async def conversation(
+        client: httpx.AsyncClient, turns: list[list[dict[str, str]]], start: float
+    ) -> None:
+        await asyncio.sleep(start)
         history: list[dict[str, str]] = []
         for turn in turns:
             history += turn
@@ -331,9 +356,13 @@ async def _drive(
             results.append(res)
             history.append({"role": "assistant", "content": res["text"]})
 
+    starts = _arrivals(convs, rate, seed)
     t0 = time.perf_counter()
-    async with httpx.AsyncClient(timeout=600) as client:
-        await asyncio.gather(*(conversation(client, c) for c in convs))
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        await asyncio.gather(
+            *(conversation(client, c, s) for c, s in zip(convs, starts, strict=True))
+        )
     wall = time.perf_counter() - t0
     ttfts = sorted(r["ttft"] for r in results)
     tpots = [r["tpot"] for r in results if r["tpot"] is not None]
@@ -343,6 +372,7 @@ async def _drive(
         "ttft_p99_ms": round(ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] * 1e3, 1),
         "tpot_p50_ms": round(statistics.median(tpots) * 1e3, 1) if tpots else None,
         "output_tok_per_s": round(sum(r["tokens"] for r in results) / wall, 2),
+        "wall_s": round(wall, 1),
     }
 
 
@@ -371,7 +401,13 @@ def _run(
     try:
         with _gateway(urls, subs, name, args.model) as gw:
             out = asyncio.run(
-                _drive(gw, _conversations(workload, args.requests, salt), args.concurrency)
+                _drive(
+                    gw,
+                    _conversations(workload, args.requests, salt),
+                    args.concurrency,
+                    args.rate,
+                    ord(workload[0]),  # every run of a workload: the same arrival times
+                )
             )
             out["reasons"] = _reasons(gw)
     finally:
@@ -406,7 +442,13 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=32)
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=4, help="closed loop: requests at once")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        help="open loop instead: requests a second, Poisson arrivals (the same offered load "
+        "for every policy, however fast each serves it)",
+    )
     ap.add_argument("--workloads", default="a,b,c,d")
     ap.add_argument("--policies", default="least-outstanding,kv-aware,prefix-approximate")
     ap.add_argument("--kv-cache-bytes", type=int, default=256 << 20)
@@ -424,7 +466,8 @@ def main() -> None:
     base, *others = args.policies.split(",")
     report: dict[str, Any] = {
         "requests": args.requests,
-        "concurrency": args.concurrency,
+        "concurrency": None if args.rate else args.concurrency,
+        "rate_per_s": args.rate,
         "kv_cache_bytes": args.kv_cache_bytes,
     }
     salt = int(time.time())
@@ -458,6 +501,8 @@ def main() -> None:
                     for k in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "output_tok_per_s")
                 }
                 report[f"{workload}: {other} vs {base}"] = summary
+                if args.out:  # what has run so far survives a time limit
+                    args.out.write_text(json.dumps(report, indent=2))
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
