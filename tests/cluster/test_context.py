@@ -143,7 +143,7 @@ def test_auth_settings_are_applied_and_children_do_not_inherit_the_token(
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     monkeypatch.setattr(ray_process.subprocess, "run", fake_run)
-    ray_process.start_ray(["ray", "start"], {"RAY_AUTH_TOKEN_PATH": "/p/token"})
+    ray_process.start_ray(["ray", "start"], {"RAY_AUTH_TOKEN_PATH": "/p/token"}, Path("/nowhere"))
     assert "RAY_AUTH_TOKEN" not in seen and seen["RAY_AUTH_TOKEN_PATH"] == "/p/token"
     for var in context.RAY_AUTH_VARS:
         monkeypatch.delenv(var, raising=False)

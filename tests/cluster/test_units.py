@@ -216,7 +216,7 @@ def test_ray_start_retries_when_rays_own_registration_time_runs_out(
 ) -> None:
     from raylm.cluster.ray_process import start_ray
 
-    run_id, out = start_ray(_fake_ray_start(tmp_path, _REGISTRATION, failures), {})
+    run_id, out = start_ray(_fake_ray_start(tmp_path, _REGISTRATION, failures), {}, tmp_path)
     assert "started" in out and len(run_id) == 32
     assert caplog.text.count("trying again") == failures
     assert (tmp_path / "tries").read_text() == str(failures + 1)
@@ -225,17 +225,30 @@ def test_ray_start_retries_when_rays_own_registration_time_runs_out(
 def test_ray_start_gives_up_after_three_registration_timeouts(tmp_path: Path) -> None:
     from raylm.cluster.ray_process import start_ray
 
+    # What the raylet itself said is the error's evidence (a real one, from Ray's log).
+    logs = tmp_path / "session_latest" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "raylet.err").write_text("")
+    (logs / "raylet.out").write_text(
+        "[2026-11-23 21:28:02,101 I 4021 4021] main.cc:279: Setting node ID\n\n"
+        "[2026-11-23 21:28:02,310 E 4021 4021] node_manager.cc:3207: Failed to bind\n"
+    )
     with pytest.raises(ClusterError, match="did not register with the GCS in time") as ei:
-        start_ray(_fake_ray_start(tmp_path, _REGISTRATION, 3), {})
+        start_ray(_fake_ray_start(tmp_path, _REGISTRATION, 3), {}, tmp_path)
     assert (tmp_path / "tries").read_text() == "3"
     assert "raylet.out" in (ei.value.fix or "") and "too busy" in (ei.value.why or "")
+    why = ei.value.why or ""
+    assert why.endswith(
+        "Setting node ID\n  [2026-11-23 21:28:02,310 E 4021 4021] "
+        "node_manager.cc:3207: Failed to bind"
+    ), why
 
 
 def test_ray_start_other_failures_are_not_retried(tmp_path: Path) -> None:
     from raylm.cluster.ray_process import start_ray
 
     with pytest.raises(ClusterError, match="`ray start` failed") as ei:
-        start_ray(_fake_ray_start(tmp_path, "port 6379 is already in use"), {})
+        start_ray(_fake_ray_start(tmp_path, "port 6379 is already in use"), {}, tmp_path)
     assert "port 6379 is already in use" in (ei.value.why or "")
 
 

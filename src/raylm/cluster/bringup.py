@@ -139,7 +139,7 @@ def _start_node(
         **start,
     )
     env = _ray_env(nic, token is not None, tdir)
-    run_id, _ = ray_process.start_ray(argv, env)
+    run_id, _ = ray_process.start_ray(argv, env, tdir)
     state = NodeState(
         role=role,
         node_ip=nic.ip,

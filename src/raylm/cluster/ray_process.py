@@ -100,7 +100,9 @@ def ray_start_argv(
 _STARTUP_TIMEOUT = "timed out during startup"
 
 
-def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -> tuple[str, str]:
+def start_ray(
+    argv: list[str], env: dict[str, str], temp_dir: Path, *, timeout: float = 180.0
+) -> tuple[str, str]:
     """Run `ray start` with `env` added to ours; return (run id, its output).
 
     The run id is put in the environment of every process Ray starts (they inherit it),
@@ -128,10 +130,11 @@ def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -
         stop_run(run_id)
         tail = "\n".join(out.strip().splitlines()[-8:])
         if _STARTUP_TIMEOUT in out:
+            said = raylet_log_tail(temp_dir)
             raise ClusterError(
                 "`ray start` failed: this node's raylet did not register with the GCS in time",
                 why="Ray allows 30 s for it; the node or the head's GCS was too busy, "
-                "every time it was tried",
+                "every time it was tried" + (f". The raylet's last words:\n{said}" if said else ""),
                 fix="Run the same command again once the node is less busy; the raylet's "
                 "log is raylet.out under the Ray temp dir's session_latest/logs",
                 command="raylm doctor",
@@ -143,6 +146,20 @@ def start_ray(argv: list[str], env: dict[str, str], *, timeout: float = 180.0) -
             command="raylm down",
         )
     return run_id, out
+
+
+def raylet_log_tail(temp_dir: Path, lines: int = 6) -> str:
+    """The last lines the latest session's raylet wrote (its errors first), or ""."""
+    logs = temp_dir / "session_latest" / "logs"
+    for name in ("raylet.err", "raylet.out"):
+        try:
+            text = (logs / name).read_text(errors="replace")
+        except OSError:
+            continue
+        kept = [line for line in text.splitlines() if line.strip()]
+        if kept:
+            return "\n".join(f"  {line[:300]}" for line in kept[-lines:])
+    return ""
 
 
 def _start_once(

@@ -292,6 +292,13 @@ class NetnsCluster:
         n = self.nodes[i]
         pids = set(self.ns_pids(i)) | n.pids
         kill_pids(pids, signal.SIGKILL, 10)
+        # A process forked between the listing and the kill would outlive a power cut.
+        for _ in range(5):
+            late = set(self.ns_pids(i)) - pids
+            if not late:
+                break
+            kill_pids(late, signal.SIGKILL, 10)
+            pids |= late
         n.pids.clear()
         return sorted(pids)
 
