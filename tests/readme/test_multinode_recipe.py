@@ -254,8 +254,13 @@ def test_a_worker_machine_dies_under_load_and_its_join_line_brings_it_back(
     # The dead machine's raylm names its state and the command that fixes it ...
     p = c.raylm(victim, "status")
     assert p.returncode == 1 and "stale" in p.stderr and f"raylm join {c.address}" in p.stderr
-    # ... and that command, the very line `raylm up` printed, brings it back.
+    # ... and that command, the very line `raylm up` printed, brings it back. On a busy
+    # machine Ray's raylet can miss its 30 s registration three times (seen once in CI);
+    # the error then says to run the same line again, which is what a user does.
     back = typed.run(victim, join, timeout=300)
+    if back.returncode != 0 and "Run the same command again" in back.stderr:
+        print(f"the join line failed once, as on a busy node:\n{back.stderr}")
+        back = typed.run(victim, join, timeout=300)
     assert back.returncode == 0, back.stderr
     c.wait_alive(3)
     # Now the spare machine drops off the network. It is handled like a lost machine, and
