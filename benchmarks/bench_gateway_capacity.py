@@ -3,6 +3,7 @@
     apt-get install wrk nginx gcc; pip install vllm-router   (in a venv of its own)
     .venv/bin/python benchmarks/bench_gateway_capacity.py [--seconds 5] [--rounds 2]
         [--only raylm,vllm-router,nginx] [--vllm-router PATH] [--base-src DIR] [--out F]
+        [--workers N --wrk-threads T]   (N+1 cores or more)
 
 - The upstream (`instant_upstream.c`, built here with cc) answers OpenAI chat requests at
   once: a JSON answer, or 16 SSE events + usage + [DONE]. Its capacity alone is the
@@ -11,6 +12,9 @@
   proxies run as shipped: raylm's gateway on uvloop as `raylm serve` runs it (no API key,
   least-outstanding over one replica), vllm-router with round_robin, nginx with one worker
   and upstream keep-alive.
+- `--workers N` adds `raylm-xN`: `raylm serve`'s gateway with N workers on one port
+  (raylm.gateway.workers), pinned to cores 0..N-1; wrk and the upstream then move to the
+  cores after them. Its req/s over `raylm`'s is the scaling with cores.
 - Scenarios: 1 connection (added latency against `direct`), 64 connections non-streaming,
   streaming (the whole stream in one upstream write), and streaming with one upstream write
   per event (each a TCP segment the proxy handles on its own).
@@ -122,9 +126,16 @@ def _cpu_seconds(pid: int) -> float:
     return 0.0
 
 
+# Where the proxies run (core 0; cores 0..N-1 for raylm's N workers) and where the load
+# runs (wrk and the upstream): set in main().
+LOAD_CORES = "1"
+WRK_THREADS = 1
+
+
 def _wrk(url: str, conns: int, seconds: int, stream: bool, script: Path) -> dict[str, Any]:
     env = {**os.environ, "BENCH_BODY": json.dumps({**BODY, "stream": stream})}
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-s", str(script)]
+    cmd = ["taskset", "-c", LOAD_CORES, os.environ.get("WRK", "wrk"), f"-t{WRK_THREADS}"]
+    cmd += [f"-c{conns}", f"-d{seconds}s", "-s", str(script)]
     p = subprocess.run(
         [*cmd, url + "/v1/chat/completions"],
         env=env,
@@ -141,14 +152,19 @@ def _wrk(url: str, conns: int, seconds: int, stream: bool, script: Path) -> dict
 
 
 def _targets(
-    mode: str, tmp: Path, only: list[str], router: str | None, base_src: str | None
+    mode: str,
+    tmp: Path,
+    only: list[str],
+    router: str | None,
+    base_src: str | None,
+    workers: int,
 ) -> contextlib.ExitStack:
     """Start the upstream (mode: 'whole' or 'chunk-writes') and each proxy; the stack's
     `targets` maps a name to (url, pid or None)."""
     stack = contextlib.ExitStack()
     up_port = free_port()
     up_url = f"http://127.0.0.1:{up_port}"
-    cmd = ["taskset", "-c", "1", str(tmp / "instant_upstream"), str(up_port)]
+    cmd = ["taskset", "-c", LOAD_CORES, str(tmp / "instant_upstream"), str(up_port)]
     if mode == "chunk-writes":
         cmd.append("--chunk-writes")
     stack.enter_context(_process(cmd, up_url + "/health", tmp / f"upstream-{mode}.log"))
@@ -186,14 +202,20 @@ def _targets(
             _process(cmd, f"http://127.0.0.1:{port}/health", tmp / f"vllm-router-{mode}.log")
         )
         targets["vllm-router"] = (f"http://127.0.0.1:{port}", proc.pid)
-    raylms = {"raylm": None, "raylm-base": base_src} if base_src else {"raylm": None}
-    for name, src in raylms.items():
+    # name: (source tree, gateway workers, cores)
+    raylms: dict[str, tuple[str | None, int, str]] = {"raylm": (None, 1, "0")}
+    if base_src:
+        raylms["raylm-base"] = (base_src, 1, "0")
+    if workers > 1:
+        raylms[f"raylm-x{workers}"] = (None, workers, f"0-{workers - 1}")
+    for name, (src, n, cores) in raylms.items():
         if "raylm" not in only:
             continue
         port = free_port()
         # The same child as bench_gateway_latency's: the gateway alone on uvloop.
         latency = str(HERE / "bench_gateway_latency.py")
-        cmd = [*pin, sys.executable, latency, "--serve-gateway", up_url, str(port), "uvloop"]
+        cmd = ["taskset", "-c", cores, sys.executable, latency, "--serve-gateway", up_url]
+        cmd += [str(port), "uvloop", "--serve-workers", str(n)]
         env = {**os.environ, "PYTHONPATH": src} if src else None
         proc = stack.enter_context(
             _process(cmd, f"http://127.0.0.1:{port}/health", tmp / f"{name}-{mode}.log", env)
@@ -256,19 +278,29 @@ def main() -> None:
         help="also run raylm's gateway from this source tree (its src/, e.g. a worktree of "
         "an earlier commit) as `raylm-base`: a change's effect within the same run",
     )
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="raylm-bench-capacity-"))
-    subprocess.run(
-        [
-            "cc",
-            "-O2",
-            "-D_GNU_SOURCE",
-            "-o",
-            str(tmp / "instant_upstream"),
-            str(HERE / "instant_upstream.c"),
-        ],
-        check=True,
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also run raylm with this many gateway workers (`raylm-xN`) on cores 0..N-1; "
+        "wrk and the upstream then run on the cores after them",
     )
+    ap.add_argument("--wrk-threads", type=int, default=1)
+    ap.add_argument("--upstream-bin", type=Path, help="a prebuilt instant_upstream (no cc)")
+    args = ap.parse_args()
+    global LOAD_CORES, WRK_THREADS
+    cpus = os.cpu_count() or 1
+    if args.workers > 1:
+        if cpus < args.workers + 1:
+            raise SystemExit(f"--workers {args.workers} needs {args.workers + 1} cores or more")
+        LOAD_CORES = f"{args.workers}-{cpus - 1}"
+    WRK_THREADS = args.wrk_threads
+    tmp = Path(tempfile.mkdtemp(prefix="raylm-bench-capacity-"))
+    if args.upstream_bin:
+        shutil.copy(args.upstream_bin, tmp / "instant_upstream")
+    else:
+        cc = ["cc", "-O2", "-D_GNU_SOURCE", "-o", str(tmp / "instant_upstream")]
+        subprocess.run([*cc, str(HERE / "instant_upstream.c")], check=True)
     script = tmp / "bench.lua"
     script.write_text(WRK_SCRIPT)
     only = args.only.split(",")
@@ -282,13 +314,16 @@ def main() -> None:
     report: dict[str, Any] = {
         "seconds": args.seconds,
         "rounds": args.rounds,
-        "cpus": os.cpu_count(),
+        "cpus": cpus,
+        "workers": args.workers,
+        "load_cores": LOAD_CORES,
+        "wrk_threads": WRK_THREADS,
     }
     for mode in ("whole", "chunk-writes"):
         todo = [s for s in scenarios if plan[s][0] == mode]
         if not todo:
             continue
-        with _targets(mode, tmp, only, args.vllm_router, args.base_src) as stack:
+        with _targets(mode, tmp, only, args.vllm_router, args.base_src, args.workers) as stack:
             targets = stack.targets  # type: ignore[attr-defined]
             for name in todo:
                 _, conns, stream = plan[name]

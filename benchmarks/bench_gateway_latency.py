@@ -88,8 +88,9 @@ def _replica(url: str | None) -> Iterator[str]:
         yield u
 
 
-def serve_gateway(replica_url: str, port: int, loop: str) -> None:
-    """Child-process mode: a gateway over one replica, until SIGTERM."""
+def serve_gateway(replica_url: str, port: int, loop: str, workers: int = 1) -> None:
+    """Child-process mode: a gateway over one replica (in `workers` processes), until
+    SIGTERM."""
     from raylm.gateway import GatewaySettings, StaticReplicaSource, create_gateway, run_gateway
     from raylm.replica import ReplicaInfo, ReplicaState
 
@@ -98,7 +99,7 @@ def serve_gateway(replica_url: str, port: int, loop: str) -> None:
     gateway = create_gateway(StaticReplicaSource([rep]), GatewaySettings())
 
     async def main() -> None:
-        task = asyncio.create_task(run_gateway(gateway, "127.0.0.1", port))
+        task = asyncio.create_task(run_gateway(gateway, "127.0.0.1", port, workers=workers))
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
@@ -157,10 +158,11 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.add_argument("--serve-gateway", nargs=3, metavar=("REPLICA_URL", "PORT", "LOOP"),
                    help=argparse.SUPPRESS)  # fmt: skip
+    p.add_argument("--serve-workers", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_gateway:
         url, port, loop = args.serve_gateway
-        serve_gateway(url, int(port), loop)
+        serve_gateway(url, int(port), loop, args.serve_workers)
         return
     loops = ["asyncio", "uvloop"] if args.loop == "both" else [args.loop]
     report: dict[str, object] = {}

@@ -120,6 +120,14 @@ class ServeSpec(BaseModel):
         "raylm.gateway.policy), 'least-outstanding' (fewest requests in flight) or "
         "'round-robin'.",
     )
+    gateway_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Gateway processes sharing the port (SO_REUSEPORT), each routing over "
+        "the same replicas (raylm.gateway.workers); None: one per 8 cores of this node, "
+        "1 to 4.",
+    )
     limits: GatewayLimits = Field(
         default_factory=GatewayLimits,
         description="What one client may ask of the gateway ([serve.limits]; see "

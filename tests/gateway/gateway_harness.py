@@ -60,12 +60,12 @@ def dead_url() -> str:
 class RunningGateway:
     """A gateway served on 127.0.0.1 from an event loop in a background thread."""
 
-    def __init__(self, replicas: list[ReplicaInfo], **settings: Any) -> None:
+    def __init__(self, replicas: list[ReplicaInfo], workers: int = 1, **settings: Any) -> None:
         self.source = StaticReplicaSource(replicas)
         self.gateway: Gateway = create_gateway(self.source, GatewaySettings(**settings))
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server = GatewayServer(self.gateway, "127.0.0.1", 0)
+        self.server = GatewayServer(self.gateway, "127.0.0.1", 0, workers=workers)
 
     def __enter__(self) -> RunningGateway:
         self._thread.start()

@@ -101,6 +101,11 @@ def serve(
         help="kv-aware|prefix-approximate|least-outstanding|round-robin: how the gateway "
         "picks a replica [default: kv-aware].",
     ),
+    gateway_workers: int | None = typer.Option(
+        None,
+        help="Gateway processes on the port, for more requests a second [default: one per "
+        "8 cores, 1 to 4].",
+    ),
 ) -> None:
     """Serve MODEL on Ray behind an OpenAI-compatible gateway, until Ctrl+C or SIGTERM."""
     from raylm.serve.runner import serve as run
@@ -123,6 +128,7 @@ def serve(
         "limits": {"max_prompts": max_batch_size},
         "skip_verify": skip_verify or None,
         "routing": routing,
+        "gateway_workers": gateway_workers,
         "engine_args": dict(parse_engine_arg(a) for a in engine_arg),
     }
     spec = load_spec(file, overrides)

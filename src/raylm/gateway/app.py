@@ -28,6 +28,7 @@ from raylm.gateway.kv_index import BlockIndex, BlockSource
 from raylm.gateway.kv_policy import KvAware
 from raylm.gateway.native_routes import NativeRoutes
 from raylm.gateway.openai_routes import OpenAIRoutes
+from raylm.gateway.peers import WorkerPeers
 from raylm.gateway.policy import make_policy
 from raylm.gateway.responses import HttpError, error_response
 from raylm.gateway.routing import ReplicaTable
@@ -64,6 +65,8 @@ class Gateway:
         self.engines = EngineView(settings.engine_scrape_interval_s, self.upstream.auth_headers)
         self.metrics.registry.register(gm.EngineCollector(self.table, self.engines))
         self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.peers: WorkerPeers | None = None
+        """The other gateway workers on this port, when there are (raylm.gateway.workers)."""
         self._refresher: asyncio.Task[None] | None = None
         self._scraper: asyncio.Task[None] | None = None
         self._kv_reader: asyncio.Task[None] | None = None
@@ -72,7 +75,7 @@ class Gateway:
         started_at = time.time()
         openai = OpenAIRoutes(self.upstream, started_at)
         native = NativeRoutes(self.upstream)
-        info = InfoRoutes(self.upstream, started_at)
+        info = InfoRoutes(self, started_at)
         self._routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("POST", "/v1/chat/completions"): ("chat", openai.chat),
             ("POST", "/v1/completions"): ("completions", openai.completions),

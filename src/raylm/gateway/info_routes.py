@@ -4,6 +4,7 @@ degraded, unavailable or draining) and `/metrics` (Prometheus)."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,14 +12,17 @@ from starlette.responses import Response
 from raylm import __version__
 from raylm.gateway import metrics as gm
 from raylm.gateway.responses import json_response
-from raylm.gateway.upstream import Upstream
+
+if TYPE_CHECKING:
+    from raylm.gateway.app import Gateway
 
 
 class InfoRoutes:
     """`/`, `/health` and `/metrics`."""
 
-    def __init__(self, upstream: Upstream, started_at: float) -> None:
-        self.up = upstream
+    def __init__(self, gateway: Gateway, started_at: float) -> None:
+        self.gateway = gateway
+        self.up = gateway.upstream
         self.started_at = started_at
 
     async def root(self, request: Request) -> Response:
@@ -37,10 +41,13 @@ class InfoRoutes:
             }
             for r in table.replicas
         ]
+        peers = self.gateway.peers
         return json_response(
             {
                 "name": "raylm",
                 "version": __version__,
+                "worker": peers.index if peers else 0,
+                "workers": peers.count if peers else 1,
                 "uptime_s": round(time.time() - self.started_at, 3),
                 "draining": self.up.draining,
                 "models": [
@@ -80,4 +87,7 @@ class InfoRoutes:
         return json_response({"status": "ok", "models": models})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(self.up.metrics.render(), media_type=gm.CONTENT_TYPE)
+        text = self.up.metrics.render()
+        if self.gateway.peers is not None:
+            text = await self.gateway.peers.render_all(text)
+        return Response(text, media_type=gm.CONTENT_TYPE)

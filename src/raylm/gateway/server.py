@@ -17,7 +17,9 @@ import uvicorn
 
 from raylm.errors import ConfigError
 from raylm.gateway.app import Gateway
+from raylm.gateway.peers import WorkerPeers
 from raylm.gateway.protocol import guarded
+from raylm.gateway.workers import WorkerProcesses
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +30,17 @@ class _Server(uvicorn.Server):
         yield
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: any free port)."""
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port); `reuse_port`: one
+    that other gateway workers of this user may bind too (the kernel spreads
+    connections over them)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it Nagle + delayed ACK add ~40 ms to every answer.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -51,12 +57,28 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class GatewayServer:
-    """A started gateway behind uvicorn: `await start()`, then `await stop()`."""
+    """A started gateway behind uvicorn: `await start()`, then `await stop()`.
 
-    def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 8000) -> None:
+    `workers` > 1 makes this worker 0 of that many processes on the port
+    (raylm.gateway.workers); `reuse_port` is for the other workers, which join its port.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        workers: int = 1,
+        reuse_port: bool = False,
+    ) -> None:
         self.gateway = gateway
         self.host = host
+        self.workers = workers
+        self._reuse_port = reuse_port or workers > 1
         self._requested_port = port
+        self.processes: WorkerProcesses | None = None
+        """Workers 1..N-1, when `workers` > 1 (after start)."""
         self._sock: socket.socket | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -75,7 +97,7 @@ class GatewayServer:
 
     async def start(self) -> None:
         """Bind, start the gateway's refresh, and serve; returns once accepting."""
-        self._sock = bind_socket(self.host, self._requested_port)
+        self._sock = bind_socket(self.host, self._requested_port, self._reuse_port)
         await self.gateway.start()
         settings = self.gateway.settings
         config = uvicorn.Config(
@@ -99,7 +121,20 @@ class GatewayServer:
                 await self._task  # surfaces why it could not start
                 raise ConfigError("The gateway stopped while starting", fix="See the log above")
             await asyncio.sleep(0.01)
+        if self.workers > 1:
+            await self._start_workers()
         logger.info("gateway listening on %s", self.url)
+
+    async def _start_workers(self) -> None:
+        g = self.gateway
+        self.processes = WorkerProcesses(g.settings, g.source, self.host, self.port, self.workers)
+        g.peers = WorkerPeers(self.processes.rundir, 0, self.workers)
+        await g.peers.start(g.metrics.render)
+        try:
+            await self.processes.start()
+        except BaseException:
+            await self.stop(0)
+            raise
 
     async def stop(self, drain_timeout_s: float | None = None) -> bool:
         """Drain (default bound: the gateway's drain_timeout_s), stop serving, close.
@@ -107,7 +142,17 @@ class GatewayServer:
         timeout = (
             self.gateway.settings.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         )
-        drained = await self.gateway.drain(timeout)
+        if self.processes is not None:
+            # Every worker drains at once; each bounds its own drain by the same timeout.
+            drains = await asyncio.gather(
+                self.gateway.drain(timeout), self.processes.stop(timeout + 10)
+            )
+            drained = all(drains)
+            if self.gateway.peers is not None:
+                await self.gateway.peers.stop()
+            self.processes = None
+        else:
+            drained = await self.gateway.drain(timeout)
         # Closing the upstream pool first ends leftover streams with an error event,
         # rather than uvicorn cutting them off mid-body.
         await self.gateway.stop()
@@ -121,10 +166,15 @@ class GatewayServer:
 
 
 async def run_gateway(
-    gateway: Gateway, host: str, port: int, ready_event: asyncio.Event | None = None
+    gateway: Gateway,
+    host: str,
+    port: int,
+    ready_event: asyncio.Event | None = None,
+    workers: int = 1,
 ) -> None:
-    """Serve `gateway` until this task is cancelled; then drain and stop it."""
-    server = GatewayServer(gateway, host, port)
+    """Serve `gateway` (in `workers` processes) until this task is cancelled; then drain
+    and stop it."""
+    server = GatewayServer(gateway, host, port, workers=workers)
     await server.start()
     if ready_event is not None:
         ready_event.set()

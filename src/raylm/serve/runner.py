@@ -19,6 +19,7 @@ from raylm.config import ServeSpec
 from raylm.errors import ConfigError, ReplicaError
 from raylm.gateway import GatewayServer, GatewaySettings, create_gateway
 from raylm.gateway.server import bind_socket
+from raylm.gateway.workers import default_workers
 from raylm.models.store import ModelStore
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import CONTROLLER_NAMESPACE, DeploymentConfig
@@ -174,6 +175,7 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                 ),
                 spec.host,
                 spec.port,
+                workers=spec.gateway_workers or default_workers(),
             )
             await gateway.start()
             if await wait_until_ready(controller, reporter, stop):

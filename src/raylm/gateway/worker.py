@@ -1,0 +1,111 @@
+"""One gateway worker besides worker 0 (raylm.gateway.workers starts it):
+`python -m raylm.gateway.worker`, its WorkerSpec on stdin. It serves the shared port until
+SIGTERM, then drains as worker 0 does. It also stops when worker 0 is gone, so a killed
+`raylm serve` leaves no gateway behind on its port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from raylm.gateway.app import create_gateway
+from raylm.gateway.peers import WorkerPeers
+from raylm.gateway.server import GatewayServer
+from raylm.gateway.workers import READY, RELAY, RELAY_LINE_LIMIT, WorkerSpec
+from raylm.kv.blocks import BlockCursor, BlockDelta
+from raylm.replica import ReplicaInfo
+
+logger = logging.getLogger("raylm.gateway.worker")
+
+_ANSWER_TIMEOUT_S = 10.0
+
+
+class RelaySource:
+    """The replica table and cache changes, read through worker 0 (one question at a
+    time on one connection, opened again after a failure)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = asyncio.Lock()
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def _ask(self, question: dict[str, Any]) -> dict[str, Any]:
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await asyncio.open_unix_connection(self._path, limit=RELAY_LINE_LIMIT)
+            reader, writer = self._conn
+            try:
+                writer.write(json.dumps(question).encode() + b"\n")
+                await writer.drain()
+                line = await asyncio.wait_for(reader.readline(), _ANSWER_TIMEOUT_S)
+                if not line:
+                    raise ConnectionError("worker 0 closed the relay")
+            except BaseException:
+                writer.close()
+                self._conn = None
+                raise
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    async def snapshot(self) -> list[ReplicaInfo]:
+        rows = (await self._ask({"op": "snapshot"}))["replicas"]
+        return [ReplicaInfo.model_validate(r) for r in rows]
+
+    async def kv_deltas(self, cursors: dict[str, BlockCursor]) -> dict[str, BlockDelta]:
+        question = {"op": "kv_deltas", "cursors": {k: c.model_dump() for k, c in cursors.items()}}
+        deltas = (await self._ask(question))["deltas"]
+        return {k: BlockDelta.model_validate(d) for k, d in deltas.items()}
+
+
+async def serve(spec: WorkerSpec) -> bool:
+    """Serve until SIGTERM or worker 0's end; True when every request in flight finished."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    rundir = Path(spec.rundir)
+    peers = WorkerPeers(rundir, spec.index, spec.count)
+    gateway = create_gateway(RelaySource(rundir / RELAY), spec.gateway_settings())
+    gateway.peers = peers
+    server = GatewayServer(gateway, spec.host, spec.port, reuse_port=True)
+    await server.start()
+    await peers.start(gateway.metrics.render)
+    sys.stdout.buffer.write(READY)
+    sys.stdout.flush()
+    parent = os.getppid()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        if os.getppid() != parent:
+            logger.warning("gateway worker %d: worker 0 is gone; stopping", spec.index)
+            break
+    try:
+        return await server.stop()
+    finally:
+        await peers.stop()
+
+
+def main() -> None:
+    # Ctrl-C in the terminal reaches the whole process group; worker 0 decides, and
+    # stops this worker with SIGTERM after its own drain began.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    spec = WorkerSpec.model_validate_json(sys.stdin.buffer.read())
+    drained = uvloop.run(serve(spec))
+    sys.exit(0 if drained else 3)
+
+
+if __name__ == "__main__":
+    main()
