@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from raylm.gateway import metrics as gm
 from raylm.gateway.body import ClientGone, unless_client_leaves
+from raylm.gateway.h1 import Answer, ConnectFailed, Disconnected, Pools, UpstreamError
 from raylm.gateway.policy import RouteRequest
 from raylm.gateway.responses import (
     HttpError,
@@ -115,13 +116,8 @@ class Upstream:
             {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
         )
         self._session: aiohttp.ClientSession | None = None
-        self._stream_timeout = aiohttp.ClientTimeout(
-            sock_connect=settings.connect_timeout_s, sock_read=settings.stream_idle_timeout_s
-        )
-        self._buffered_timeout = aiohttp.ClientTimeout(
-            total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s
-        )
-        self._streams: set[aiohttp.ClientResponse] = set()
+        self._pools: Pools | None = None
+        self._streams: set[Answer] = set()
         self.active = 0
         """Requests being served by replicas now (streams until their last byte)."""
         self.idle = asyncio.Event()
@@ -134,7 +130,7 @@ class Upstream:
 
     @property
     def session(self) -> aiohttp.ClientSession | None:
-        """The connection pool to the replicas (None before `open_pool`)."""
+        """A client for the replicas' side routes (engine metrics), not the requests."""
         return self._session
 
     @property
@@ -145,6 +141,8 @@ class Upstream:
     # ----------------------------------------------------------------- life cycle
 
     def open_pool(self) -> None:
+        if self._pools is None:
+            self._pools = Pools(self._headers, _POOL_KEEPALIVE_S)
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=0, keepalive_timeout=_POOL_KEEPALIVE_S, ttl_dns_cache=300
@@ -161,15 +159,17 @@ class Upstream:
     async def end_streams(self) -> None:
         """Break every stream still running; wait (briefly) for their last events."""
         self.stopping = True
-        for resp in list(self._streams):
-            # Closing the pool does not wake a pending read; this does.
-            resp.content.set_exception(aiohttp.ClientConnectionError("gateway stopping"))
+        for answer in list(self._streams):
+            answer.abort("gateway stopping")
         if self._streams:
             # Let the relays send their last event (bounded: a client may not read).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), timeout=2)
 
     async def close_pool(self) -> None:
+        if self._pools is not None:
+            self._pools.close()
+            self._pools = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -191,9 +191,7 @@ class Upstream:
             self.idle.set()
         self.metrics.in_flight.dec()
 
-    def _close_stream(
-        self, replica: ReplicaInfo, resp: aiohttp.ClientResponse, attempt: _Attempt
-    ) -> None:
+    def _close_stream(self, replica: ReplicaInfo, resp: Answer, attempt: _Attempt) -> None:
         self._streams.discard(resp)
         resp.release()
         self._end(replica, attempt)
@@ -206,35 +204,37 @@ class Upstream:
     # ------------------------------------------------------------ calls
 
     async def _open(
-        self, replica: ReplicaInfo, path: str, body: bytes, stream: bool
-    ) -> aiohttp.ClientResponse:
-        """Send a request to a replica; raise `_ReplicaFailed` when it fails before any
-        byte of an answer (connection refused or reset, or it says 502/503)."""
-        assert self._session is not None, "Gateway.start() was not called"
+        self, replica: ReplicaInfo, path: str, body: bytes, stream: bool, deadline: float
+    ) -> Answer:
+        """Send a request to a replica and wait for its answer's headers (by `deadline`,
+        loop time); raise `_ReplicaFailed` when it fails before any byte of an answer
+        (connection refused or reset, or it says 502/503)."""
+        assert self._pools is not None, "Gateway.start() was not called"
         s = self.settings
-        timeout = self._stream_timeout if stream else self._buffered_timeout
+        pool = self._pools.of(replica.url)
         for last_try in (False, True):
             try:
-                resp = await self._session.post(
-                    replica.url + path, data=body, headers=self._headers, timeout=timeout
-                )
+                resp = await pool.post(path, body, s.connect_timeout_s, fresh=last_try)
+            except (ConnectFailed, Disconnected) as e:
+                raise _ReplicaFailed(str(e)) from e
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await resp.wait_headers()
                 break
-            except aiohttp.ServerTimeoutError as e:
-                if isinstance(e, aiohttp.ConnectionTimeoutError):
-                    raise _ReplicaFailed(f"no connection within {s.connect_timeout_s} s") from e
-                raise  # a slow answer is not a failure to retry: it would double the load
-            except aiohttp.ServerDisconnectedError as e:
+            except Disconnected as e:
                 # Closed without a byte of answer: most often a pooled connection the replica
                 # closed as idle just as this request went out. Once more, on a new one; a
                 # replica that is really gone then refuses the connection.
-                if last_try:
-                    raise _ReplicaFailed(f"{type(e).__name__}: {e}") from e
-            except aiohttp.ClientConnectionError as e:
-                raise _ReplicaFailed(f"{type(e).__name__}: {e}") from e
+                if last_try or not resp.reused:
+                    raise _ReplicaFailed(str(e)) from e
+            except BaseException:
+                resp.close()  # a slow answer is not a failure to retry: it would double the load
+                raise
         if resp.status in (502, 503):
             try:
-                detail = error_message(await resp.read())
-            except (aiohttp.ClientError, TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    detail = error_message(await resp.read())
+            except (UpstreamError, TimeoutError):
                 detail = ""
             finally:
                 resp.release()
@@ -243,7 +243,7 @@ class Upstream:
 
     async def _call(
         self, route: str, model: str, path: str, body: bytes, stream: bool, attempt: _Attempt
-    ) -> tuple[ReplicaInfo, aiohttp.ClientResponse]:
+    ) -> tuple[ReplicaInfo, Answer, float]:
         """Pick a replica and open the request; when one fails before answering, try one
         other replica (once per request). The replica stays acquired until `_end`."""
         retry_after = self.settings.retry_after_s
@@ -268,13 +268,18 @@ class Upstream:
             attempt.tried.add(replica.replica_id)
             attempt.prefill = decision.prefill_tokens
             self._begin(replica, attempt)
+            # The answer's deadline: all of it when buffered, its headers when streamed.
+            bound = (
+                self.settings.stream_idle_timeout_s if stream else self.settings.request_timeout_s
+            )
+            deadline = asyncio.get_running_loop().time() + bound
             try:
-                return replica, await self._open(replica, path, body, stream)
+                return replica, await self._open(replica, path, body, stream, deadline), deadline
             except _ReplicaFailed as e:
                 self._end(replica, attempt)
                 self._failed(replica, str(e))
                 attempt.failures.append(f"{replica.replica_id}: {e}")
-            except (aiohttp.ClientError, TimeoutError) as e:
+            except (UpstreamError, TimeoutError) as e:
                 self._end(replica, attempt)
                 raise HttpError(
                     error_response(
@@ -307,10 +312,11 @@ class Upstream:
         model = request.model
         attempt = _Attempt(request)
         while True:
-            replica, resp = await self._call(route, model, path, body, False, attempt)
+            replica, resp, deadline = await self._call(route, model, path, body, False, attempt)
             try:
-                data = await resp.read()
-                ctype = resp.headers.get("Content-Type", "application/json")
+                async with asyncio.timeout_at(deadline):
+                    data = await resp.read()
+                ctype = resp.headers.get("content-type", "application/json")
                 return Buffered(
                     *replica_error(replica.replica_id, resp.status, data, ctype), replica
                 )
@@ -324,7 +330,7 @@ class Upstream:
                         code="upstream_timeout",
                     )
                 ) from e
-            except aiohttp.ClientError as e:
+            except UpstreamError as e:
                 self._failed(replica, f"{type(e).__name__}: {e}")
                 attempt.failures.append(f"{replica.replica_id}: {type(e).__name__}: {e}")
             finally:
@@ -337,13 +343,14 @@ class Upstream:
         """A streaming answer relayed as it comes, or the replica's own error answer."""
         model = request.model
         attempt = _Attempt(request)
-        replica, resp = await self._call(route, model, path, body, True, attempt)
-        ctype = resp.headers.get("Content-Type", "")
+        replica, resp, deadline = await self._call(route, model, path, body, True, attempt)
+        ctype = resp.headers.get("content-type", "")
         if resp.status != 200 or not ctype.startswith("text/event-stream"):
             # vLLM rejects a bad streaming request with a plain JSON error.
             try:
-                data = await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as e:
+                async with asyncio.timeout_at(deadline):
+                    data = await resp.read()
+            except (UpstreamError, TimeoutError) as e:
                 data = json.dumps({"error": {"message": str(e), "type": "upstream_error"}}).encode()
             finally:
                 resp.release()
@@ -365,7 +372,7 @@ class Upstream:
         route: str,
         model: str,
         replica: ReplicaInfo,
-        resp: aiohttp.ClientResponse,
+        resp: Answer,
         t0: float,
         attempt: _Attempt,
     ) -> AsyncIterator[bytes]:
@@ -375,7 +382,7 @@ class Upstream:
         first, done = True, False
         try:
             try:
-                async for chunk in resp.content.iter_any():
+                async for chunk in resp.chunks(self.settings.stream_idle_timeout_s):
                     if first:
                         ttft = time.perf_counter() - t0
                         self.metrics.child(self.metrics.ttft, route).observe(ttft)
@@ -390,7 +397,7 @@ class Upstream:
                         done = True
                         self._count_stream_usage(model, tail)
                     yield chunk
-            except (aiohttp.ClientError, TimeoutError) as e:
+            except (UpstreamError, TimeoutError) as e:
                 if done:  # the answer was whole; only its closing bytes were lost
                     return
                 self.metrics.stream_errors.labels(route).inc()
