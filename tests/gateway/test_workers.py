@@ -13,9 +13,12 @@ from typing import Any
 
 import httpx
 import psutil
+import pytest
 from gateway_harness import RunningGateway, dead_url, replica, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from raylm.errors import ConfigError
+from raylm.gateway.server import bind_socket
 from raylm.replica import ReplicaState
 
 KEY = "workers-test-key"
@@ -69,6 +72,17 @@ def test_two_workers_share_the_port_the_replicas_and_drain_on_sigterm(replica_ur
         metrics = _fresh(gw.url, "GET", "/metrics").text
         by_worker = [_chat_total(metrics, w) for w in ("0", "1")]
         assert sum(by_worker) == 8 and min(by_worker) > 0, by_worker
+        # What every worker knows alike (the replica table) is there once, unlabelled.
+        states = [
+            s.labels
+            for f in text_string_to_metric_families(metrics)
+            for s in f.samples
+            if s.name == "raylm_replica_state" and s.labels["state"] == "ready"
+        ]
+        assert sorted(s["replica"] for s in states) == ["r0", "r1"], states
+        # Another gateway cannot join the port unnoticed: a plain bind is refused.
+        with pytest.raises(ConfigError):
+            bind_socket("127.0.0.1", gw.server.port)
         # A worker that dies is started again, and the port keeps answering meanwhile.
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: gw.server.processes and gw.server.processes.pids != [pid], 30)

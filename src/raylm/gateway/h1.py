@@ -60,6 +60,7 @@ class Answer(asyncio.Protocol):
         self._complete = False
         self._keep_alive = False
         self._released = False
+        self._in_use = False
         self.idle_since = 0.0
         self.reused = False
         """Whether the request went out on a connection that had served one before."""
@@ -71,6 +72,9 @@ class Answer(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if not self._in_use:  # nothing was asked: an idle connection the replica gave up on
+            self.close()
+            return
         self._got_bytes = True
         try:
             self._parser.feed_data(data)
@@ -115,9 +119,15 @@ class Answer(asyncio.Protocol):
     def send(self, request: bytes) -> None:
         if self._transport is None:  # closed by the replica between connecting and now
             raise Disconnected("the replica closed the connection before the request")
+        # A pooled connection starts each answer afresh (release() pooled it only whole).
         self._got_bytes = self._complete = self._headers_done = self._released = False
+        self._keep_alive = self._paused = False
+        self._chunks.clear()
+        self._buffered = self.status = 0
+        self._error = None
         self._high_water = _HIGH_WATER
         self.headers = {}
+        self._in_use = True
         self._transport.write(request)
 
     def _notify(self) -> None:
@@ -132,7 +142,7 @@ class Answer(asyncio.Protocol):
     async def _wait(self) -> None:
         """Until something happens; raises the answer's error once nothing is left to read."""
         if self._error is not None:
-            if self._chunks:
+            if self._chunks and self._headers_done:
                 return
             raise self._error
         self._wake = asyncio.get_running_loop().create_future()
@@ -194,6 +204,7 @@ class Answer(asyncio.Protocol):
         if self._released:
             return
         self._released = True
+        self._in_use = False
         if self._complete and self._keep_alive and self._error is None and not self._chunks:
             self._wake = None
             self._buffered = 0
@@ -214,9 +225,13 @@ class ReplicaPool:
         lines = [f"Host: {parts.netloc}", *(f"{k}: {v}" for k, v in headers.items())]
         self._head = "\r\n".join(lines).encode("latin-1")
         self._idle: list[Answer] = []
+        self._closed = False
 
     def put(self, conn: Answer) -> None:
-        self._idle.append(conn)
+        if self._closed:  # released after the gateway closed its pools
+            conn.close()
+        else:
+            self._idle.append(conn)
 
     def forget(self, conn: Answer) -> None:
         if conn in self._idle:
@@ -249,13 +264,19 @@ class ReplicaPool:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn._transport is not None and now - conn.idle_since < self.keepalive_s:
+            transport = conn._transport
+            if (
+                transport is not None
+                and not transport.is_closing()
+                and now - conn.idle_since < self.keepalive_s
+            ):
                 conn.reused = True
                 return conn
             conn.close()
         return None
 
     def close(self) -> None:
+        self._closed = True
         for conn in self._idle:
             conn.close()
         self._idle.clear()

@@ -84,11 +84,26 @@ class _Merged(Collector):
         yield from self._families
 
 
+# Series every worker reports alike (the controller's replica table; the engines' figures,
+# which worker 0 alone reads): taken once, from the lowest worker answering, unlabelled.
+_SHARED = ("raylm_replica_state", "raylm_replica_restarts", "raylm_model_ready_replicas")
+
+
+def _shared(name: str) -> bool:
+    return name in _SHARED or name.startswith("raylm_engine_")
+
+
 def merge_metrics(by_worker: dict[int, bytes]) -> bytes:
-    """One exposition of several workers' own, each sample labelled `worker="<index>"`."""
+    """One exposition of several workers' own: each sample labelled `worker="<index>"`,
+    but for the series all workers share, which appear once."""
     families: dict[str, Metric] = {}
+    first = min(by_worker, default=0)
     for index, text in sorted(by_worker.items()):
         for family in text_string_to_metric_families(text.decode()):
+            if _shared(family.name):
+                if index == first:
+                    families[family.name] = family
+                continue
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = Metric(

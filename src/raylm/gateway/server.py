@@ -97,7 +97,14 @@ class GatewayServer:
 
     async def start(self) -> None:
         """Bind, start the gateway's refresh, and serve; returns once accepting."""
-        self._sock = bind_socket(self.host, self._requested_port, self._reuse_port)
+        port = self._requested_port
+        if self.workers > 1:
+            # A plain bind first: with SO_REUSEPORT alone, another gateway of this user
+            # already on the port would be joined silently instead of refused.
+            probe = bind_socket(self.host, port)
+            port = int(probe.getsockname()[1])
+            probe.close()
+        self._sock = bind_socket(self.host, port, self._reuse_port)
         await self.gateway.start()
         settings = self.gateway.settings
         config = uvicorn.Config(
@@ -143,7 +150,7 @@ class GatewayServer:
             self.gateway.settings.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         )
         if self.processes is not None:
-            # Every worker drains at once; each bounds its own drain by the same timeout.
+            # Every worker drains at once, each up to its drain_timeout_s.
             drains = await asyncio.gather(
                 self.gateway.drain(timeout), self.processes.stop(timeout + 10)
             )

@@ -227,6 +227,9 @@ class Upstream:
                 # replica that is really gone then refuses the connection.
                 if last_try or not resp.reused:
                     raise _ReplicaFailed(str(e)) from e
+            except UpstreamError as e:  # cut off or garbled before its headers: nothing sent on
+                resp.close()
+                raise _ReplicaFailed(str(e)) from e
             except BaseException:
                 resp.close()  # a slow answer is not a failure to retry: it would double the load
                 raise
@@ -380,45 +383,44 @@ class Upstream:
         the replica fails or goes quiet mid-way."""
         tail = b""
         first, done = True, False
+        # The connection goes back to its pool in _close_stream (on_close), once: the
+        # response ends there however it ends.
         try:
-            try:
-                async for chunk in resp.chunks(self.settings.stream_idle_timeout_s):
-                    if first:
-                        ttft = time.perf_counter() - t0
-                        self.metrics.child(self.metrics.ttft, route).observe(ttft)
-                        first = False
-                        # Its prefill is over: the replica's queue no longer holds it.
-                        self.table.prefilled(replica.replica_id, attempt.prefill)
-                        attempt.prefill = 0.0
-                    tail = (tail + chunk)[-_TAIL_BYTES:]
-                    if not done and tail.rstrip().endswith(_DONE):
-                        # Count before the client sees [DONE]: a client that stops there
-                        # closes the connection, and Starlette then cancels this generator.
-                        done = True
-                        self._count_stream_usage(model, tail)
-                    yield chunk
-            except (UpstreamError, TimeoutError) as e:
-                if done:  # the answer was whole; only its closing bytes were lost
-                    return
-                self.metrics.stream_errors.labels(route).inc()
-                if self.stopping:
-                    yield sse_error_event("The gateway stopped before the stream finished.", 503)
-                    return
-                why = (
-                    f"no data for {self.settings.stream_idle_timeout_s} s"
-                    if isinstance(e, TimeoutError)
-                    else f"{type(e).__name__}: {e}"
-                )
-                logger.warning("stream from %s broke: %s", replica.replica_id, why)
-                yield sse_error_event(f"Replica {replica.replica_id} failed mid-stream: {why}.")
+            async for chunk in resp.chunks(self.settings.stream_idle_timeout_s):
+                if first:
+                    ttft = time.perf_counter() - t0
+                    self.metrics.child(self.metrics.ttft, route).observe(ttft)
+                    first = False
+                    # Its prefill is over: the replica's queue no longer holds it.
+                    self.table.prefilled(replica.replica_id, attempt.prefill)
+                    attempt.prefill = 0.0
+                tail = (tail + chunk)[-_TAIL_BYTES:]
+                if not done and tail.rstrip().endswith(_DONE):
+                    # Count before the client sees [DONE]: a client that stops there
+                    # closes the connection, and Starlette then cancels this generator.
+                    done = True
+                    self._count_stream_usage(model, tail)
+                yield chunk
+        except (UpstreamError, TimeoutError) as e:
+            if done:  # the answer was whole; only its closing bytes were lost
                 return
-            if not done:
-                self.metrics.stream_errors.labels(route).inc()
-                yield sse_error_event(
-                    f"Replica {replica.replica_id} closed the stream before it was complete."
-                )
-        finally:
-            resp.release()
+            self.metrics.stream_errors.labels(route).inc()
+            if self.stopping:
+                yield sse_error_event("The gateway stopped before the stream finished.", 503)
+                return
+            why = (
+                f"no data for {self.settings.stream_idle_timeout_s} s"
+                if isinstance(e, TimeoutError)
+                else f"{type(e).__name__}: {e}"
+            )
+            logger.warning("stream from %s broke: %s", replica.replica_id, why)
+            yield sse_error_event(f"Replica {replica.replica_id} failed mid-stream: {why}.")
+            return
+        if not done:
+            self.metrics.stream_errors.labels(route).inc()
+            yield sse_error_event(
+                f"Replica {replica.replica_id} closed the stream before it was complete."
+            )
 
     def _count_stream_usage(self, model: str, tail: bytes) -> None:
         # Only the last JSON event can carry usage (stream_options.include_usage).

@@ -82,13 +82,13 @@ async def serve(spec: WorkerSpec) -> bool:
     await peers.start(gateway.metrics.render)
     sys.stdout.buffer.write(READY)
     sys.stdout.flush()
-    parent = os.getppid()
+    os.dup2(2, 1)  # worker 0 reads no more of that pipe: anything printed goes to the log
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
-        if os.getppid() != parent:
+        if os.getppid() != spec.parent_pid:
             logger.warning("gateway worker %d: worker 0 is gone; stopping", spec.index)
             break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
     try:
         return await server.stop()
     finally:

@@ -55,6 +55,7 @@ class WorkerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     index: int = Field(ge=1, description="This worker's number; worker 0 is the parent.")
+    parent_pid: int = Field(description="Worker 0's process id: the worker stops without it.")
     count: int = Field(ge=2, description="Workers on the port, the parent included.")
     host: str = Field(description="The address the gateway listens on.")
     port: int = Field(ge=1, le=65535, description="The port all workers share.")
@@ -116,14 +117,20 @@ class WorkerProcesses:
     ) -> None:
         self.rundir = Path(tempfile.mkdtemp(prefix="raylm-gw-"))  # mode 0700
         secret = settings.api_key, settings.upstream_api_key
+        # Worker 0 alone reads the engines' figures: the others' would repeat them on
+        # /metrics, N times over in a sum, for nothing routing uses.
+        shared = settings.model_dump(mode="json", exclude={"api_key", "upstream_api_key"})
+        shared["engine_scrape_interval_s"] = 0
+        self.drain_timeout_s = settings.drain_timeout_s
         self._specs = [
             WorkerSpec(
                 index=i,
+                parent_pid=os.getpid(),
                 count=count,
                 host=host,
                 port=port,
                 rundir=str(self.rundir),
-                settings=settings.model_dump(mode="json", exclude={"api_key", "upstream_api_key"}),
+                settings=shared,
                 api_key=secret[0].get_secret_value() if secret[0] else None,
                 upstream_api_key=secret[1].get_secret_value() if secret[1] else None,
             )
@@ -132,6 +139,8 @@ class WorkerProcesses:
         self._relay = Relay(source)
         self._relay_server: asyncio.Server | None = None
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._started: dict[int, float] = {}
+        self._backoff: dict[int, float] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -155,12 +164,20 @@ class WorkerProcesses:
             stdout=subprocess.PIPE,
         )
         self._procs[spec.index] = proc
+        self._started[spec.index] = time.monotonic()
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(spec.model_dump_json().encode())
         proc.stdin.close()
         stdout = proc.stdout
-        line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), _START_TIMEOUT_S)
+        try:
+            line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), _START_TIMEOUT_S)
+        except TimeoutError:
+            line = b""
+        finally:
+            stdout.close()  # the worker writes nothing more there (its stdout is its stderr)
         if line != READY:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
             raise ConfigError(
                 f"Gateway worker {spec.index} did not start (exit {proc.poll()})",
                 why="its own error is in the log above",
@@ -168,23 +185,33 @@ class WorkerProcesses:
             )
 
     async def _watch(self) -> None:
-        """Start again a worker that died (it takes its share of connections with it)."""
+        """Start again a worker that died (it takes its share of connections with it); one
+        that keeps dying soon after its start waits longer each time, up to a minute."""
         while not self._stopping:
             await asyncio.sleep(1.0)
             for spec in self._specs:
-                proc = self._procs[spec.index]
-                if proc.poll() is not None and not self._stopping:
-                    logger.warning(
-                        "gateway worker %d exited (%s); starting it again",
-                        spec.index,
-                        proc.returncode,
-                    )
-                    with contextlib.suppress(Exception):
-                        await self._spawn(spec)
+                i = spec.index
+                proc = self._procs[i]
+                if proc.poll() is None or self._stopping:
+                    continue
+                lived = time.monotonic() - self._started[i]
+                wait = min(60.0, 2 * self._backoff.get(i, 0.5)) if lived < 30 else 0.0
+                self._backoff[i] = wait
+                logger.warning(
+                    "gateway worker %d exited (%s) after %.0f s; starting it again in %.0f s",
+                    i,
+                    proc.returncode,
+                    lived,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+                with contextlib.suppress(Exception):
+                    await self._spawn(spec)
 
     async def stop(self, timeout_s: float) -> bool:
-        """SIGTERM every worker (each drains up to its drain_timeout_s, then exits); kill
-        what is left after `timeout_s`. True when every worker drained."""
+        """SIGTERM every worker (each drains up to its own drain_timeout_s, then exits);
+        kill what is left after that or `timeout_s`, whichever is longer, and 10 s more.
+        True when every worker drained."""
         self._stopping = True
         if self._watcher is not None:
             self._watcher.cancel()
@@ -193,7 +220,7 @@ class WorkerProcesses:
         for proc in self._procs.values():
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + max(timeout_s, self.drain_timeout_s) + 10
         drained = True
         for index, proc in self._procs.items():
             left = max(0.1, deadline - time.monotonic())
