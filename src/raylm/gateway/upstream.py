@@ -65,6 +65,8 @@ class _Attempt:
     retried: bool = False
     prefill: float = 0.0
     """Prompt tokens still counted as queued prefill on the replica it is on now."""
+    deadline: float | None = None
+    """Loop time by which a buffered answer must be whole (set at the first try)."""
 
 
 class _ReplicaFailed(Exception):
@@ -271,11 +273,15 @@ class Upstream:
             attempt.tried.add(replica.replica_id)
             attempt.prefill = decision.prefill_tokens
             self._begin(replica, attempt)
-            # The answer's deadline: all of it when buffered, its headers when streamed.
-            bound = (
-                self.settings.stream_idle_timeout_s if stream else self.settings.request_timeout_s
-            )
-            deadline = asyncio.get_running_loop().time() + bound
+            # The answer's deadline: a stream's headers within its idle bound; a buffered
+            # answer whole within request_timeout_s of the first try, retries included.
+            now = asyncio.get_running_loop().time()
+            if stream:
+                deadline = now + self.settings.stream_idle_timeout_s
+            else:
+                if attempt.deadline is None:
+                    attempt.deadline = now + self.settings.request_timeout_s
+                deadline = attempt.deadline
             try:
                 return replica, await self._open(replica, path, body, stream, deadline), deadline
             except _ReplicaFailed as e:
