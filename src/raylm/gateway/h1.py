@@ -206,8 +206,6 @@ class Answer(asyncio.Protocol):
         self._released = True
         self._in_use = False
         if self._complete and self._keep_alive and self._error is None and not self._chunks:
-            self._wake = None
-            self._buffered = 0
             self.idle_since = time.monotonic()
             self._pool.put(self)
         else:

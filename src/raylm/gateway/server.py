@@ -151,9 +151,7 @@ class GatewayServer:
         )
         if self.processes is not None:
             # Every worker drains at once, each up to its drain_timeout_s.
-            drains = await asyncio.gather(
-                self.gateway.drain(timeout), self.processes.stop(timeout + 10)
-            )
+            drains = await asyncio.gather(self.gateway.drain(timeout), self.processes.stop(timeout))
             drained = all(drains)
             if self.gateway.peers is not None:
                 await self.gateway.peers.stop()

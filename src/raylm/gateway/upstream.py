@@ -205,9 +205,7 @@ class Upstream:
 
     # ------------------------------------------------------------ calls
 
-    async def _open(
-        self, replica: ReplicaInfo, path: str, body: bytes, stream: bool, deadline: float
-    ) -> Answer:
+    async def _open(self, replica: ReplicaInfo, path: str, body: bytes, deadline: float) -> Answer:
         """Send a request to a replica and wait for its answer's headers (by `deadline`,
         loop time); raise `_ReplicaFailed` when it fails before any byte of an answer
         (connection refused or reset, or it says 502/503)."""
@@ -283,7 +281,7 @@ class Upstream:
                     attempt.deadline = now + self.settings.request_timeout_s
                 deadline = attempt.deadline
             try:
-                return replica, await self._open(replica, path, body, stream, deadline), deadline
+                return replica, await self._open(replica, path, body, deadline), deadline
             except _ReplicaFailed as e:
                 self._end(replica, attempt)
                 self._failed(replica, str(e))

@@ -173,11 +173,11 @@ class WorkerProcesses:
             line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), _START_TIMEOUT_S)
         except TimeoutError:
             line = b""
-        finally:
-            stdout.close()  # the worker writes nothing more there (its stdout is its stderr)
         if line != READY:
-            proc.kill()
+            proc.kill()  # also ends a readline still waiting in its thread
             await asyncio.to_thread(proc.wait)
+        stdout.close()  # the worker writes nothing more there (its stdout is its stderr)
+        if line != READY:
             raise ConfigError(
                 f"Gateway worker {spec.index} did not start (exit {proc.poll()})",
                 why="its own error is in the log above",
