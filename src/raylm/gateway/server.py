@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from collections.abc import Iterator
 import uvicorn
 
 from raylm.errors import ConfigError
+from raylm.gateway.acceptor import Acceptor
 from raylm.gateway.app import Gateway
+from raylm.gateway.heap import settle_heap
 from raylm.gateway.peers import WorkerPeers
 from raylm.gateway.protocol import guarded
 from raylm.gateway.workers import WorkerProcesses
@@ -28,6 +31,19 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn's own start, less its asyncio.Server: the Acceptor takes the sockets
+        # (uvloop alone would accept one connection per loop turn; see acceptor.py).
+        await super().startup(sockets=[])
+        factory = functools.partial(
+            self.config.http_protocol_class,
+            config=self.config,  # type: ignore[call-arg]  # typed as a bare asyncio.Protocol
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+        )
+        acceptors = [Acceptor(sock, factory, self.config.backlog) for sock in sockets or []]
+        self.servers = acceptors  # type: ignore[assignment]  # close() and wait_closed() alike
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -181,6 +197,7 @@ async def run_gateway(
     and stop it."""
     server = GatewayServer(gateway, host, port, workers=workers)
     await server.start()
+    settle_heap()
     if ready_event is not None:
         ready_event.set()
     try:

@@ -18,6 +18,7 @@ from typing import Any
 import uvloop
 
 from raylm.gateway.app import create_gateway
+from raylm.gateway.heap import settle_heap
 from raylm.gateway.peers import WorkerPeers
 from raylm.gateway.server import GatewayServer
 from raylm.gateway.workers import READY, RELAY, RELAY_LINE_LIMIT, WorkerSpec
@@ -80,6 +81,7 @@ async def serve(spec: WorkerSpec) -> bool:
     server = GatewayServer(gateway, spec.host, spec.port, reuse_port=True)
     await server.start()
     await peers.start(gateway.metrics.render)
+    settle_heap()
     sys.stdout.buffer.write(READY)
     sys.stdout.flush()
     os.dup2(2, 1)  # worker 0 reads no more of that pipe: anything printed goes to the log

@@ -18,6 +18,7 @@ from raylm.cluster.context import connect
 from raylm.config import ServeSpec
 from raylm.errors import ConfigError, ReplicaError
 from raylm.gateway import GatewayServer, GatewaySettings, create_gateway
+from raylm.gateway.heap import settle_heap
 from raylm.gateway.server import bind_socket
 from raylm.gateway.workers import default_workers
 from raylm.models.store import ModelStore
@@ -184,6 +185,7 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                 await gateway.gateway.refresh()
                 endpoint = f"http://{_reachable_host(spec.host)}:{spec.port}"
                 reporter.ready(endpoint, config.served_model_name, layout, spec.api_key is not None)
+                settle_heap()
             await _watch(controller, reporter, stop)
         finally:
             reporter.stopping("draining in-flight requests")
