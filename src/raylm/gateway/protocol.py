@@ -18,6 +18,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from raylm.gateway.coalesce import CoalescingTransport
 from raylm.gateway.limits import GatewayLimits
 from raylm.gateway.responses import error_body
 
@@ -60,6 +61,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
+        # Each answer's head and body leave in one send() (coalesce.py).
+        self.transport = CoalescingTransport(transport)  # type: ignore[assignment]
         self._arm(self.limits.header_timeout_s, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
