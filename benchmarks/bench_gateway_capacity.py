@@ -3,7 +3,7 @@
     apt-get install wrk nginx gcc; pip install vllm-router   (in a venv of its own)
     .venv/bin/python benchmarks/bench_gateway_capacity.py [--seconds 5] [--rounds 2]
         [--only raylm,vllm-router,nginx] [--vllm-router PATH] [--base-src DIR] [--out F]
-        [--workers N --wrk-threads T]   (N+1 cores or more)
+        [--workers N --wrk-threads T]   (N+1 cores or more)  [--floor]
 
 - The upstream (`instant_upstream.c`, built here with cc) answers OpenAI chat requests at
   once: a JSON answer, or 16 SSE events + usage + [DONE]. Its capacity alone is the
@@ -158,6 +158,7 @@ def _targets(
     router: str | None,
     base_src: str | None,
     workers: int,
+    floor: bool = False,
 ) -> contextlib.ExitStack:
     """Start the upstream (mode: 'whole' or 'chunk-writes') and each proxy; the stack's
     `targets` maps a name to (url, pid or None)."""
@@ -202,6 +203,13 @@ def _targets(
             _process(cmd, f"http://127.0.0.1:{port}/health", tmp / f"vllm-router-{mode}.log")
         )
         targets["vllm-router"] = (f"http://127.0.0.1:{port}", proc.pid)
+    if floor:
+        port = free_port()
+        cmd = [*pin, sys.executable, str(HERE / "python_floor_proxy.py"), str(up_port), str(port)]
+        proc = stack.enter_context(
+            _process(cmd, f"http://127.0.0.1:{port}/health", tmp / f"python-floor-{mode}.log")
+        )
+        targets["python-floor"] = (f"http://127.0.0.1:{port}", proc.pid)
     # name: (source tree, gateway workers, cores)
     raylms: dict[str, tuple[str | None, int, str]] = {"raylm": (None, 1, "0")}
     if base_src:
@@ -286,6 +294,12 @@ def main() -> None:
         "wrk and the upstream then run on the cores after them",
     )
     ap.add_argument("--wrk-threads", type=int, default=1)
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run python_floor_proxy.py (`python-floor`): the least work a Python "
+        "proxy on uvloop + httptools can do per request, raylm's floor",
+    )
     ap.add_argument("--upstream-bin", type=Path, help="a prebuilt instant_upstream (no cc)")
     args = ap.parse_args()
     global LOAD_CORES, WRK_THREADS
@@ -323,7 +337,9 @@ def main() -> None:
         todo = [s for s in scenarios if plan[s][0] == mode]
         if not todo:
             continue
-        with _targets(mode, tmp, only, args.vllm_router, args.base_src, args.workers) as stack:
+        with _targets(
+            mode, tmp, only, args.vllm_router, args.base_src, args.workers, args.floor
+        ) as stack:
             targets = stack.targets  # type: ignore[attr-defined]
             for name in todo:
                 _, conns, stream = plan[name]
