@@ -1,6 +1,6 @@
-"""CoalescingTransport (raylm.gateway.coalesce): what one step of the loop writes leaves
-in one send, right after that step; close() sends what was written before it; nothing is
-written to a transport that is already closing."""
+"""CoalescingTransport (raylm.gateway.coalesce): an answer's head goes out with its body
+in one send, at once; a write alone goes out right after its step of the loop; close()
+sends what was written before it; nothing is written to a transport already closing."""
 
 from __future__ import annotations
 
@@ -32,10 +32,13 @@ def test_writes_of_one_step_leave_together_and_close_sends_them_first() -> None:
         out = CoalescingTransport(transport)
         out.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
         out.write(b"")
+        assert sends == [], "the head went out alone"
         out.write(b"ok")
-        assert sends == [], "written before the step ended"
+        assert sends == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], "not at once"
+        out.write(b"data: 1\n\n")
+        assert len(sends) == 1
         await asyncio.sleep(0)
-        assert sends == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+        assert sends[-1] == b"data: 1\n\n", "a write alone waited past its step"
         out.write(b"last")
         out.close()
         assert sends[-1] == b"last", "close() dropped what was written before it"
@@ -47,7 +50,7 @@ def test_writes_of_one_step_leave_together_and_close_sends_them_first() -> None:
             if got.endswith(b"last"):
                 break
             await asyncio.sleep(0.01)
-        assert bytes(got) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\noklast"
+        assert bytes(got) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokdata: 1\n\nlast"
         server.close()
 
     asyncio.run(main())
