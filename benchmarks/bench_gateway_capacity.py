@@ -15,6 +15,9 @@
 - `--workers N` adds `raylm-xN`: `raylm serve`'s gateway with N workers on one port
   (raylm.gateway.workers), pinned to cores 0..N-1; wrk and the upstream then move to the
   cores after them. Its req/s over `raylm`'s is the scaling with cores.
+- `--floor` adds `python-floor` (python_floor_proxy.py), pinned like the others: the least
+  a Python proxy on uvloop + httptools does per request, so the gap between it and raylm
+  is raylm's stack and features, not the language.
 - Scenarios: 1 connection (added latency against `direct`), 64 connections non-streaming,
   streaming (the whole stream in one upstream write), and streaming with one upstream write
   per event (each a TCP segment the proxy handles on its own).
