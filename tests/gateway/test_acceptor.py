@@ -46,6 +46,21 @@ def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     uvloop.run(main())
 
 
+async def _close_all(
+    acc: Acceptor,
+    opened: list[asyncio.BaseTransport],
+    clients: list[socket.socket],
+    listener: socket.socket,
+) -> None:
+    acc.close()
+    await acc.wait_closed()
+    for t in opened:
+        t.close()
+    for c in clients:
+        c.close()
+    listener.close()
+
+
 def test_a_burst_of_connections_is_accepted_in_one_turn_on_uvloop() -> None:
     async def main() -> None:
         opened: list[asyncio.BaseTransport] = []
@@ -62,13 +77,7 @@ def test_a_burst_of_connections_is_accepted_in_one_turn_on_uvloop() -> None:
             sock = opened[0].get_extra_info("socket")
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         finally:
-            acc.close()
-            await acc.wait_closed()
-            for t in opened:
-                t.close()
-            for c in clients:
-                c.close()
-            listener.close()
+            await _close_all(acc, opened, clients, listener)
 
     _run(main)
 
@@ -99,12 +108,7 @@ def test_out_of_descriptors_pauses_accepting_then_resumes(monkeypatch: pytest.Mo
             await _turns(6)
             assert len(opened) == 3, "accepting did not resume after the pause"
         finally:
-            acc.close()
-            for t in opened:
-                t.close()
-            for c in clients:
-                c.close()
-            listener.close()
+            await _close_all(acc, opened, clients, listener)
 
     _run(main)
 
