@@ -128,6 +128,7 @@ async def start_faulty_replica(mode: str) -> tuple[asyncio.Server, str]:
     - "truncated": sends the first SSE event and ends the body cleanly, without [DONE];
     - "503": answers 503, as a vLLM server shutting down does;
     - "500": answers 500, as vLLM does for a request in flight when its engine dies;
+    - "late-503": answers 503 after 2 s (a replica that starts shutting down mid-request);
     - "silent": reads the request and never answers;
     - "idle-close": answers the first request on a connection (200, kept alive), then
       closes it when the next one comes, unanswered: a server closing an idle connection
@@ -163,12 +164,19 @@ async def start_faulty_replica(mode: str) -> tuple[asyncio.Server, str]:
             await reader.read()
             writer.close()
             return
-        if mode in ("503", "500"):
-            message = "shutting down" if mode == "503" else "EngineCore encountered an issue."
-            reason = "Service Unavailable" if mode == "503" else "Internal Server Error"
-            body = json.dumps({"error": {"message": message, "type": "x", "code": int(mode)}})
+        if mode == "late-503":
+            await asyncio.sleep(2.0)
+        if mode in ("503", "500", "late-503"):
+            mode_status = mode[-3:]
+            message = (
+                "shutting down" if mode_status == "503" else "EngineCore encountered an issue."
+            )
+            reason = "Service Unavailable" if mode_status == "503" else "Internal Server Error"
+            body = json.dumps(
+                {"error": {"message": message, "type": "x", "code": int(mode_status)}}
+            )
             writer.write(
-                f"HTTP/1.1 {mode} {reason}\r\ncontent-type: application/json\r\n".encode()
+                f"HTTP/1.1 {mode_status} {reason}\r\ncontent-type: application/json\r\n".encode()
                 + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
                 + body.encode()
             )

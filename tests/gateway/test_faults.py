@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -264,6 +265,29 @@ def test_silent_replica_times_out_with_504(stream: bool) -> None:
         assert gw.metric("raylm_failovers_total", replica="mute") == 0
         wait_for(lambda: gw.gateway.active_requests == 0, 5)
         gw.close_server(server)
+
+
+def test_a_retried_request_keeps_its_first_deadline() -> None:
+    # The first replica answers 503 after 2 s, so the request is retried on the second,
+    # which never answers. The retry gets what is left of request_timeout_s (3 s), not a
+    # fresh 3 s: 504 at about 3 s, where a fresh bound would make it 5 s.
+    with RunningGateway([], request_timeout_s=3.0, routing="round-robin") as gw:
+        late, late_url = gw.call(start_faulty_replica("late-503"))
+        mute, mute_url = gw.call(start_faulty_replica("silent"))
+        # round-robin's first turn is the second replica by id
+        gw.source.set([replica(late_url, "b-late"), replica(mute_url, "a-mute")])
+        gw.call(gw.gateway.refresh())
+        with gw.client(timeout=30) as c:
+            started = time.monotonic()
+            r = c.post("/v1/chat/completions", json=CHAT)
+            took = time.monotonic() - started
+        assert r.status_code == 504, r.text
+        assert "a-mute" in r.json()["error"]["message"]
+        assert gw.metric("raylm_retries_total", route="chat") == 1
+        assert took < 4.0, f"the retry had a fresh deadline: {took:.1f} s"
+        wait_for(lambda: gw.gateway.active_requests == 0, 5)
+        gw.close_server(late)
+        gw.close_server(mute)
 
 
 def test_client_leaving_mid_stream_frees_the_replica(replica_url: str) -> None:
