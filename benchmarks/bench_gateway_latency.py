@@ -92,6 +92,7 @@ def serve_gateway(replica_url: str, port: int, loop: str, workers: int = 1) -> N
     """Child-process mode: a gateway over one replica (in `workers` processes), until
     SIGTERM."""
     from raylm.gateway import GatewaySettings, StaticReplicaSource, create_gateway, run_gateway
+    from raylm.gateway.heap import settle_heap
     from raylm.replica import ReplicaInfo, ReplicaState
 
     rep = ReplicaInfo(replica_id="r0", model=MODEL, url=replica_url, node="127.0.0.1",
@@ -99,7 +100,14 @@ def serve_gateway(replica_url: str, port: int, loop: str, workers: int = 1) -> N
     gateway = create_gateway(StaticReplicaSource([rep]), GatewaySettings())
 
     async def main() -> None:
-        task = asyncio.create_task(run_gateway(gateway, "127.0.0.1", port, workers=workers))
+        ready = asyncio.Event()
+        serving = run_gateway(gateway, "127.0.0.1", port, ready_event=ready, workers=workers)
+        task = asyncio.create_task(serving)
+        started = asyncio.ensure_future(ready.wait())
+        await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            await task  # it could not start: say why
+        settle_heap()  # as `raylm serve` does once ready
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()

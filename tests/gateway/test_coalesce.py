@@ -1,6 +1,6 @@
-"""CoalescingTransport (raylm.gateway.coalesce): an answer's head goes out with its body
-in one send, at once; a write alone goes out right after its step of the loop; close()
-sends what was written before it; nothing is written to a transport already closing."""
+"""CoalescingTransport (raylm.gateway.coalesce): an answer's head goes out with the write
+after it in one send, at once; a head alone goes out right after its step of the loop;
+any other write goes out at once; close() sends what was written before it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import asyncio
 
 from raylm.gateway.coalesce import CoalescingTransport
 
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
-def test_writes_of_one_step_leave_together_and_close_sends_them_first() -> None:
+
+def test_a_head_leaves_with_the_next_write_and_other_writes_at_once() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         got = bytearray()
@@ -30,27 +32,29 @@ def test_writes_of_one_step_leave_together_and_close_sends_them_first() -> None:
 
         transport.write = counted  # type: ignore[method-assign]
         out = CoalescingTransport(transport)
-        out.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        # A whole answer: one send, at once.
+        out.write(HEAD)
         out.write(b"")
         assert sends == [], "the head went out alone"
         out.write(b"ok")
-        assert sends == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], "not at once"
-        out.write(b"data: 1\n\n")
+        assert sends == [HEAD + b"ok"], "head and body not sent together at once"
+        # A stream: its head alone after the step, its events at once.
+        out.write(HEAD)
         assert len(sends) == 1
         await asyncio.sleep(0)
-        assert sends[-1] == b"data: 1\n\n", "a write alone waited past its step"
-        out.write(b"last")
+        assert sends[-1] == HEAD, "a head alone waited past its step"
+        out.write(b"data: 1\n\n")
+        assert sends[-1] == b"data: 1\n\n", "an event waited"
+        # close() sends a held head first.
+        out.write(HEAD)
         out.close()
-        assert sends[-1] == b"last", "close() dropped what was written before it"
-        await asyncio.sleep(0)
-        out.write(b"after close")
-        await asyncio.sleep(0)
-        assert sends[-1] == b"last"
+        assert sends[-1] == HEAD, "close() dropped what was written before it"
+        want = HEAD + b"ok" + HEAD + b"data: 1\n\n" + HEAD
         for _ in range(50):
-            if got.endswith(b"last"):
+            if len(got) >= len(want):
                 break
             await asyncio.sleep(0.01)
-        assert bytes(got) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokdata: 1\n\nlast"
+        assert bytes(got) == want
         server.close()
 
     asyncio.run(main())

@@ -284,7 +284,7 @@ def test_a_retried_request_keeps_its_first_deadline() -> None:
         assert r.status_code == 504, r.text
         assert "a-mute" in r.json()["error"]["message"]
         assert gw.metric("raylm_retries_total", route="chat") == 1
-        assert took < 4.0, f"the retry had a fresh deadline: {took:.1f} s"
+        assert took < 4.5, f"the retry had a fresh deadline: {took:.1f} s"
         wait_for(lambda: gw.gateway.active_requests == 0, 5)
         gw.close_server(late)
         gw.close_server(mute)

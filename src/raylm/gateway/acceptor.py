@@ -55,19 +55,30 @@ class Acceptor:
                 self._loop.remove_reader(self._sock.fileno())
                 self._paused = self._loop.call_later(_PAUSE_S, self._resume)
                 return
-            conn.setblocking(False)
-            # Without it Nagle + delayed ACK add ~40 ms to answers (see server.bind_socket).
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn.setblocking(False)
+                # Without it Nagle + delayed ACK add ~40 ms to answers (server.bind_socket).
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset while queued
+                conn.close()
+                continue
             task = self._loop.create_task(self._open(conn))
             self._opening.add(task)
             task.add_done_callback(self._opening.discard)
 
     async def _open(self, conn: socket.socket) -> None:
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn)
-        except OSError as e:  # reset before its transport existed
+            _, protocol = await self._loop.connect_accepted_socket(self._factory, conn)
+        except Exception as e:  # reset before its transport existed, or the loop closing
             logger.debug("an accepted connection failed to open: %s", e)
             conn.close()
+            return
+        if self._closed:
+            # Accepted as the server began to stop: uvicorn asked the connections it knew
+            # then to finish, and this one was not among them yet.
+            shutdown = getattr(protocol, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
 
     def _resume(self) -> None:
         self._paused = None

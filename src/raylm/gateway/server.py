@@ -19,7 +19,6 @@ import uvicorn
 from raylm.errors import ConfigError
 from raylm.gateway.acceptor import Acceptor
 from raylm.gateway.app import Gateway
-from raylm.gateway.heap import settle_heap
 from raylm.gateway.peers import WorkerPeers
 from raylm.gateway.protocol import guarded
 from raylm.gateway.workers import WorkerProcesses
@@ -35,6 +34,7 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         # uvicorn's own start, less its asyncio.Server: the Acceptor takes the sockets
         # (uvloop alone would accept one connection per loop turn; see acceptor.py).
+        assert self.config.ssl is None, "the gateway serves plain HTTP (TLS in front of it)"
         await super().startup(sockets=[])
         factory = functools.partial(
             self.config.http_protocol_class,
@@ -197,7 +197,6 @@ async def run_gateway(
     and stop it."""
     server = GatewayServer(gateway, host, port, workers=workers)
     await server.start()
-    settle_heap()
     if ready_event is not None:
         ready_event.set()
     try:
