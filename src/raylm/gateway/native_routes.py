@@ -89,7 +89,9 @@ class NativeRoutes:
     async def generate(self, request: Request) -> Response:
         params, model = await self._params(request, GenerateRequest)
         result = await unless_client_leaves(
-            self._complete_one(params, params.prompt, model, "generate"), request.receive
+            self._complete_one(params, params.prompt, model, "generate"),
+            request.receive,
+            request.scope,
         )
         return json_response(result.model_dump())
 
@@ -104,6 +106,7 @@ class NativeRoutes:
                 return_exceptions=True,
             ),
             request.receive,
+            request.scope,
         )
         for i, result in enumerate(results):
             if isinstance(result, HttpError):

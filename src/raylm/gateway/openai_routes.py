@@ -67,7 +67,8 @@ class OpenAIRoutes:
         key = self.up.table.route_request(model, route, parsed, session)
         if stream:
             return await self.up.stream(route, key, path, body, t0)
-        up = await unless_client_leaves(self.up.buffered(route, key, path, body), request.receive)
+        work = self.up.buffered(route, key, path, body)
+        up = await unless_client_leaves(work, request.receive, request.scope)
         if up.status == 200:
             self._count_usage(model, up.body)
         return Response(up.body, status_code=up.status, media_type=up.content_type)

@@ -18,6 +18,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from raylm.gateway.body import DEPARTURE, Departure
 from raylm.gateway.coalesce import CoalescingTransport
 from raylm.gateway.limits import GatewayLimits
 from raylm.gateway.responses import error_body
@@ -70,6 +71,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._disarm()
         super().connection_lost(exc)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            departure = cycle.scope.get(DEPARTURE)
+            if isinstance(departure, Departure):
+                departure.left()
 
     def data_received(self, data: bytes) -> None:
         if not self._refused:
@@ -84,6 +90,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self.scope[DEPARTURE] = Departure()  # type: ignore[literal-required]  # the cycle shares it
         super().on_headers_complete()
         self._arm(self.limits.body_timeout_s, "body")
 

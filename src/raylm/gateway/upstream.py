@@ -95,7 +95,7 @@ class RelayResponse(StreamingResponse):
             # The stream is cancelled when the client disconnects; closing the unfinished
             # upstream answer (on_close) then makes vLLM abort the request. (Starlette's
             # own watch, an anyio task group per response, cost a tenth of a stream's time.)
-            await unless_client_leaves(self.stream_response(send), receive)
+            await unless_client_leaves(self.stream_response(send), receive, scope)
         except ClientGone:
             pass  # client_gone stays True
         finally:
