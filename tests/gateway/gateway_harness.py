@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -50,6 +51,19 @@ def wait_for(cond: Callable[[], object], timeout_s: float) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def raw_request(url: str, path: str, body: bytes) -> socket.socket:
+    """A POST of a JSON `body` sent on a plain socket, left open: the caller reads the
+    answer, or closes it to leave as a client that gives up does."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return s
 
 
 def dead_url() -> str:
@@ -167,18 +181,14 @@ async def start_faulty_replica(mode: str) -> tuple[asyncio.Server, str]:
         if mode == "late-503":
             await asyncio.sleep(2.0)
         if mode in ("503", "500", "late-503"):
-            mode_status = mode[-3:]
-            message = (
-                "shutting down" if mode_status == "503" else "EngineCore encountered an issue."
-            )
-            reason = "Service Unavailable" if mode_status == "503" else "Internal Server Error"
-            body = json.dumps(
-                {"error": {"message": message, "type": "x", "code": int(mode_status)}}
-            )
+            status = mode[-3:]  # "late-503" answers as "503" does
+            message = "shutting down" if status == "503" else "EngineCore encountered an issue."
+            reason = "Service Unavailable" if status == "503" else "Internal Server Error"
+            error = json.dumps({"error": {"message": message, "type": "x", "code": int(status)}})
             writer.write(
-                f"HTTP/1.1 {mode_status} {reason}\r\ncontent-type: application/json\r\n".encode()
-                + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
-                + body.encode()
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n".encode()
+                + f"content-length: {len(error)}\r\nconnection: close\r\n\r\n".encode()
+                + error.encode()
             )
         else:
             writer.write(_SSE_HEAD + _chunk(_FIRST_EVENT))

@@ -6,11 +6,17 @@ a client gone before the work began stops it at its first wait; without a Depart
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
-from gateway_harness import MODEL, RunningGateway, replica, start_faulty_replica, wait_for
+from gateway_harness import (
+    MODEL,
+    RunningGateway,
+    raw_request,
+    replica,
+    start_faulty_replica,
+    wait_for,
+)
 
 from raylm.gateway.body import DEPARTURE, ClientGone, Departure, unless_client_leaves
 
@@ -90,12 +96,7 @@ def test_the_gateway_connection_tells_the_handler(monkeypatch: pytest.MonkeyPatc
         gw.source.set([replica(url, "mute")])
         gw.call(gw.gateway.refresh())
         payload = b'{"model":"%s","prompt":"Hi","max_tokens":2}' % MODEL.encode()
-        host, port = gw.url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(
-                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
-            )
+        with raw_request(gw.url, "/v1/completions", payload):
             wait_for(lambda: gw.gateway.active_requests == 1, 10)
         wait_for(lambda: gw.gateway.active_requests == 0, 5)
         assert gw.metric("raylm_requests_total", route="completions", status="499") == 1

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_harness import MAX_MODEL_LEN, MODEL, RunningGateway, dead_url, replica
+from gateway_harness import MAX_MODEL_LEN, MODEL, RunningGateway, dead_url, raw_request, replica
 
 from raylm.gateway.limits import GatewayLimits
 from raylm.serve.health import parse_engine_load
@@ -126,17 +126,6 @@ def _engine_running(replica_url: str) -> int:
     return load.running
 
 
-def _raw_request(url: str, path: str, body: bytes) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    s = socket.create_connection((host, int(port)), timeout=10)
-    s.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    return s
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_client_leaving_stops_the_replica_within_2s(
     gw: RunningGateway, replica_url: str, stream: bool
@@ -146,7 +135,7 @@ def test_a_client_leaving_stops_the_replica_within_2s(
         b'{"model":"' + MODEL.encode() + b'","prompt":"Once upon a time","max_tokens":1500,'
         b'"ignore_eos":true,"stream":' + (b"true" if stream else b"false") + b"}"
     )
-    s = _raw_request(gw.url, COMPLETIONS, body)
+    s = raw_request(gw.url, COMPLETIONS, body)
     deadline = time.monotonic() + 60
     while _engine_running(replica_url) == 0:
         assert time.monotonic() < deadline, "the request never reached the engine"

@@ -46,8 +46,10 @@ class Acceptor:
         for _ in range(self._backlog):
             try:
                 conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # none left, or the client gave up while queued
+            except (BlockingIOError, InterruptedError):
+                return  # none left
+            except ConnectionAbortedError:
+                continue  # the client gave up while queued; others may be waiting
             except OSError as e:
                 if e.errno not in _RESOURCE_ERRNOS:
                     raise

@@ -119,9 +119,10 @@ async def unless_client_leaves(
         gone = True
         current.cancel()
 
-    departure = scope.get(DEPARTURE) if scope is not None else None
+    found = scope.get(DEPARTURE) if scope is not None else None
+    departure = found if isinstance(found, Departure) else None
     watcher: asyncio.Task[None] | None = None
-    if isinstance(departure, Departure):
+    if departure is not None:
         if departure.gone:
             leave()  # `work` starts, and stops at its first wait, cleaning up as it goes
         else:
@@ -142,7 +143,7 @@ async def unless_client_leaves(
             raise ClientGone from None
         raise
     finally:
-        if watcher is not None:
-            watcher.cancel()
-        elif isinstance(departure, Departure):
+        if departure is not None:
             departure.on_gone = None
+        elif watcher is not None:
+            watcher.cancel()

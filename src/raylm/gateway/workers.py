@@ -173,11 +173,12 @@ class WorkerProcesses:
             line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), _START_TIMEOUT_S)
         except TimeoutError:
             line = b""
-        if line != READY:
+        if line == READY:
+            stdout.close()  # the worker writes nothing more there (its stdout is its stderr)
+        else:
             proc.kill()  # also ends a readline still waiting in its thread
             await asyncio.to_thread(proc.wait)
-        stdout.close()  # the worker writes nothing more there (its stdout is its stderr)
-        if line != READY:
+            stdout.close()
             raise ConfigError(
                 f"Gateway worker {spec.index} did not start (exit {proc.poll()})",
                 why="its own error is in the log above",
