@@ -10,9 +10,18 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raylm.errors import ConfigError
+from raylm.gateway.keys import ClientKey, check_distinct, with_default
 from raylm.gateway.limits import GatewayLimits
 from raylm.gateway.policy import PolicyName
 from raylm.serve.health import Probing
@@ -95,6 +104,12 @@ class ServeSpec(BaseModel):
     api_key: SecretStr | None = Field(
         default=None, description="Bearer key required on every route but /health."
     )
+    keys: list[ClientKey] = Field(
+        default_factory=list,
+        description="Named client API keys with per-key rate limits ([[serve.keys]]: name, "
+        "key, requests_per_minute, tokens_per_minute; raylm.gateway.keys). Any key here "
+        "or --api-key makes every route but /health need one.",
+    )
     address: str | None = Field(
         default=None,
         description="Ray cluster (host:port); None: RAY_ADDRESS, else the cluster this node "
@@ -167,6 +182,11 @@ class ServeSpec(BaseModel):
             strikes=self.probe_strikes,
             progress_timeout_s=self.progress_timeout_s,
         )
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> ServeSpec:
+        check_distinct(with_default(self.api_key, self.keys))
+        return self
 
     @field_validator("engine_args", mode="before")
     @classmethod

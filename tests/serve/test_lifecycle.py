@@ -4,6 +4,7 @@ here breaks the suite's shared server (tests/conftest.py `served`):
 - a replica kept busy by long requests is never killed for a slow probe;
 - one whose engine stops making progress is replaced (the rule: raylm.serve.health);
 - one whose vLLM process dies is restarted while the other keeps answering;
+- a key the spec file rate-limits is refused with 429, and the default key is not;
 - SIGTERM drains and stops everything `raylm serve` started.
 
 The replicas take one sequence at a time (`max-num-seqs = 1`) and probe fast, so a one-token
@@ -33,7 +34,13 @@ progress_timeout_s = 10.0
 
 [engine_args]
 max-num-seqs = 1
+
+[[keys]]
+name = "batch-team"
+key = "sk-batch-team-58c1d0e7a9"
+requests_per_minute = 1
 """
+LIMITED_KEY = "sk-batch-team-58c1d0e7a9"
 # How long the old rule took to kill a replica whose probes queue: strikes x (interval+timeout).
 PROBE_WINDOW_S = 2 * (2.0 + 4.0)
 
@@ -168,6 +175,20 @@ def test_a_killed_replica_comes_back_while_the_other_answers(life: Served) -> No
     with life.client(timeout=10) as c:
         assert "raylm_replica_restarts_total" in c.get("/metrics").text
     assert len(life.engine_pids()) == 2
+
+
+def test_a_key_the_spec_file_limits_gets_429_and_the_default_key_does_not(life: Served) -> None:
+    body = {"prompt": "Hi", "max_tokens": 1}
+    limited = {"Authorization": f"Bearer {LIMITED_KEY}"}
+    with life.client(timeout=120) as c:
+        statuses = [c.post("/v1/completions", json=body, headers=limited) for _ in range(2)]
+        assert [r.status_code for r in statuses] == [200, 429]
+        error = statuses[1].json()["error"]
+        assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+        assert int(statuses[1].headers["retry-after"]) >= 1
+        # The key of `--api-key` / RAYLM_API_KEY ('default') has no limit.
+        assert all(c.post("/v1/completions", json=body).status_code == 200 for _ in range(3))
+    assert LIMITED_KEY not in life.log() and life.api_key not in life.log()
 
 
 def test_sigterm_leaves_nothing_behind(life: Served) -> None:

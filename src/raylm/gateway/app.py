@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,13 +23,15 @@ from raylm.gateway import metrics as gm
 from raylm.gateway.body import ClientGone
 from raylm.gateway.engines import EngineView
 from raylm.gateway.info_routes import InfoRoutes
+from raylm.gateway.keys import CALLER, Keyring
 from raylm.gateway.kv_index import BlockIndex, BlockSource
 from raylm.gateway.kv_policy import KvAware
 from raylm.gateway.native_routes import NativeRoutes
 from raylm.gateway.openai_routes import OpenAIRoutes
 from raylm.gateway.peers import WorkerPeers
 from raylm.gateway.policy import make_policy
-from raylm.gateway.responses import HttpError, error_response
+from raylm.gateway.rate_limits import RateLimits
+from raylm.gateway.responses import HttpError, error_response, rate_limited
 from raylm.gateway.routing import ReplicaTable
 from raylm.gateway.settings import GatewaySettings
 from raylm.gateway.source import ReplicaSource
@@ -44,6 +45,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 CLIENT_CLOSED = 499
 """Status counted (never sent) when the client left before its answer: nginx's 499."""
+
+INFERENCE = frozenset({"chat", "completions", "generate", "batch_generate"})
+"""The routes that reach replicas: those rate limits count."""
 
 
 class Gateway:
@@ -62,9 +66,13 @@ class Gateway:
         if self.kv is not None:
             self.metrics.registry.register(gm.KvIndexCollector(self.table, self.kv))
         self.upstream = Upstream(self.table, self.metrics, settings)
+        self.metrics.registry.register(gm.AdmissionCollector(self.upstream.admission))
         self.engines = EngineView(settings.engine_scrape_interval_s, self.upstream.auth_headers)
         self.metrics.registry.register(gm.EngineCollector(self.table, self.engines))
-        self._key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.keyring = Keyring(settings.client_keys())
+        self.rate_limits = RateLimits(settings.client_keys())
+        if self.rate_limits:
+            self.metrics.on_tokens = self._charge_tokens
         self.peers: WorkerPeers | None = None
         """The other gateway workers on this port, when there are (raylm.gateway.workers)."""
         self._refresher: asyncio.Task[None] | None = None
@@ -172,6 +180,7 @@ class Gateway:
             return
         self._last_refresh_error = ""
         self.table.update(replicas)
+        self.upstream.admission.poke()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -225,13 +234,8 @@ class Gateway:
                 response = error_response(
                     404, f"No route {path}.", type="not_found_error", code="not_found"
                 )
-        elif self._key is not None and path != "/health" and not self._authorized(scope):
-            response = error_response(
-                401,
-                "Missing or wrong API key: send the header `Authorization: Bearer <key>`.",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        elif self.keyring and path != "/health" and (refusal := self._admit(scope, label)):
+            response = refusal
         else:
             try:
                 response = await route[1](Request(scope, receive))
@@ -263,13 +267,31 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _authorized(self, scope: Scope) -> bool:
-        assert self._key is not None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)
-        return False
+    def _admit(self, scope: Scope, label: str) -> Response | None:
+        """The refusal of a request whose key is unknown (401) or, on an inference route,
+        over its rates (429); None when it may go on, its key's name then kept in this
+        request's context to charge its tokens to."""
+        header = next((v for n, v in scope["headers"] if n == b"authorization"), None)
+        client = self.keyring.client(header)
+        if client is None:
+            return error_response(
+                401,
+                "Missing or wrong API key: send the header `Authorization: Bearer <key>`.",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        CALLER.set(client)
+        if label in INFERENCE and client.limited:
+            refusal = self.rate_limits.admit(client.name)
+            if refusal is not None:
+                self.metrics.child(self.metrics.rate_limited, client.name, refusal.limit).inc()
+                return rate_limited(refusal, client.name)
+        return None
+
+    def _charge_tokens(self, tokens: int) -> None:
+        caller = CALLER.get()
+        if caller is not None:
+            self.rate_limits.charge(caller.name, tokens)
 
 
 def create_gateway(source: ReplicaSource, settings: GatewaySettings | None = None) -> Gateway:

@@ -64,6 +64,26 @@ class GatewayLimits(BaseModel):
         description="Open client connections at most; past it a new one gets 503 with "
         "Retry-After and is closed.",
     )
+    max_in_flight_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests the gateway lets through at once per ready replica of a model; "
+        "the rest wait in the gateway, interactive keys' first (raylm.gateway.admission). "
+        "None: every request goes straight to a replica, whose engine queues in arrival "
+        "order.",
+    )
+    max_queued_per_model: int = Field(
+        default=256,
+        ge=0,
+        description="Requests that may wait for one model at once; past it 503 `queue_full` "
+        "with Retry-After.",
+    )
+    queue_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a request may wait in its model's queue; then 503 "
+        "`queue_timeout` with Retry-After.",
+    )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ live in one process, e.g. in tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from raylm.gateway.admission import PRIORITIES, Admission
 from raylm.gateway.engines import EngineView
 from raylm.gateway.kv_policy import KvAware
 from raylm.gateway.routing import ReplicaTable
@@ -54,6 +55,32 @@ class _ReplicaCollector(Collector):
         for m in self._table.status():
             ready.add_metric([m.model], m.ready)
         yield from (state, in_flight, restarts, ready)
+
+
+class AdmissionCollector(Collector):
+    """The models' wait queues (raylm.gateway.admission), read at scrape time."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "raylm_queue_waiting",
+            "Requests waiting in the gateway for a slot of their model, by priority.",
+            labels=["model", "priority"],
+        )
+        refused = CounterMetricFamily(
+            "raylm_queue_refused",
+            "Requests refused by a model's queue: queue_full or queue_timeout.",
+            labels=["model", "reason"],
+        )
+        a = self._admission
+        for model in a.models():
+            for priority in PRIORITIES:
+                waiting.add_metric([model, priority], a.waiting(model, priority))
+        for (model, reason), n in a.refused.items():
+            refused.add_metric([model, reason], n)
+        yield from (waiting, refused)
 
 
 class EngineCollector(Collector):
@@ -211,6 +238,15 @@ class GatewayMetrics:
             ["route"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "raylm_rate_limited",
+            "Requests refused with 429 because their API key was over a rate limit, by key "
+            "name and limit (requests or tokens).",
+            ["key", "limit"],
+            registry=r,
+        )
+        self.on_tokens: Callable[[int], None] | None = None
+        """Called with each answer's prompt plus completion tokens (per-key rate limits)."""
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r.register(_ReplicaCollector(table))
 
@@ -238,6 +274,9 @@ class GatewayMetrics:
             self.child(self.prompt_tokens, model).inc(prompt)
         if isinstance(completion, int) and completion >= 0:
             self.child(self.completion_tokens, model).inc(completion)
+        if self.on_tokens is not None:
+            used = sum(n for n in (prompt, completion) if isinstance(n, int) and n > 0)
+            self.on_tokens(used)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

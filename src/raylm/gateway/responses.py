@@ -8,6 +8,7 @@ from typing import Any
 from starlette.responses import Response
 
 from raylm.gateway.limits import Refusal
+from raylm.gateway.rate_limits import RateRefusal
 
 
 def json_response(
@@ -98,4 +99,15 @@ def refused(r: Refusal) -> HttpError:
     headers = {"Connection": "close"} if r.status == 413 else None
     return HttpError(
         error_response(r.status, r.message, param=r.param, code=r.code, headers=headers)
+    )
+
+
+def rate_limited(r: RateRefusal, key: str) -> Response:
+    """429 with Retry-After, in OpenAI's rate-limit shape (`type` says which limit)."""
+    return error_response(
+        429,
+        r.message(key),
+        type=r.limit,
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(r.retry_after_s)},
     )

@@ -31,6 +31,7 @@ class ReplicaTable:
         self._replicas: dict[str, ReplicaInfo] = {}
         self._models: list[str] = []
         self._per_model: Counter[str] = Counter()  # replicas of each model, any state
+        self._ready_per_model: Counter[str] = Counter()
         self._in_flight: dict[str, int] = {}
         self._prefill: dict[str, float] = {}  # predicted prompt tokens not yet prefilled
         # replica_id -> (monotonic deadline, generation it applies to)
@@ -48,6 +49,7 @@ class ReplicaTable:
         self._replicas = new
         self._models = sorted({r.model for r in replicas})
         self._per_model = Counter(r.model for r in replicas)
+        self._ready_per_model = Counter(r.model for r in replicas if r.state is ReplicaState.READY)
         for rid, (_, generation) in list(self._ejected.items()):
             current = self._replicas.get(rid)
             # A restarted replica (new generation) deserves a fresh chance at once.
@@ -64,6 +66,10 @@ class ReplicaTable:
     def models(self) -> list[str]:
         """Every model with at least one replica, in any state (sorted)."""
         return self._models
+
+    def ready_count(self, model: str) -> int:
+        """Replicas of `model` the controller reports ready (as of the last snapshot)."""
+        return self._ready_per_model[model]
 
     def status(self) -> list[ModelStatus]:
         out = []

@@ -88,6 +88,15 @@ class GatewayServer:
         workers: int = 1,
         reuse_port: bool = False,
     ) -> None:
+        limited = [k.name for k in gateway.settings.api_keys if k.limited]
+        if workers > 1 and limited:
+            raise ConfigError(
+                f"Rate-limited API keys ({', '.join(limited)}) need a single gateway worker",
+                why=f"each of the {workers} workers would keep its own count, letting a key "
+                f"through up to {workers} times its limit",
+                fix="Serve with one gateway worker",
+                command="raylm serve --gateway-workers 1",
+            )
         self.gateway = gateway
         self.host = host
         self.workers = workers

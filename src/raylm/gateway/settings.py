@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from raylm.gateway.keys import ClientKey, check_distinct, with_default
 from raylm.gateway.limits import GatewayLimits
 from raylm.gateway.policy import PolicyName
 
@@ -16,6 +17,11 @@ class GatewaySettings(BaseModel):
     api_key: SecretStr | None = Field(
         default=None,
         description="When set, every route but /health needs `Authorization: Bearer <key>`.",
+    )
+    api_keys: list[ClientKey] = Field(
+        default_factory=list,
+        description="Named client keys, each with its own rate limits (raylm.gateway.keys); "
+        "with `api_key` too, that one is the key named 'default', without limits.",
     )
     upstream_api_key: SecretStr | None = Field(
         default=None,
@@ -80,3 +86,12 @@ class GatewaySettings(BaseModel):
     retry_after_s: int = Field(
         default=2, ge=1, description="Retry-After seconds sent with 503 answers."
     )
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> GatewaySettings:
+        check_distinct(self.client_keys())
+        return self
+
+    def client_keys(self) -> list[ClientKey]:
+        """Every key a client may send: `api_key` (as 'default') and `api_keys`."""
+        return with_default(self.api_key, self.api_keys)

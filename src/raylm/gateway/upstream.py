@@ -19,8 +19,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from raylm.gateway import metrics as gm
+from raylm.gateway.admission import Admission
 from raylm.gateway.body import ClientGone, unless_client_leaves
 from raylm.gateway.h1 import Answer, ConnectFailed, Disconnected, Pools, UpstreamError
+from raylm.gateway.keys import CALLER
 from raylm.gateway.policy import RouteRequest
 from raylm.gateway.responses import (
     HttpError,
@@ -67,6 +69,8 @@ class _Attempt:
     """Prompt tokens still counted as queued prefill on the replica it is on now."""
     deadline: float | None = None
     """Loop time by which a buffered answer must be whole (set at the first try)."""
+    admitted: bool = False
+    """It holds a slot of its model's admission (a stream passes it on as it closes)."""
 
 
 class _ReplicaFailed(Exception):
@@ -129,6 +133,15 @@ class Upstream:
         """New requests get 503 + Retry-After."""
         self.stopping = False
         """Streams that break now end with the gateway's own 'stopped' event."""
+        limits = settings.limits
+        self.admission = Admission(
+            limits.max_in_flight_per_replica,
+            limits.max_queued_per_model,
+            limits.queue_timeout_s,
+            settings.retry_after_s,
+            table.ready_count,
+        )
+        """Which requests go to replicas now, and which wait (admission.py)."""
 
     @property
     def session(self) -> aiohttp.ClientSession | None:
@@ -197,6 +210,8 @@ class Upstream:
         self._streams.discard(resp)
         resp.release()
         self._end(replica, attempt)
+        if attempt.admitted:
+            self.admission.leave(attempt.request.model)
 
     def _failed(self, replica: ReplicaInfo, why: str) -> None:
         logger.warning("replica %s failed before answering: %s", replica.replica_id, why)
@@ -313,9 +328,26 @@ class Upstream:
             unavailable("No ready replica of " + self.table.unready(model), retry_after)
         )
 
+    async def _admit(self, model: str) -> bool:
+        """Wait for a slot of `model` (admission.py): True when one is held."""
+        if self.draining:
+            return False  # a draining gateway refuses in _call, without queueing
+        caller = CALLER.get()
+        return await self.admission.enter(model, caller.priority if caller else "interactive")
+
     async def buffered(self, route: str, request: RouteRequest, path: str, body: bytes) -> Buffered:
         """A whole non-streaming answer. Nothing reaches the client before it is complete,
         so a replica failing at any point before that may be replaced (once)."""
+        held = self.admission.per_replica is not None and await self._admit(request.model)
+        try:
+            return await self._buffered(route, request, path, body)
+        finally:
+            if held:
+                self.admission.leave(request.model)
+
+    async def _buffered(
+        self, route: str, request: RouteRequest, path: str, body: bytes
+    ) -> Buffered:
         model = request.model
         attempt = _Attempt(request)
         while True:
@@ -348,8 +380,22 @@ class Upstream:
         self, route: str, request: RouteRequest, path: str, body: bytes, t0: float
     ) -> Response:
         """A streaming answer relayed as it comes, or the replica's own error answer."""
+        held = self.admission.per_replica is not None and await self._admit(request.model)
+        try:
+            response = await self._stream(route, request, path, body, t0, held)
+        except BaseException:
+            if held:
+                self.admission.leave(request.model)
+            raise
+        if held and not isinstance(response, RelayResponse):
+            self.admission.leave(request.model)  # a relayed stream leaves as it closes
+        return response
+
+    async def _stream(
+        self, route: str, request: RouteRequest, path: str, body: bytes, t0: float, held: bool
+    ) -> Response:
         model = request.model
-        attempt = _Attempt(request)
+        attempt = _Attempt(request, admitted=held)
         replica, resp, deadline = await self._call(route, model, path, body, True, attempt)
         ctype = resp.headers.get("content-type", "")
         if resp.status != 200 or not ctype.startswith("text/event-stream"):

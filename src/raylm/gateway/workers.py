@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from raylm.errors import ConfigError
+from raylm.gateway.keys import ClientKey
 from raylm.gateway.kv_index import BlockSource
 from raylm.gateway.settings import GatewaySettings
 from raylm.gateway.source import ReplicaSource
@@ -63,6 +64,9 @@ class WorkerSpec(BaseModel):
     settings: dict[str, Any] = Field(description="The GatewaySettings, keys left out.")
     api_key: str | None = Field(description="The clients' API key, if any.")
     upstream_api_key: str | None = Field(description="The key presented to replicas, if any.")
+    api_keys: list[dict[str, Any]] = Field(
+        default_factory=list, description="The named client keys, their values in clear."
+    )
 
     def gateway_settings(self) -> GatewaySettings:
         def secret(value: str | None) -> SecretStr | None:
@@ -72,6 +76,7 @@ class WorkerSpec(BaseModel):
             **self.settings,
             api_key=secret(self.api_key),
             upstream_api_key=secret(self.upstream_api_key),
+            api_keys=[ClientKey(**k) for k in self.api_keys],
         )
 
 
@@ -119,7 +124,13 @@ class WorkerProcesses:
         secret = settings.api_key, settings.upstream_api_key
         # Worker 0 alone reads the engines' figures: the others' would repeat them on
         # /metrics, N times over in a sum, for nothing routing uses.
-        shared = settings.model_dump(mode="json", exclude={"api_key", "upstream_api_key"})
+        shared = settings.model_dump(
+            mode="json", exclude={"api_key", "upstream_api_key", "api_keys"}
+        )
+        keys = [
+            {**k.model_dump(mode="json"), "key": k.key.get_secret_value()}
+            for k in settings.api_keys
+        ]
         shared["engine_scrape_interval_s"] = 0
         self.drain_timeout_s = settings.drain_timeout_s
         self._specs = [
@@ -133,6 +144,7 @@ class WorkerProcesses:
                 settings=shared,
                 api_key=secret[0].get_secret_value() if secret[0] else None,
                 upstream_api_key=secret[1].get_secret_value() if secret[1] else None,
+                api_keys=keys,
             )
             for i in range(1, count)
         ]

@@ -167,6 +167,7 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                     ControllerReplicaSource(controller),
                     GatewaySettings(
                         api_key=spec.api_key,
+                        api_keys=spec.keys,
                         upstream_api_key=config.replica_api_key,
                         limits=spec.limits,
                         drain_timeout_s=spec.drain_timeout_s,
@@ -176,7 +177,7 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                 ),
                 spec.host,
                 spec.port,
-                workers=spec.gateway_workers or default_workers(),
+                workers=spec.gateway_workers or _default_workers(spec),
             )
             await gateway.start()
             if await wait_until_ready(controller, reporter, stop):
@@ -184,7 +185,8 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                 # a request sent the moment `ready` is printed finds the replicas.
                 await gateway.gateway.refresh()
                 endpoint = f"http://{_reachable_host(spec.host)}:{spec.port}"
-                reporter.ready(endpoint, config.served_model_name, layout, spec.api_key is not None)
+                keyed = spec.api_key is not None or bool(spec.keys)
+                reporter.ready(endpoint, config.served_model_name, layout, keyed)
                 settle_heap()
             await _watch(controller, reporter, stop)
         finally:
@@ -197,6 +199,12 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                 await _stop_controller(controller)
             reporter.stopping("disconnecting from Ray" if not conn.started_here else "stopping Ray")
             await loop.run_in_executor(None, conn.close)
+
+
+def _default_workers(spec: ServeSpec) -> int:
+    """One gateway worker per 8 cores, but one alone when a key is rate limited: the
+    limits are counted per process (raylm.gateway.rate_limits)."""
+    return 1 if any(k.limited for k in spec.keys) else default_workers()
 
 
 def _reachable_host(host: str) -> str:
