@@ -219,17 +219,96 @@ def parse_engine_arg(item: str) -> tuple[str, Any]:
     return key, value
 
 
+MODEL_FIELDS = frozenset(
+    {
+        "model",
+        "served_model_name",
+        "replicas",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "max_model_len",
+        "dtype",
+        "executor",
+        "cpus_per_replica",
+        "engine_args",
+        "skip_verify",
+    }
+)
+"""The fields of one model in a `[[models]]` entry; the others are the deployment's,
+shared by its models (gateway, cluster, keys, limits, health)."""
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"Spec file {path} does not exist", fix="Check the -f path") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"Spec file {path} is not valid TOML", why=str(e)) from None
+    found: dict[str, Any] = data.get("serve", data)
+    return found
+
+
 def load_spec(path: Path | None, overrides: dict[str, Any]) -> ServeSpec:
     """Build a ServeSpec from an optional TOML file and flag overrides (None means unset)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"Spec file {path} does not exist", fix="Check the -f path") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"Spec file {path} is not valid TOML", why=str(e)) from None
-        data = data.get("serve", data)
+    specs = load_specs(path, overrides)
+    if len(specs) > 1:
+        raise ConfigError(
+            f"Spec file {path} lists {len(specs)} models ([[models]]) where one is expected",
+            fix="Serve the file with `raylm serve -f`, which runs every model",
+            command=f"raylm serve -f {path}",
+        )
+    return specs[0]
+
+
+def load_specs(path: Path | None, overrides: dict[str, Any]) -> list[ServeSpec]:
+    """The models to serve: one spec per `[[models]]` entry of the file (each its model's
+    fields over the deployment's), or the single model of load_spec."""
+    data = _read_file(path) if path is not None else {}
+    entries = data.pop("models", None)
+    if entries is None:
+        return [_build(data, overrides, f"spec file {path}" if path else "the flags")]
+    if (
+        not isinstance(entries, list)
+        or not entries
+        or not all(isinstance(e, dict) for e in entries)
+    ):
+        raise ConfigError(
+            f"`models` in spec file {path} must be one or more [[models]] tables",
+            fix='Write each model as a [[models]] table with at least `model = "..."`',
+        )
+    given = sorted(k for k, v in overrides.items() if k in MODEL_FIELDS and v)
+    if given:
+        raise ConfigError(
+            f"Flags set {', '.join(given)}, which spec file {path} sets per model",
+            why="the file serves several models ([[models]]); a flag would apply to all",
+            fix="Set them in each [[models]] entry of the file",
+        )
+    specs = []
+    for i, entry in enumerate(entries):
+        shared = sorted(set(entry) - MODEL_FIELDS)
+        if shared:
+            raise ConfigError(
+                f"[[models]] entry {i + 1} of {path} sets {', '.join(shared)}",
+                why="those are the deployment's, shared by all its models",
+                fix="Move them to the top of the file (or [serve]); a model entry takes "
+                + ", ".join(sorted(MODEL_FIELDS)),
+            )
+        one = {k: v for k, v in data.items() if k not in MODEL_FIELDS} | entry
+        specs.append(_build(one, dict(overrides), f"[[models]] entry {i + 1} of {path}"))
+    named = [s.served_model_name or s.model or "the demo model" for s in specs]
+    twice = sorted({n for n in named if named.count(n) > 1})
+    if twice:
+        raise ConfigError(
+            f"Spec file {path} serves {', '.join(twice)} more than once",
+            why="clients pick a model by name; two of one name could not be told apart",
+            fix="Give each [[models]] entry its own served_model_name",
+        )
+    return specs
+
+
+def _build(data: dict[str, Any], overrides: dict[str, Any], where: str) -> ServeSpec:
+    data = dict(data)
     engine_args = dict(data.pop("engine_args", {}) or {})
     engine_args.update(overrides.pop("engine_args", {}) or {})
     limits = dict(data.pop("limits", {}) or {})
@@ -243,7 +322,6 @@ def load_spec(path: Path | None, overrides: dict[str, Any]) -> ServeSpec:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in e.errors()
         )
-        where = f"spec file {path}" if path else "the flags"
         raise ConfigError(
             f"Invalid serve spec in {where}",
             why=problems,

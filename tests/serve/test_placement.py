@@ -7,7 +7,7 @@ import pytest
 from raylm.cluster.nodes import NodeView, node_views
 from raylm.errors import PlanError
 from raylm.serve.engine import UNIPROC_ENV, RankLaunch, parse_cores, pin_to_bound_cores, rank_env
-from raylm.serve.placement import fit_placement, pick_node
+from raylm.serve.placement import Placement, fit_placement, pick_node
 
 
 def _node(ip: str, cpus: int = 2, gpus: int = 0) -> NodeView:
@@ -123,3 +123,36 @@ def test_node_picking_spreads_replicas_and_respects_room_and_limits() -> None:
     # A suspect node is skipped, and so is one without a verified copy of the model.
     assert pick_node([a, b], need, [], exclude={"10001"}, allowed=None) == "10002"
     assert pick_node([a, b], need, [], exclude=set(), allowed=["10.0.0.1"]) == "10001"
+
+
+def test_models_of_one_deployment_leave_each_other_room() -> None:
+    from raylm.config import ServeSpec
+    from raylm.serve.deployment import DeploymentConfig
+    from raylm.serve.planning import _less
+    from raylm.serve.together import take
+
+    a, b = _node("10.0.0.1", 8, gpus=8), _node("10.0.0.2", 8, gpus=8)
+    config = DeploymentConfig(
+        name="d",
+        model_path="/m",
+        served_model_name="first",
+        replicas=3,
+        tensor_parallel_size=4,
+        pipeline_parallel_size=1,
+        device="cuda",
+        gpus_per_node=4,
+        probing=ServeSpec().probing(),
+    )
+    held: dict[str, dict[str, float]] = {}
+    take(held, config, Placement("cuda", 3, 4, 1, 1, 0, 4), [a, b])
+    # Three replicas of 4 GPUs, each on the node with the most room: 8 + 4 GPUs held.
+    assert sorted(h["GPU"] for h in held.values()) == [4.0, 8.0]
+    left = {n.ip: n.gpus for n in _less([a, b], held)}
+    assert sorted(left.values()) == [0, 4]
+    # The controller sees the other model's ranks too: only the node with 4 free fits.
+    used = {n.node_id: held[n.ip] for n in (a, b)}
+    free = next(n for n in (a, b) if left[n.ip] == 4)
+    assert pick_node([a, b], {"GPU": 4.0}, [], exclude=set(), allowed=None, used=used) == (
+        free.node_id
+    )
+    assert pick_node([a, b], {"GPU": 8.0}, [], exclude=set(), allowed=None, used=used) is None

@@ -11,7 +11,7 @@ import typer
 import uvloop
 from rich.console import Console
 
-from raylm.config import load_spec, parse_engine_arg
+from raylm.config import load_specs, parse_engine_arg
 from raylm.replica import ReplicaInfo
 from raylm.serve.placement import Placement
 
@@ -37,13 +37,17 @@ class CliReporter:
                 where = i.node or "?"
                 console.print(f"  replica [bold]{i.replica_id}[/bold] on {where}: {line}")
 
-    def ready(self, endpoint: str, model: str, layout: Placement, api_key_set: bool) -> None:
+    def ready(self, endpoint: str, models: list[tuple[str, Placement]], api_key_set: bool) -> None:
         out.print("[bold green]raylm is ready[/bold green]")
+        model = models[0][0]
+        if len(models) == 1:
+            about = [("model", model), ("layout", models[0][1].describe())]
+        else:
+            about = [("model", f"{name}: {layout.describe()}") for name, layout in models]
         # Plain lines, not a table: a table cuts a long URL to fit the terminal.
         for name, value in (
             ("endpoint", f"{endpoint}/v1"),
-            ("model", model),
-            ("layout", layout.describe()),
+            *about,
             ("health", f"{endpoint}/health   metrics: {endpoint}/metrics"),
         ):
             out.print(f" {name:<9} {value}", highlight=False)
@@ -131,9 +135,9 @@ def serve(
         "gateway_workers": gateway_workers,
         "engine_args": dict(parse_engine_arg(a) for a in engine_arg),
     }
-    spec = load_spec(file, overrides)
+    specs = load_specs(file, overrides)
     # uvloop halves the gateway's own per-request cost (benchmarks/bench_gateway_latency.py).
-    uvloop.run(run(spec, CliReporter()))
+    uvloop.run(run(specs, CliReporter()))
 
 
 def register(app: typer.Typer) -> None:

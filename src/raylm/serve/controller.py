@@ -45,6 +45,8 @@ _SUSPECT_S = 120.0
 class _Replica:
     index: int
     replica_id: str
+    config: DeploymentConfig
+    """The model it serves (one of the deployment's)."""
     state: ReplicaState = ReplicaState.PENDING
     detail: str = "not started"
     generation: int = 0
@@ -60,6 +62,13 @@ class _Replica:
     not_before: float = 0.0
     missed_status: int = 0
     task: asyncio.Task[None] | None = None
+
+
+def _need(c: DeploymentConfig) -> dict[str, float]:
+    """What one rank of a replica of `c` holds on its node."""
+    if c.device == "cuda":
+        return {"GPU": float(c.gpus_per_node)}
+    return {"CPU": float(c.cpus_per_node)}
 
 
 def _call_all(actors: list[Any], method: str, timeout: float) -> list[Any]:
@@ -78,12 +87,15 @@ def _stop_all(actors: list[Any]) -> None:
 
 
 class Controller:
-    """Reconciles `config.replicas` replicas of one model. Run as a detached named actor."""
+    """Reconciles the replicas of a deployment's models (`configs`, one per model, all of
+    one deployment name). Run as a detached named actor."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = DeploymentConfig(**config)
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        self.configs = [DeploymentConfig(**c) for c in configs]
         self.replicas = [
-            _Replica(i, f"{self.config.served_model_name}-{i}") for i in range(self.config.replicas)
+            _Replica(i, f"{c.served_model_name}-{i}", c)
+            for c in self.configs
+            for i in range(c.replicas)
         ]
         self._slots: dict[str, set[int]] = {}
         self._suspects: dict[str, float] = {}
@@ -104,12 +116,12 @@ class Controller:
         return [
             ReplicaInfo(
                 replica_id=r.replica_id,
-                model=self.config.served_model_name,
+                model=r.config.served_model_name,
                 url=r.url,
                 node=r.node_ips[0] if r.node_ips else "",
                 nodes=list(r.node_ips),
                 state=r.state,
-                max_model_len=self.config.max_model_len,
+                max_model_len=r.config.max_model_len,
                 restarts=r.restarts,
                 detail=r.detail,
                 log_path=r.log_path,
@@ -203,7 +215,7 @@ class Controller:
         r.detail = why
         r.restarts += 1
         r.failures += 1
-        delay = min(self.config.max_backoff_s, 2.0 ** (r.failures - 1))
+        delay = min(r.config.max_backoff_s, 2.0 ** (r.failures - 1))
         r.not_before = time.monotonic() + delay
 
     async def _teardown(self, r: _Replica, why: str) -> None:
@@ -227,16 +239,20 @@ class Controller:
 
     # ---- placement and launch ----
 
-    def _need(self) -> dict[str, float]:
-        c = self.config
-        if c.device == "cuda":
-            return {"GPU": float(c.gpus_per_node)}
-        return {"CPU": float(c.cpus_per_node)}
-
-    def _pick_node(self, exclude: set[str]) -> str | None:
-        placed = [r.node_ids for r in self.replicas]
-        allowed = self.config.allowed_node_ips
-        return pick_node(alive_nodes(), self._need(), placed, exclude=exclude, allowed=allowed)
+    def _pick_node(self, r: _Replica, exclude: set[str]) -> str | None:
+        c = r.config
+        placed = [x.node_ids for x in self.replicas if x.config is c]
+        used: dict[str, dict[str, float]] = {}  # what the other models' ranks hold
+        for x in self.replicas:
+            if x.config is not c:
+                for nid in x.node_ids:
+                    held = used.setdefault(nid, {})
+                    for k, v in _need(x.config).items():
+                        held[k] = held.get(k, 0.0) + v
+        allowed = c.allowed_node_ips
+        return pick_node(
+            alive_nodes(), _need(c), placed, exclude=exclude, allowed=allowed, used=used
+        )
 
     def _alloc_slot(self, host: str) -> int:
         used = self._slots.setdefault(host, set())
@@ -245,8 +261,8 @@ class Controller:
         return slot
 
     def _supervisor(self, r: _Replica, rank: int, strategy: Any) -> Any:
-        c = self.config
-        need = self._need()
+        c = r.config
+        need = _need(c)
         actor = ray.remote(ReplicaSupervisor).options(
             num_cpus=need.get("CPU", 0.0),
             num_gpus=need.get("GPU", 0.0),
@@ -264,19 +280,19 @@ class Controller:
         )
 
     async def _place(self, r: _Replica) -> bool:
-        c = self.config
+        c = r.config
         if c.nodes_per_replica == 1:
             now = time.monotonic()
             suspects = {nid for nid, until in self._suspects.items() if until > now}
-            node_id = self._pick_node(exclude=suspects)
+            node_id = self._pick_node(r, exclude=suspects)
             if node_id is None:
-                r.detail = f"waiting for a node with {self._need()} free"
+                r.detail = f"waiting for a node with {_need(c)} free"
                 return False
             strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
             r.supervisors = [self._supervisor(r, 0, strategy)]
             r.node_ids = [node_id]
             return True
-        bundles = [self._need() for _ in range(c.nodes_per_replica)]
+        bundles = [_need(c) for _ in range(c.nodes_per_replica)]
         pg = placement_group(
             bundles, strategy="STRICT_SPREAD", name=f"{r.replica_id}-{r.generation}"
         )
@@ -284,7 +300,7 @@ class Controller:
             await asyncio.wait_for(pg.ready(), _PLACE_TIMEOUT_S)
         except (TimeoutError, ray.exceptions.RayError):
             remove_placement_group(pg)
-            r.detail = f"waiting for {c.nodes_per_replica} nodes with {self._need()} free each"
+            r.detail = f"waiting for {c.nodes_per_replica} nodes with {_need(c)} free each"
             return False
         r.pg = pg
         r.supervisors = [
@@ -296,7 +312,7 @@ class Controller:
         return True
 
     async def _start(self, r: _Replica) -> None:
-        c = self.config
+        c = r.config
         r.generation += 1
         r.state, r.detail = ReplicaState.PENDING, "placing"
         try:

@@ -142,20 +142,27 @@ def pick_node(
     *,
     exclude: set[str],
     allowed: list[str] | None,
+    used: dict[str, dict[str, float]] | None = None,
 ) -> str | None:
     """The node (id) for one more rank: it has room for `need` beyond the ranks already
-    `placed` there (each replica's node ids), and of those the fewest of this deployment's
+    `placed` there (each replica's node ids, all of this model) and what other models'
+    ranks hold there (`used`, per node id), and of those the fewest of this model's
     ranks (replicas spread), then the most room left. None when no node has room."""
     ours: dict[str, int] = {}
     for node_ids in placed:
         for nid in node_ids:
             ours[nid] = ours.get(nid, 0) + 1
+    used = used or {}
     best: tuple[int, float, str] | None = None
     for node in nodes:
         nid = node.node_id
         if nid in exclude or (allowed is not None and node.ip not in allowed):
             continue
-        room = min(node.resources.get(k, 0.0) - ours.get(nid, 0) * v - v for k, v in need.items())
+        held = used.get(nid, {})
+        room = min(
+            node.resources.get(k, 0.0) - held.get(k, 0.0) - ours.get(nid, 0) * v - v
+            for k, v in need.items()
+        )
         if room < 0:
             continue
         key = (ours.get(nid, 0), -room, nid)

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from raylm.planner import ClusterSpec
     from raylm.serve.runner import Reporter
 
+Held = dict[str, dict[str, float]]
+"""Per node IP, the Ray resources (CPU, GPU) other models of a deployment take there."""
+
 # Context length on CPU when none is asked for: the KV cache at the default memory share
 # holds ~5.9k float32 tokens of the demo model, less than its 8k native context.
 _CPU_DEFAULT_MAX_MODEL_LEN = 4096
@@ -178,29 +181,56 @@ def apply_plan(
 
 
 def _plan_on_gpus(
-    spec: ServeSpec, entry: ModelEntry, reporter: Reporter
+    spec: ServeSpec, entry: ModelEntry, reporter: Reporter, held: Held
 ) -> tuple[ServeSpec, Layout | None]:
 
     reporter.phase("planning the layout from the live GPU inventory")
-    inventory = cluster_inventory()
-    done, chosen, words = apply_plan(
-        spec, read_model_facts(Path(entry.path)), cluster_from_inventory(inventory)
-    )
+    cluster = cluster_from_inventory(cluster_inventory())
+    if held:  # GPUs that models planned before this one hold
+        taken = {ip: int(r.get("GPU", 0)) for ip, r in held.items()}
+        nodes = [
+            n.model_copy(update={"gpu_count": n.gpu_count - taken.get(n.name, 0)})
+            for n in cluster.nodes
+            if n.gpu_count > taken.get(n.name, 0)
+        ]
+        if not nodes:
+            raise PlanError(
+                f"No GPU is left for {entry.name}",
+                why="the models before it in the spec file take every GPU",
+                fix="Lower their replicas or TP, or serve fewer models",
+            )
+        cluster = cluster.model_copy(update={"nodes": nodes})
+    done, chosen, words = apply_plan(spec, read_model_facts(Path(entry.path)), cluster)
     reporter.phase(words)
     return done, chosen
 
 
+def _less(nodes: list[NodeView], held: Held) -> list[NodeView]:
+    """`nodes` with what earlier models hold taken off their resources."""
+    if not held:
+        return nodes
+    out = []
+    for n in nodes:
+        mine = held.get(n.ip, {})
+        left = {k: v - mine.get(k, 0.0) for k, v in n.resources.items()}
+        out.append(n.model_copy(update={"resources": left}))
+    return out
+
+
 def plan_deployment(
-    spec: ServeSpec, entry: ModelEntry, local: bool, reporter: Reporter
+    spec: ServeSpec, entry: ModelEntry, local: bool, reporter: Reporter, held: Held | None = None
 ) -> tuple[DeploymentConfig, Placement]:
-    """Fit the spec onto the live cluster, placing only where the model copy is verified."""
-    nodes = alive_nodes()
+    """Fit the spec onto the live cluster, placing only where the model copy is verified;
+    `held` (per node IP, the resources earlier models of the deployment take) is left
+    free."""
+    held = held or {}
+    nodes = _less(alive_nodes(), held)
     planned: Layout | None = None
     if any(n.gpus for n in nodes):
         # On CPU nodes the layout is the user's (default one replica): several vLLM
         # engines sharing one host's cores gain nothing, and the planner models a CPU
         # node as one device.
-        spec, planned = _plan_on_gpus(spec, entry, reporter)
+        spec, planned = _plan_on_gpus(spec, entry, reporter, held)
     # A private local cluster is this node alone, whose copy `resolve` just checked; a bare
     # directory (not in the store) has no manifest to verify against.
     if local or spec.skip_verify or not entry.manifest:

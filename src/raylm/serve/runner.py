@@ -25,8 +25,9 @@ from raylm.models.store import ModelStore
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import CONTROLLER_NAMESPACE, DeploymentConfig
 from raylm.serve.placement import Placement
-from raylm.serve.planning import check_model_layout, plan_deployment
+from raylm.serve.planning import check_model_layout
 from raylm.serve.source import ControllerReplicaSource
+from raylm.serve.together import plan_together
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ class Reporter(Protocol):
 
     def replicas(self, infos: list[ReplicaInfo]) -> None: ...
 
-    def ready(self, endpoint: str, model: str, layout: Placement, api_key_set: bool) -> None: ...
+    def ready(
+        self, endpoint: str, models: list[tuple[str, Placement]], api_key_set: bool
+    ) -> None: ...
 
     def stopping(self, text: str) -> None: ...
 
@@ -52,8 +55,10 @@ def check_port_free(host: str, port: int) -> None:
     bind_socket(host, port).close()
 
 
-def start_controller(config: DeploymentConfig) -> Any:
-    """Create the detached controller actor; refuse if this deployment already runs."""
+def start_controller(configs: list[DeploymentConfig]) -> Any:
+    """Create the detached controller actor of the deployment's models (one name, one
+    controller); refuse if this deployment already runs."""
+    config = configs[0]
     # Function-local: Ray (and the controller, which imports it) read their auth settings
     # at import, after `connect` has applied this cluster's token.
     import ray
@@ -89,7 +94,7 @@ def start_controller(config: DeploymentConfig) -> Any:
             # serve` (and its gateway), never of a worker that may be lost or cut off.
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
         )
-        .remote(config.model_dump())
+        .remote([c.model_dump() for c in configs])
     )
     ray.get(actor.start.remote())
     return actor
@@ -139,28 +144,39 @@ def _signals_to(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterato
             loop.remove_signal_handler(sig)
 
 
-async def serve(spec: ServeSpec, reporter: Reporter) -> None:
-    """Run a deployment in the foreground until SIGINT/SIGTERM, then drain and stop it all."""
+async def serve(specs: list[ServeSpec], reporter: Reporter) -> None:
+    """Run a deployment of one model or several (one spec each, sharing the first's
+    gateway, cluster and health settings) in the foreground until SIGINT/SIGTERM, then
+    drain and stop it all."""
+    spec = specs[0]  # the deployment's own fields are the same in every spec
     check_port_free(spec.host, spec.port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     with _signals_to(loop, stop):
-        reporter.phase("resolving the model")
-        entry = await loop.run_in_executor(None, ModelStore().resolve, spec.model)
-        check_model_layout(
-            Path(entry.path), spec.tensor_parallel_size or 1, spec.pipeline_parallel_size or 1
-        )
+        entries = []
+        for one in specs:
+            what = "the model" if len(specs) == 1 else (one.model or "the demo model")
+            reporter.phase(f"resolving {what}")
+            entry = await loop.run_in_executor(None, ModelStore().resolve, one.model)
+            check_model_layout(
+                Path(entry.path), one.tensor_parallel_size or 1, one.pipeline_parallel_size or 1
+            )
+            entries.append(entry)
         reporter.phase("connecting to Ray")
         conn = await loop.run_in_executor(None, connect, spec.address)
         _take_signals(loop, stop)
         controller = None
         gateway: GatewayServer | None = None
         try:
-            config, layout = await loop.run_in_executor(
-                None, plan_deployment, spec, entry, conn.started_here, reporter
+            planned = await loop.run_in_executor(
+                None, plan_together, specs, entries, conn.started_here, reporter
             )
-            reporter.phase(f"starting {layout.describe()}")
-            controller = await loop.run_in_executor(None, start_controller, config)
+            configs = [c for c, _ in planned]
+            _check_names(configs)
+            for config, layout in planned:
+                name = f"{config.served_model_name}: " if len(planned) > 1 else ""
+                reporter.phase(f"starting {name}{layout.describe()}")
+            controller = await loop.run_in_executor(None, start_controller, configs)
 
             gateway = GatewayServer(
                 create_gateway(
@@ -168,11 +184,11 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                     GatewaySettings(
                         api_key=spec.api_key,
                         api_keys=spec.keys,
-                        upstream_api_key=config.replica_api_key,
+                        upstream_api_key=configs[0].replica_api_key,
                         limits=spec.limits,
                         drain_timeout_s=spec.drain_timeout_s,
                         routing=spec.routing,
-                        model_dirs={config.served_model_name: config.model_path},
+                        model_dirs={c.served_model_name: c.model_path for c in configs},
                     ),
                 ),
                 spec.host,
@@ -186,7 +202,8 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                 await gateway.gateway.refresh()
                 endpoint = f"http://{_reachable_host(spec.host)}:{spec.port}"
                 keyed = spec.api_key is not None or bool(spec.keys)
-                reporter.ready(endpoint, config.served_model_name, layout, keyed)
+                models = [(c.served_model_name, layout) for c, layout in planned]
+                reporter.ready(endpoint, models, keyed)
                 settle_heap()
             await _watch(controller, reporter, stop)
         finally:
@@ -199,6 +216,18 @@ async def serve(spec: ServeSpec, reporter: Reporter) -> None:
                 await _stop_controller(controller)
             reporter.stopping("disconnecting from Ray" if not conn.started_here else "stopping Ray")
             await loop.run_in_executor(None, conn.close)
+
+
+def _check_names(configs: list[DeploymentConfig]) -> None:
+    """Refuse two models served under one name (known once each model is resolved)."""
+    names = [c.served_model_name for c in configs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(
+            f"Two models would be served as {', '.join(twice)}",
+            why="clients pick a model by name; two of one name could not be told apart",
+            fix="Give each [[models]] entry of the spec file its own served_model_name",
+        )
 
 
 def _default_workers(spec: ServeSpec) -> int:

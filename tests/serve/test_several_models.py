@@ -1,0 +1,94 @@
+"""Several models behind one gateway (`[[models]]` in raylm.toml): planned together,
+refused before anything loads when they do not fit, served on one port and routed by
+`model`. Both models are the demo model under two names (the only weights here)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import RAYLM, Served, free_port, running_serve
+
+SPEC = """
+[[models]]
+served_model_name = "chat-a"
+
+[[models]]
+served_model_name = "chat-b"
+max_model_len = 1024
+"""
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("several")
+    spec = tmp / "raylm.toml"
+    spec.write_text(SPEC)
+    with running_serve(tmp, "--name", "several", "-f", str(spec)) as s:
+        yield s
+
+
+def test_both_models_are_listed_and_each_answers_by_name(two: Served) -> None:
+    with two.client() as c:
+        listed = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+        replicas = c.get("/").json()["replicas"]
+        unnamed = c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+    assert set(listed) == {"chat-a", "chat-b"}
+    assert listed["chat-b"]["max_model_len"] == 1024
+    assert sorted((r["replica_id"], r["model"]) for r in replicas) == [
+        ("chat-a-0", "chat-a"),
+        ("chat-b-0", "chat-b"),
+    ]
+    assert unnamed.status_code == 400 and unnamed.json()["error"]["code"] == "model_required"
+    client = openai.OpenAI(base_url=f"{two.base_url}/v1", api_key=two.api_key, timeout=120)
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    for model in ("chat-a", "chat-b"):
+        out = client.chat.completions.create(model=model, messages=q, temperature=0, max_tokens=8)  # type: ignore[arg-type]
+        assert out.model == model and out.choices[0].message.content
+    # The cores were shared: one each on this 2-core machine, not two apiece.
+    log = two.log()
+    assert "chat-a: 1 replica(s) x TP=1 PP=1, 1 node(s) per replica, 1 core(s)" in log
+    assert "chat-b: 1 replica(s) x TP=1 PP=1, 1 node(s) per replica, 1 core(s)" in log
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RAYLM, "serve", *args, "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_set_that_does_not_fit_is_refused_before_anything_loads(
+    two: Served, tmp_path: Path
+) -> None:
+    # `two` first: the demo model is then in the store (no conversion here).
+    spec = tmp_path / "raylm.toml"
+    spec.write_text(
+        "".join(f'[[models]]\nserved_model_name = "m{i}"\ncpus_per_replica = 2\n' for i in range(2))
+    )
+    r = _serve("--name", "too-many", "-f", str(spec))
+    assert r.returncode == 1, r.stderr
+    assert "The 2 models do not fit together on this cluster: m1 has no room" in r.stderr
+    assert "the models before it take m0: 1 replica(s)" in r.stderr
+    assert "Traceback" not in r.stderr and "vLLM is loading" not in r.stderr
+
+
+def test_model_fields_belong_to_each_model(tmp_path: Path) -> None:
+    spec = tmp_path / "raylm.toml"
+    spec.write_text(SPEC)
+    r = _serve("-f", str(spec), "--replicas", "2")
+    assert r.returncode == 1 and "Flags set replicas" in r.stderr and "per model" in r.stderr
+    spec.write_text('[[models]]\nserved_model_name = "a"\nport = 9000\n')
+    r = _serve("-f", str(spec))
+    assert r.returncode == 1 and "[[models]] entry 1" in r.stderr and "port" in r.stderr
+    spec.write_text('[[models]]\nserved_model_name = "a"\n[[models]]\nserved_model_name = "a"\n')
+    r = _serve("-f", str(spec))
+    assert r.returncode == 1 and "serves a more than once" in r.stderr
+    assert "Traceback" not in r.stderr
