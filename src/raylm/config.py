@@ -104,6 +104,11 @@ class ServeSpec(BaseModel):
     api_key: SecretStr | None = Field(
         default=None, description="Bearer key required on every route but /health."
     )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Opens the gateway's admin routes (`raylm ps`, `raylm scale`); the API "
+        "keys never do. None: they are off.",
+    )
     keys: list[ClientKey] = Field(
         default_factory=list,
         description="Named client API keys with per-key rate limits ([[serve.keys]]: name, "
@@ -185,7 +190,11 @@ class ServeSpec(BaseModel):
 
     @model_validator(mode="after")
     def _distinct_keys(self) -> ServeSpec:
-        check_distinct(with_default(self.api_key, self.keys))
+        keys = with_default(self.api_key, self.keys)
+        check_distinct(keys)
+        admin = self.admin_key.get_secret_value() if self.admin_key else None
+        if admin is not None and any(k.key.get_secret_value() == admin for k in keys):
+            raise ValueError("admin_key must differ from every API key")
         return self
 
     @field_validator("engine_args", mode="before")

@@ -110,3 +110,7 @@ def exception_line(e: BaseException) -> str:
     """`Type: first line` of an error (Ray's and HTTP clients' carry pages of detail)."""
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}".strip()
+
+
+class OperationError(RaylmError):
+    """A running deployment could not be shown or changed (`raylm ps`, `raylm scale`)."""

@@ -70,3 +70,25 @@ def test_right_key_works(keyed: RunningGateway, caplog: pytest.LogCaptureFixture
 def test_no_key_means_open(client: httpx.Client) -> None:
     assert client.get("/", headers={"Authorization": "Bearer anything"}).status_code == 200
     assert client.get("/metrics").status_code == 200
+
+
+def test_admin_routes_are_off_without_an_admin_key_and_api_keys_never_open_them(
+    keyed: RunningGateway, replica_url: str
+) -> None:
+    with keyed.client(headers={"Authorization": f"Bearer {KEY}"}) as c:
+        r = c.get("/admin/deployment")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "admin_off"
+    assert "--admin-key" in r.json()["error"]["message"]
+    admin = "sk-admin-3f9a0c1e"
+    with RunningGateway([replica(replica_url)], api_key=KEY, admin_key=admin) as gw:
+        for auth in (f"Bearer {KEY}", "Bearer nope", None):
+            with gw.client(headers={"Authorization": auth} if auth else {}) as c:
+                r = c.post("/admin/scale", json={"model": MODEL, "replicas": 2})
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_admin_key"
+        # A gateway over a fixed replica list has no controller to operate.
+        with gw.client(headers={"Authorization": f"Bearer {admin}"}) as c:
+            r = c.get("/admin/deployment")
+        assert r.status_code == 403 and "does not run a deployment" in r.text
+        # The admin key opens no inference route.
+        with gw.client(headers={"Authorization": f"Bearer {admin}"}) as c:
+            assert c.get("/v1/models").status_code == 401

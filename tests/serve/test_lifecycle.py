@@ -5,6 +5,8 @@ here breaks the suite's shared server (tests/conftest.py `served`):
 - one whose engine stops making progress is replaced (the rule: raylm.serve.health);
 - one whose vLLM process dies is restarted while the other keeps answering;
 - a key the spec file rate-limits is refused with 429, and the default key is not;
+- `raylm ps` shows the replicas to the admin key only; `raylm scale` 2 -> 1 under load
+  fails no request, and 1 -> 2 brings a ready replica back;
 - SIGTERM drains and stops everything `raylm serve` started.
 
 The replicas take one sequence at a time (`max-num-seqs = 1`) and probe fast, so a one-token
@@ -17,6 +19,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,9 +28,10 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import Served, running_serve
+from tests.conftest import RAYLM, Served, running_serve
 
 SPEC = """
+admin_key = "sk-admin-lifecycle-6e02b1"
 probe_interval_s = 2.0
 probe_timeout_s = 4.0
 probe_strikes = 2
@@ -41,6 +46,7 @@ key = "sk-batch-team-58c1d0e7a9"
 requests_per_minute = 1
 """
 LIMITED_KEY = "sk-batch-team-58c1d0e7a9"
+ADMIN_KEY = "sk-admin-lifecycle-6e02b1"
 # How long the old rule took to kill a replica whose probes queue: strikes x (interval+timeout).
 PROBE_WINDOW_S = 2 * (2.0 + 4.0)
 
@@ -189,6 +195,53 @@ def test_a_key_the_spec_file_limits_gets_429_and_the_default_key_does_not(life: 
         # The key of `--api-key` / RAYLM_API_KEY ('default') has no limit.
         assert all(c.post("/v1/completions", json=body).status_code == 200 for _ in range(3))
     assert LIMITED_KEY not in life.log() and life.api_key not in life.log()
+
+
+def _raylm(life: Served, *args: str, key: str = ADMIN_KEY) -> subprocess.CompletedProcess[str]:
+    cmd = [RAYLM, *args, "--endpoint", life.base_url, "--admin-key", key]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def test_ps_shows_every_replica_to_the_admin_key_only(life: Served) -> None:
+    r = _raylm(life, "ps")
+    assert r.returncode == 0, r.stderr
+    assert "smollm2-135m-instruct-0" in r.stdout and "smollm2-135m-instruct-1" in r.stdout
+    assert "smollm2-135m-instruct: 2/2 ready, TP=1 PP=1" in r.stdout
+    for wrong in ("sk-wrong-key", life.api_key):  # an API key is not an admin key
+        r = _raylm(life, "ps", key=wrong)
+        assert r.returncode == 1 and "(401)" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_scale_down_under_load_fails_nothing_and_scale_up_comes_back(life: Served) -> None:
+    model = "smollm2-135m-instruct"
+    done = threading.Event()
+    with cf.ThreadPoolExecutor(2) as pool:
+        load = [pool.submit(_keep_busy_until, life, done) for _ in range(2)]
+        time.sleep(3)
+        down = _raylm(life, "scale", model, "1")
+        time.sleep(3)  # the load goes on against the one replica left
+        done.set()
+        statuses = [s for f in load for s in f.result()]
+    assert down.returncode == 0, down.stderr
+    assert "draining smollm2-135m-instruct-1" in down.stderr
+    assert f"{model}: 1 replica(s) ready" in down.stdout
+    assert statuses and all(s == 200 for s in statuses), statuses
+    assert [r["replica_id"] for r in _replicas(life)] == [f"{model}-0"]
+    up = _raylm(life, "scale", model, "2")
+    assert up.returncode == 0, up.stderr
+    assert f"starting {model}-1" in up.stderr and f"{model}: 2 replica(s) ready" in up.stdout
+    refused = _raylm(life, "scale", "no-such-model", "2")
+    assert refused.returncode == 1 and "No model `no-such-model`" in refused.stderr
+
+
+def _keep_busy_until(s: Served, done: threading.Event) -> list[int]:
+    """Requests back to back, a real client's steady load, until `done`."""
+    statuses = []
+    i = 0
+    while not done.is_set():
+        statuses.append(_long_request(s, i, max_tokens=16))
+        i += 1
+    return statuses
 
 
 def test_sigterm_leaves_nothing_behind(life: Served) -> None:

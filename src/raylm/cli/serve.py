@@ -85,6 +85,11 @@ def serve(
     api_key: str | None = typer.Option(
         None, help="Require this bearer key [env: RAYLM_API_KEY].", show_default=False
     ),
+    admin_key: str | None = typer.Option(
+        None,
+        help="Open the admin routes (raylm ps, raylm scale) with this key [env: RAYLM_ADMIN_KEY].",
+        show_default=False,
+    ),
     address: str | None = typer.Option(
         None,
         help="Ray cluster address [default: $RAY_ADDRESS, else the cluster this machine "
@@ -125,6 +130,7 @@ def serve(
         "dtype": dtype,
         "served_model_name": served_model_name,
         "api_key": api_key or os.environ.get("RAYLM_API_KEY") or None,
+        "admin_key": admin_key or os.environ.get("RAYLM_ADMIN_KEY") or None,
         "address": address,
         "name": name,
         "executor": executor,

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from raylm.gateway import metrics as gm
+from raylm.gateway.admin_routes import AdminRoutes
 from raylm.gateway.body import ClientGone
 from raylm.gateway.engines import EngineView
 from raylm.gateway.info_routes import InfoRoutes
@@ -84,6 +85,8 @@ class Gateway:
         openai = OpenAIRoutes(self.upstream, started_at)
         native = NativeRoutes(self.upstream)
         info = InfoRoutes(self, started_at)
+        admin_key = settings.admin_key.get_secret_value().encode() if settings.admin_key else None
+        self.admin = AdminRoutes(source, admin_key)
         self._routes: dict[tuple[str, str], tuple[str, Handler]] = {
             ("POST", "/v1/chat/completions"): ("chat", openai.chat),
             ("POST", "/v1/completions"): ("completions", openai.completions),
@@ -93,6 +96,8 @@ class Gateway:
             ("GET", "/metrics"): ("metrics", info.metrics),
             ("POST", "/generate"): ("generate", native.generate),
             ("POST", "/batch_generate"): ("batch_generate", native.batch_generate),
+            ("GET", "/admin/deployment"): ("admin", self.admin.deployment),
+            ("POST", "/admin/scale"): ("admin", self.admin.scale),
         }
         self._paths = {path for _, path in self._routes}
 
@@ -234,7 +239,7 @@ class Gateway:
                 response = error_response(
                     404, f"No route {path}.", type="not_found_error", code="not_found"
                 )
-        elif self.keyring and path != "/health" and (refusal := self._admit(scope, label)):
+        elif (refusal := self._refusal(scope, path, label)) is not None:
             response = refusal
         else:
             try:
@@ -267,12 +272,19 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    def _refusal(self, scope: Scope, path: str, label: str) -> Response | None:
+        """Why a request may not go on (its key, its rates, or the admin key), or None."""
+        if label == "admin":
+            return self.admin.refusal(_authorization(scope))
+        if self.keyring and path != "/health":
+            return self._admit(scope, label)
+        return None
+
     def _admit(self, scope: Scope, label: str) -> Response | None:
         """The refusal of a request whose key is unknown (401) or, on an inference route,
         over its rates (429); None when it may go on, its key's name then kept in this
         request's context to charge its tokens to."""
-        header = next((v for n, v in scope["headers"] if n == b"authorization"), None)
-        client = self.keyring.client(header)
+        client = self.keyring.client(_authorization(scope))
         if client is None:
             return error_response(
                 401,
@@ -292,6 +304,10 @@ class Gateway:
         caller = CALLER.get()
         if caller is not None:
             self.rate_limits.charge(caller.name, tokens)
+
+
+def _authorization(scope: Scope) -> bytes | None:
+    return next((v for n, v in scope["headers"] if n == b"authorization"), None)
 
 
 def create_gateway(source: ReplicaSource, settings: GatewaySettings | None = None) -> Gateway:

@@ -23,6 +23,11 @@ class GatewaySettings(BaseModel):
         description="Named client keys, each with its own rate limits (raylm.gateway.keys); "
         "with `api_key` too, that one is the key named 'default', without limits.",
     )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Opens the admin routes (/admin/..., `raylm ps`, `raylm scale`); the "
+        "clients' API keys never do. None: the admin routes are off.",
+    )
     upstream_api_key: SecretStr | None = Field(
         default=None,
         description="Key the gateway presents to its replicas (raylm gives each deployment's "

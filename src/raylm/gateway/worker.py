@@ -23,6 +23,7 @@ from raylm.gateway.peers import WorkerPeers
 from raylm.gateway.server import GatewayServer
 from raylm.gateway.workers import READY, RELAY, RELAY_LINE_LIMIT, WorkerSpec
 from raylm.kv.blocks import BlockCursor, BlockDelta
+from raylm.operations import DeploymentView, ScaleRequest, ScaleResult
 from raylm.replica import ReplicaInfo
 
 logger = logging.getLogger("raylm.gateway.worker")
@@ -67,6 +68,13 @@ class RelaySource:
         question = {"op": "kv_deltas", "cursors": {k: c.model_dump() for k, c in cursors.items()}}
         deltas = (await self._ask(question))["deltas"]
         return {k: BlockDelta.model_validate(d) for k, d in deltas.items()}
+
+    async def deployment(self) -> DeploymentView:
+        return DeploymentView.model_validate((await self._ask({"op": "deployment"}))["view"])
+
+    async def scale(self, request: ScaleRequest) -> ScaleResult:
+        question = {"op": "scale", "request": request.model_dump()}
+        return ScaleResult.model_validate((await self._ask(question))["result"])
 
 
 async def serve(spec: WorkerSpec) -> bool:

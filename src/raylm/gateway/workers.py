@@ -27,11 +27,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from raylm.errors import ConfigError
+from raylm.gateway.admin_routes import Operator
 from raylm.gateway.keys import ClientKey
 from raylm.gateway.kv_index import BlockSource
 from raylm.gateway.settings import GatewaySettings
 from raylm.gateway.source import ReplicaSource
 from raylm.kv.blocks import BlockCursor
+from raylm.operations import ScaleRequest
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class WorkerSpec(BaseModel):
     rundir: str = Field(description="Directory of the relay and metrics sockets (mode 0700).")
     settings: dict[str, Any] = Field(description="The GatewaySettings, keys left out.")
     api_key: str | None = Field(description="The clients' API key, if any.")
+    admin_key: str | None = Field(default=None, description="The admin key, if any.")
     upstream_api_key: str | None = Field(description="The key presented to replicas, if any.")
     api_keys: list[dict[str, Any]] = Field(
         default_factory=list, description="The named client keys, their values in clear."
@@ -75,6 +78,7 @@ class WorkerSpec(BaseModel):
         return GatewaySettings(
             **self.settings,
             api_key=secret(self.api_key),
+            admin_key=secret(self.admin_key),
             upstream_api_key=secret(self.upstream_api_key),
             api_keys=[ClientKey(**k) for k in self.api_keys],
         )
@@ -109,6 +113,13 @@ class Relay:
                 cursors = {k: BlockCursor.model_validate(v) for k, v in question["cursors"].items()}
                 deltas = await self.source.kv_deltas(cursors)
                 return {"deltas": {k: d.model_dump(mode="json") for k, d in deltas.items()}}
+            if question.get("op") in ("deployment", "scale"):
+                if not isinstance(self.source, Operator):
+                    return {"error": "this gateway does not run a deployment"}
+                if question["op"] == "deployment":
+                    return {"view": (await self.source.deployment()).model_dump(mode="json")}
+                asked = ScaleRequest.model_validate(question["request"])
+                return {"result": (await self.source.scale(asked)).model_dump(mode="json")}
             return {"error": f"unknown question {question.get('op')!r}"}
         except Exception as e:  # the worker keeps its last table, as worker 0 would
             return {"error": f"{type(e).__name__}: {e}"}
@@ -122,10 +133,11 @@ class WorkerProcesses:
     ) -> None:
         self.rundir = Path(tempfile.mkdtemp(prefix="raylm-gw-"))  # mode 0700
         secret = settings.api_key, settings.upstream_api_key
+        admin = settings.admin_key
         # Worker 0 alone reads the engines' figures: the others' would repeat them on
         # /metrics, N times over in a sum, for nothing routing uses.
         shared = settings.model_dump(
-            mode="json", exclude={"api_key", "upstream_api_key", "api_keys"}
+            mode="json", exclude={"api_key", "upstream_api_key", "api_keys", "admin_key"}
         )
         keys = [
             {**k.model_dump(mode="json"), "key": k.key.get_secret_value()}
@@ -145,6 +157,7 @@ class WorkerProcesses:
                 api_key=secret[0].get_secret_value() if secret[0] else None,
                 upstream_api_key=secret[1].get_secret_value() if secret[1] else None,
                 api_keys=keys,
+                admin_key=admin.get_secret_value() if admin else None,
             )
             for i in range(1, count)
         ]

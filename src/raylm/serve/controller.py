@@ -14,11 +14,10 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -27,10 +26,12 @@ from ray.util.scheduling_strategies import (
 from raylm.cluster.nodes import alive_nodes
 from raylm.errors import exception_line
 from raylm.kv.blocks import BlockCursor, BlockDelta
+from raylm.operations import DeploymentView, ModelView, ScaleResult, pick_to_retire
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.placement import pick_node
 from raylm.serve.rank import RankNode, RankStarted, RankStatus
+from raylm.serve.replica_slot import Replica, call_all, rank_need, replica_info, stop_all
 from raylm.serve.supervisor import ReplicaSupervisor
 
 logger = logging.getLogger(__name__)
@@ -39,51 +40,9 @@ _STATUS_TIMEOUT_S = 10.0
 _PLACE_TIMEOUT_S = 60.0
 # How long a node whose ranks stopped answering is kept out of placement.
 _SUSPECT_S = 120.0
-
-
-@dataclass
-class _Replica:
-    index: int
-    replica_id: str
-    config: DeploymentConfig
-    """The model it serves (one of the deployment's)."""
-    state: ReplicaState = ReplicaState.PENDING
-    detail: str = "not started"
-    generation: int = 0
-    restarts: int = 0
-    failures: int = 0
-    supervisors: list[Any] = field(default_factory=list)
-    pg: PlacementGroup | None = None
-    node_ids: list[str] = field(default_factory=list)
-    node_ips: list[str] = field(default_factory=list)
-    slots: list[tuple[str, int]] = field(default_factory=list)
-    url: str = ""
-    log_path: str = ""
-    not_before: float = 0.0
-    missed_status: int = 0
-    task: asyncio.Task[None] | None = None
-
-
-def _need(c: DeploymentConfig) -> dict[str, float]:
-    """What one rank of a replica of `c` holds on its node."""
-    if c.device == "cuda":
-        return {"GPU": float(c.gpus_per_node)}
-    return {"CPU": float(c.cpus_per_node)}
-
-
-def _call_all(actors: list[Any], method: str, timeout: float) -> list[Any]:
-    """Call `method` on every actor and wait for all answers (in a worker thread)."""
-    return list(ray.get([getattr(a, method).remote() for a in actors], timeout=timeout))
-
-
-def _stop_all(actors: list[Any]) -> None:
-    """Stop every rank's vLLM (bounded), then end the supervisor actors."""
-    refs = [a.stop.remote() for a in actors]
-    with contextlib.suppress(ray.exceptions.RayError):
-        ray.wait(refs, num_returns=len(refs), timeout=30.0)
-    for a in actors:
-        with contextlib.suppress(Exception):  # already gone with its node
-            ray.kill(a, no_restart=True)
+# A replica being drained is shown not ready this long before its engine is watched: every
+# gateway reads the table in that time (each 0.5 s) and stops routing to it.
+_UNROUTED_S = 2.0
 
 
 class Controller:
@@ -93,7 +52,7 @@ class Controller:
     def __init__(self, configs: list[dict[str, Any]]) -> None:
         self.configs = [DeploymentConfig(**c) for c in configs]
         self.replicas = [
-            _Replica(i, f"{c.served_model_name}-{i}", c)
+            Replica(i, f"{c.served_model_name}-{i}", c)
             for c in self.configs
             for i in range(c.replicas)
         ]
@@ -102,6 +61,7 @@ class Controller:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="raylm-ctl")
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._desired = {c.served_model_name: c.replicas for c in self.configs}
 
     # ---- public methods (called by the driver and the gateway) ----
 
@@ -113,29 +73,68 @@ class Controller:
         return "ok"
 
     def replica_infos(self) -> list[ReplicaInfo]:
-        return [
-            ReplicaInfo(
-                replica_id=r.replica_id,
-                model=r.config.served_model_name,
-                url=r.url,
-                node=r.node_ips[0] if r.node_ips else "",
-                nodes=list(r.node_ips),
-                state=r.state,
-                max_model_len=r.config.max_model_len,
-                restarts=r.restarts,
-                detail=r.detail,
-                log_path=r.log_path,
-                generation=r.generation,
-            )
-            for r in self.replicas
-        ]
+        return [replica_info(r) for r in self.replicas]
+
+    def deployment(self) -> DeploymentView:
+        """The models, their desired replica counts and their replicas (`raylm ps`)."""
+        return DeploymentView(
+            name=self.configs[0].name,
+            models=[
+                ModelView(
+                    name=c.served_model_name,
+                    model_path=c.model_path,
+                    desired=self._desired[c.served_model_name],
+                    tensor_parallel_size=c.tensor_parallel_size,
+                    pipeline_parallel_size=c.pipeline_parallel_size,
+                    replicas=[replica_info(r) for r in self.replicas if r.config is c],
+                )
+                for c in self.configs
+            ],
+        )
+
+    async def scale(self, model: str, replicas: int) -> ScaleResult:
+        """Keep `replicas` replicas of `model`: new ones start (refused when the cluster
+        has no room for them); removed ones are drained (no new requests, those in their
+        engine finish, up to drain_timeout_s) and then stopped."""
+        config = next((c for c in self.configs if c.served_model_name == model), None)
+        if config is None:
+            served = ", ".join(c.served_model_name for c in self.configs)
+            error = f"No model `{model}` in this deployment (it serves {served})."
+            return ScaleResult(model=model, before=0, after=0, error=error, status=404)
+        before = self._desired[model]
+        mine = [r for r in self.replicas if r.config is config and not r.retiring]
+        result = ScaleResult(model=model, before=before, after=replicas)
+        if replicas > len(mine):
+            more = replicas - len(mine)
+            if not self._room_for(config, more):
+                result.after, result.status = before, 409
+                result.error = (
+                    f"The cluster has no room for {more} more replica(s) of `{model}` "
+                    f"({rank_need(config)} each); free devices or add nodes first."
+                )
+                return result
+            top = max((r.index for r in self.replicas if r.config is config), default=-1)
+            for i in range(top + 1, top + 1 + more):
+                new = Replica(i, f"{model}-{i}", config)
+                self.replicas.append(new)
+                result.added.append(new.replica_id)
+        elif replicas < len(mine):
+            rows = [(r.replica_id, r.state, r.index) for r in mine]
+            for rid in pick_to_retire(rows, len(mine) - replicas):
+                r = next(x for x in mine if x.replica_id == rid)
+                r.retiring = True
+                asyncio.get_running_loop().create_task(self._retire(r))
+                result.draining.append(rid)
+        self._desired[model] = replicas
+        logger.info("scaled %s from %d to %d replica(s)", model, before, replicas)
+        return result
 
     async def kv_deltas(self, cursors: dict[str, BlockCursor]) -> dict[str, BlockDelta]:
         """Each ready replica's prefix-cache changes since the gateway's cursor (raylm.kv);
         replicas that do not answer within a second are left out this time."""
         ready = [r for r in self.replicas if r.state is ReplicaState.READY and r.supervisors]
 
-        async def one(r: _Replica) -> tuple[str, BlockDelta | None]:
+        async def one(r: Replica) -> tuple[str, BlockDelta | None]:
             c = cursors.get(r.replica_id) or BlockCursor()
             try:
                 got = await asyncio.wait_for(r.supervisors[0].kv_delta.remote(c.epoch, c.seq), 1.0)
@@ -168,10 +167,14 @@ class Controller:
 
     async def _reconcile_once(self) -> None:
         now = time.monotonic()
-        live = [r for r in self.replicas if r.supervisors and (r.task is None or r.task.done())]
+        live = [
+            r
+            for r in self.replicas
+            if r.supervisors and not r.retiring and (r.task is None or r.task.done())
+        ]
         await asyncio.gather(*(self._check(r) for r in live))
         for r in self.replicas:
-            idle = not r.supervisors and (r.task is None or r.task.done())
+            idle = not r.supervisors and not r.retiring and (r.task is None or r.task.done())
             if idle and now >= r.not_before:
                 r.task = asyncio.get_running_loop().create_task(self._start(r))
 
@@ -181,10 +184,10 @@ class Controller:
         loop = asyncio.get_running_loop()
         return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), timeout)
 
-    async def _check(self, r: _Replica) -> None:
+    async def _check(self, r: Replica) -> None:
         try:
             statuses: list[RankStatus] = await self._off_loop(
-                _call_all, r.supervisors, "status", _STATUS_TIMEOUT_S, timeout=_STATUS_TIMEOUT_S + 2
+                call_all, r.supervisors, "status", _STATUS_TIMEOUT_S, timeout=_STATUS_TIMEOUT_S + 2
             )
         except (TimeoutError, ray.exceptions.GetTimeoutError):
             # A node cut off the network answers nothing; give it one more pass.
@@ -208,7 +211,7 @@ class Controller:
         if r.state is ReplicaState.READY:
             r.failures = 0
 
-    async def _fail(self, r: _Replica, why: str) -> None:
+    async def _fail(self, r: Replica, why: str) -> None:
         logger.warning("replica %s failed: %s; restarting", r.replica_id, why)
         await self._teardown(r, why)
         r.state = ReplicaState.DEAD
@@ -218,12 +221,12 @@ class Controller:
         delay = min(r.config.max_backoff_s, 2.0 ** (r.failures - 1))
         r.not_before = time.monotonic() + delay
 
-    async def _teardown(self, r: _Replica, why: str) -> None:
+    async def _teardown(self, r: Replica, why: str) -> None:
         sups, r.supervisors = r.supervisors, []
         if sups:
             r.state = ReplicaState.STOPPING
             try:
-                await self._off_loop(_stop_all, sups, timeout=45.0)
+                await self._off_loop(stop_all, sups, timeout=45.0)
             except (TimeoutError, ray.exceptions.RayError):
                 logger.warning("replica %s: some ranks did not stop in time", r.replica_id)
         if r.pg is not None:
@@ -237,22 +240,65 @@ class Controller:
         r.url = ""
         r.detail = why
 
+    async def _retire(self, r: Replica) -> None:
+        """Drain `r` (gateways stop routing to it as it is no longer ready; the requests
+        its engine holds finish), stop it, and drop it from the deployment."""
+        if r.task is not None and not r.task.done():
+            r.task.cancel()  # a start in progress: nothing to drain
+        if r.state is ReplicaState.READY and r.supervisors:
+            r.state, r.detail = ReplicaState.STOPPING, "draining: taking no new requests"
+            await asyncio.sleep(_UNROUTED_S)
+            deadline = time.monotonic() + r.config.drain_timeout_s
+            while time.monotonic() < deadline:
+                try:
+                    left = await asyncio.wait_for(
+                        r.supervisors[0].requests_in_engine.remote(), _STATUS_TIMEOUT_S
+                    )
+                except (TimeoutError, ray.exceptions.RayError):
+                    left = None
+                if left == 0:
+                    break
+                r.detail = f"draining: {left if left is not None else '?'} request(s) left"
+                await asyncio.sleep(0.5)
+        await self._teardown(r, "removed by a scale-down")
+        self.replicas.remove(r)
+
+    def _room_for(self, c: DeploymentConfig, count: int) -> bool:
+        """Whether `count` more one-node replicas of `c` fit beside every replica now."""
+        if c.nodes_per_replica > 1:
+            return True  # a placement group waits for its nodes; nothing to check here
+        nodes = alive_nodes()
+        placed = [x.node_ids for x in self.replicas if x.config is c]
+        used = self._used_by_others(c)
+        for _ in range(count):
+            allowed = c.allowed_node_ips
+            nid = pick_node(nodes, rank_need(c), placed, exclude=set(), allowed=allowed, used=used)
+            if nid is None:
+                return False
+            placed.append([nid])
+        return True
+
     # ---- placement and launch ----
 
-    def _pick_node(self, r: _Replica, exclude: set[str]) -> str | None:
+    def _pick_node(self, r: Replica, exclude: set[str]) -> str | None:
         c = r.config
         placed = [x.node_ids for x in self.replicas if x.config is c]
-        used: dict[str, dict[str, float]] = {}  # what the other models' ranks hold
+        allowed = c.allowed_node_ips
+        used = self._used_by_others(c)
+        return pick_node(
+            alive_nodes(), rank_need(c), placed, exclude=exclude, allowed=allowed, used=used
+        )
+
+    def _used_by_others(self, c: DeploymentConfig) -> dict[str, dict[str, float]]:
+        """Per node id, what the ranks of the deployment's other models hold there."""
+        used: dict[str, dict[str, float]] = {}
         for x in self.replicas:
             if x.config is not c:
                 for nid in x.node_ids:
                     held = used.setdefault(nid, {})
-                    for k, v in _need(x.config).items():
+                    for k, v in rank_need(x.config).items():
                         held[k] = held.get(k, 0.0) + v
-        allowed = c.allowed_node_ips
-        return pick_node(
-            alive_nodes(), _need(c), placed, exclude=exclude, allowed=allowed, used=used
-        )
+        return used
 
     def _alloc_slot(self, host: str) -> int:
         used = self._slots.setdefault(host, set())
@@ -260,9 +306,9 @@ class Controller:
         used.add(slot)
         return slot
 
-    def _supervisor(self, r: _Replica, rank: int, strategy: Any) -> Any:
+    def _supervisor(self, r: Replica, rank: int, strategy: Any) -> Any:
         c = r.config
-        need = _need(c)
+        need = rank_need(c)
         actor = ray.remote(ReplicaSupervisor).options(
             num_cpus=need.get("CPU", 0.0),
             num_gpus=need.get("GPU", 0.0),
@@ -279,20 +325,20 @@ class Controller:
             api_key=c.replica_api_key.get_secret_value() if c.replica_api_key else None,
         )
 
-    async def _place(self, r: _Replica) -> bool:
+    async def _place(self, r: Replica) -> bool:
         c = r.config
         if c.nodes_per_replica == 1:
             now = time.monotonic()
             suspects = {nid for nid, until in self._suspects.items() if until > now}
             node_id = self._pick_node(r, exclude=suspects)
             if node_id is None:
-                r.detail = f"waiting for a node with {_need(c)} free"
+                r.detail = f"waiting for a node with {rank_need(c)} free"
                 return False
             strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
             r.supervisors = [self._supervisor(r, 0, strategy)]
             r.node_ids = [node_id]
             return True
-        bundles = [_need(c) for _ in range(c.nodes_per_replica)]
+        bundles = [rank_need(c) for _ in range(c.nodes_per_replica)]
         pg = placement_group(
             bundles, strategy="STRICT_SPREAD", name=f"{r.replica_id}-{r.generation}"
         )
@@ -300,7 +346,7 @@ class Controller:
             await asyncio.wait_for(pg.ready(), _PLACE_TIMEOUT_S)
         except (TimeoutError, ray.exceptions.RayError):
             remove_placement_group(pg)
-            r.detail = f"waiting for {c.nodes_per_replica} nodes with {_need(c)} free each"
+            r.detail = f"waiting for {c.nodes_per_replica} nodes with {rank_need(c)} free each"
             return False
         r.pg = pg
         r.supervisors = [
@@ -311,7 +357,7 @@ class Controller:
         ]
         return True
 
-    async def _start(self, r: _Replica) -> None:
+    async def _start(self, r: Replica) -> None:
         c = r.config
         r.generation += 1
         r.state, r.detail = ReplicaState.PENDING, "placing"

@@ -60,6 +60,12 @@ class DeploymentConfig(BaseModel):
         description="Replicas publish KV-cache events (the spec's routing is kv-aware).",
     )
     max_backoff_s: float = Field(default=30.0, description="Longest wait between restarts.")
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a replica removed by a scale-down may finish the requests its "
+        "engine holds before it is stopped.",
+    )
 
     @property
     def controller_name(self) -> str:
@@ -128,6 +134,7 @@ def deployment_from_layout(
         executor=spec.executor,
         engine_args=engine_args,
         probing=spec.probing(),
+        drain_timeout_s=spec.drain_timeout_s,
         kv_events=spec.routing == "kv-aware",
     )
 

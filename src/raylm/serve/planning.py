@@ -131,6 +131,7 @@ def build_deployment(
         executor=spec.executor,
         engine_args=spec.engine_args,
         probing=spec.probing(),
+        drain_timeout_s=spec.drain_timeout_s,
         kv_events=spec.routing == "kv-aware",
         bind_host="127.0.0.1" if local else None,
         replica_api_key=SecretStr(secrets.token_urlsafe(24)),

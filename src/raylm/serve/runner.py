@@ -184,6 +184,7 @@ async def serve(specs: list[ServeSpec], reporter: Reporter) -> None:
                     GatewaySettings(
                         api_key=spec.api_key,
                         api_keys=spec.keys,
+                        admin_key=spec.admin_key,
                         upstream_api_key=configs[0].replica_api_key,
                         limits=spec.limits,
                         drain_timeout_s=spec.drain_timeout_s,

@@ -6,12 +6,13 @@ import asyncio
 from typing import Any
 
 from raylm.kv.blocks import BlockCursor, BlockDelta
+from raylm.operations import DeploymentView, ScaleRequest, ScaleResult
 from raylm.replica import ReplicaInfo
 
 
 class ControllerReplicaSource:
     """Reads the replica table, and the replicas' cache changes for kv-aware routing, from a
-    controller actor (awaitable Ray calls)."""
+    controller actor (awaitable Ray calls); and is the admin routes' operator."""
 
     def __init__(self, controller: Any) -> None:
         self._controller = controller
@@ -28,3 +29,13 @@ class ControllerReplicaSource:
             self._controller.kv_deltas.remote(cursors), 5.0
         )
         return deltas
+
+    async def deployment(self) -> DeploymentView:
+        view: DeploymentView = await asyncio.wait_for(self._controller.deployment.remote(), 10.0)
+        return view
+
+    async def scale(self, request: ScaleRequest) -> ScaleResult:
+        result: ScaleResult = await asyncio.wait_for(
+            self._controller.scale.remote(request.model, request.replicas), 30.0
+        )
+        return result

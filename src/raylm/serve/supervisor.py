@@ -141,6 +141,18 @@ class ReplicaSupervisor:
             log_tail=self.proc.tail() if self.proc and self.state is ReplicaState.DEAD else "",
         )
 
+    async def requests_in_engine(self) -> int | None:
+        """Requests rank 0's engine holds now (running and waiting); None when it cannot
+        tell (not launched, or /metrics did not answer). A replica being drained is done
+        when this is 0."""
+        spec = self.launch_spec
+        if spec is None or self.rank != 0:
+            return None
+        async with aiohttp.ClientSession() as session:
+            base = f"http://{spec.host}:{spec.port}"
+            load = await engine_load(session, base, self.probing.timeout_s, self.api_key)
+        return None if load is None else load.in_engine
+
     def kv_delta(self, epoch: str | None, since: int) -> BlockDelta | None:
         """What changed in this replica's prefix cache since the reader's cursor (raylm.kv);
         None when the replica does not publish KV events."""

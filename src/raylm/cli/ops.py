@@ -1,0 +1,87 @@
+"""`raylm ps` and `raylm scale`: a running deployment, shown and changed through its
+gateway's admin routes (raylm.admin_client), from any machine that reaches it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import typer
+from rich.console import Console
+
+from raylm.admin_client import ADMIN_KEY_ENV, DEFAULT_ENDPOINT, AdminClient
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+_ENDPOINT = typer.Option(
+    DEFAULT_ENDPOINT, "--endpoint", help="The gateway `raylm serve` printed, without /v1."
+)
+_ADMIN_KEY = typer.Option(
+    None,
+    "--admin-key",
+    help=f"The deployment's admin key [env: {ADMIN_KEY_ENV}].",
+    show_default=False,
+)
+
+
+def _client(endpoint: str, admin_key: str | None) -> AdminClient:
+    return AdminClient(endpoint, admin_key or os.environ.get(ADMIN_KEY_ENV) or None)
+
+
+def ps(
+    endpoint: str = _ENDPOINT,
+    admin_key: str | None = _ADMIN_KEY,
+    as_json: bool = typer.Option(False, "--json", help="Print the deployment as JSON."),
+) -> None:
+    """Show the deployment's models and replicas: states, nodes, restarts, versions."""
+    with _client(endpoint, admin_key) as client:
+        view = client.deployment()
+    if as_json:
+        out.print_json(json.dumps(view.model_dump(mode="json")))
+        return
+    # Plain columns, not a rich table: one replica a line whatever the width, for grep.
+    rows = [("MODEL", "REPLICA", "STATE", "NODE", "RESTARTS", "DETAIL")]
+    for m in view.models:
+        for r in m.replicas:
+            node = ",".join(r.nodes) or r.node or "-"
+            rows.append((m.name, r.replica_id, r.state.value, node, str(r.restarts), r.detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    out.print(f"deployment {view.name}", highlight=False, markup=False)
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+        out.print("  ".join([*cells, row[5]]), highlight=False, markup=False)
+    for m in view.models:
+        out.print(
+            f"{m.name}: {m.ready}/{m.desired} ready, TP={m.tensor_parallel_size} "
+            f"PP={m.pipeline_parallel_size}, from {m.model_path}",
+            highlight=False,
+            markup=False,
+        )
+
+
+def scale(
+    model: str = typer.Argument(..., help="The served model name (`raylm ps` lists them)."),
+    replicas: int = typer.Argument(..., min=1, help="Replicas it should have."),
+    endpoint: str = _ENDPOINT,
+    admin_key: str | None = _ADMIN_KEY,
+    wait: bool = typer.Option(True, help="Wait until exactly that many replicas are ready."),
+    timeout: float = typer.Option(900.0, help="How long --wait waits, in seconds."),
+) -> None:
+    """Add or remove replicas of MODEL; a removed replica is drained before it stops."""
+    with _client(endpoint, admin_key) as client:
+        result = client.scale(model, replicas)
+        for rid in result.added:
+            err.print(f"[cyan]raylm[/cyan] starting {rid}")
+        for rid in result.draining:
+            err.print(f"[cyan]raylm[/cyan] draining {rid}, then stopping it")
+        if wait:
+            view = client.wait_scaled(model, replicas, timeout)
+            out.print(f"{model}: {view.ready} replica(s) ready (was {result.before})")
+        else:
+            out.print(f"{model}: scaling from {result.before} to {result.after} replica(s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ps")(ps)
+    app.command("scale")(scale)

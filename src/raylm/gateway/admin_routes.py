@@ -1,0 +1,101 @@
+"""The admin routes: what `raylm ps` and `raylm scale` ask of a running deployment, over
+HTTP, so that any machine that reaches the gateway can operate it.
+
+They need the admin key (`admin_key`, separate from the clients' API keys, which never
+open them); without one configured they are off (403 saying how to turn them on). The
+work is the operator's: the controller, reached through the replica source
+(serve/source.py), or through worker 0 from the other gateway workers.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Protocol, runtime_checkable
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from raylm.gateway.body import read_body
+from raylm.gateway.limits import Refusal
+from raylm.gateway.responses import (
+    HttpError,
+    error_response,
+    json_response,
+    refused,
+    unavailable,
+)
+from raylm.operations import DeploymentView, ScaleRequest, ScaleResult
+
+ADMIN_PREFIX = "/admin/"
+
+
+@runtime_checkable
+class Operator(Protocol):
+    """Anything that can show and change the deployment (the controller)."""
+
+    async def deployment(self) -> DeploymentView:
+        """The models and replicas as the controller holds them."""
+        ...
+
+    async def scale(self, request: ScaleRequest) -> ScaleResult:
+        """Change a model's replica count."""
+        ...
+
+
+class AdminRoutes:
+    """`GET /admin/deployment` and `POST /admin/scale`."""
+
+    def __init__(self, operator: object, admin_key: bytes | None) -> None:
+        self.operator = operator if isinstance(operator, Operator) else None
+        self._key = admin_key
+
+    def refusal(self, authorization: bytes | None) -> Response | None:
+        """Why an admin request may not go on (403 off, 401 wrong key), or None."""
+        if self._key is None:
+            why = "no admin key is set: serve with --admin-key (or admin_key in raylm.toml)"
+            return error_response(403, f"Admin routes are off: {why}.", code="admin_off")
+        scheme, _, token = (authorization or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
+            return error_response(
+                401,
+                "Missing or wrong admin key: send `Authorization: Bearer <admin key>`.",
+                code="invalid_admin_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if self.operator is None:
+            why = "this gateway does not run a deployment (no controller to ask)"
+            return error_response(403, f"Admin routes are off: {why}.", code="admin_off")
+        return None
+
+    async def deployment(self, request: Request) -> Response:
+        assert self.operator is not None
+        try:
+            view = await self.operator.deployment()
+        except Exception as e:  # the controller is another process: say so, never a 500
+            raise _unreachable(e) from e
+        return json_response(view.model_dump(mode="json"))
+
+    async def scale(self, request: Request) -> Response:
+        assert self.operator is not None
+        body = await read_body(request.receive, 64 * 1024)
+        if isinstance(body, Refusal):
+            raise refused(body)
+        try:
+            asked = ScaleRequest.model_validate_json(body)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+                for err in e.errors()
+            )
+            raise HttpError(error_response(400, f"Bad scale request: {problems}.")) from None
+        try:
+            result = await self.operator.scale(asked)
+        except Exception as e:
+            raise _unreachable(e) from e
+        return json_response(result.model_dump(mode="json"), status=result.status)
+
+
+def _unreachable(e: Exception) -> HttpError:
+    message = f"The deployment's controller did not answer ({type(e).__name__}: {e})."
+    return HttpError(unavailable(message, 2, "controller_unavailable"))
