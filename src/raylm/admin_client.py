@@ -4,13 +4,21 @@ what `raylm ps` and `raylm scale` use, from any machine that reaches the gateway
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from raylm.errors import OperationError
-from raylm.operations import DeploymentView, ModelView, ScaleRequest, ScaleResult
+from raylm.operations import (
+    DeploymentView,
+    ModelView,
+    ScaleRequest,
+    ScaleResult,
+    UpdateRequest,
+    UpdateResult,
+)
 from raylm.replica import ReplicaState
 
 T = TypeVar("T", bound=BaseModel)
@@ -50,13 +58,58 @@ class AdminClient:
             )
         return result
 
+    def update(self, request: UpdateRequest) -> UpdateResult:
+        """Start a rolling update; OperationError when refused."""
+        answer = self._ask("POST", "/admin/update", request.model_dump(), ok=(404, 409))
+        result = _read(UpdateResult, answer, self.endpoint)
+        if result.error:
+            raise OperationError(
+                f"Cannot update {request.model}", why=result.error, command="raylm ps"
+            )
+        return result
+
+    def wait_rolled(
+        self, model: str, timeout_s: float, progress: Callable[[str], None]
+    ) -> ModelView:
+        """Wait for `model`'s rollout to end, calling `progress` with each new state;
+        OperationError when it stopped or took too long."""
+        deadline = time.monotonic() + timeout_s
+        seen = ""
+        while True:
+            view = self._model(model)
+            if view.rollout != seen:
+                seen = view.rollout
+                progress(seen)
+            if seen.startswith("updated"):
+                return view
+            if seen.startswith("failed"):
+                raise OperationError(
+                    f"The update of {model} stopped",
+                    why=seen.removeprefix("failed: "),
+                    fix="Fix the new version (a failing replica's log says why); the old "
+                    "version goes on serving",
+                    command="raylm ps",
+                )
+            if time.monotonic() > deadline:
+                raise OperationError(
+                    f"The update of {model} did not end in {timeout_s:g} s",
+                    why=seen,
+                    fix="It goes on in the controller: watch it",
+                    command="raylm ps",
+                )
+            time.sleep(1.0)
+
+    def _model(self, model: str) -> ModelView:
+        view = next((m for m in self.deployment().models if m.name == model), None)
+        if view is None:
+            raise OperationError(f"The model {model} left the deployment")
+        return view
+
     def wait_scaled(self, model: str, replicas: int, timeout_s: float) -> ModelView:
         """Wait until `model` has exactly `replicas` replicas, all ready."""
         deadline = time.monotonic() + timeout_s
         while True:
-            view = next((m for m in self.deployment().models if m.name == model), None)
-            if view is None:
-                raise OperationError(f"The model {model} left the deployment")
+            view = self._model(model)
             states = [r.state for r in view.replicas]
             if len(states) == replicas and all(s is ReplicaState.READY for s in states):
                 return view

@@ -5,7 +5,9 @@ gateway's admin routes (raylm.gateway.admin_routes) unchanged."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from raylm.replica import ReplicaInfo, ReplicaState
 
@@ -18,9 +20,16 @@ class ModelView(BaseModel):
     name: str = Field(description="The served model name clients put in `model`.")
     model_path: str = Field(description="The model directory its replicas load (its version).")
     desired: int = Field(ge=0, description="Replicas the controller keeps serving.")
+    version: int = Field(
+        ge=1, description="The version new replicas start as (1, then +1 per `raylm update`)."
+    )
+    rollout: str = Field(default="", description="The last rolling update's state, if any.")
     tensor_parallel_size: int = Field(ge=1, description="TP per replica.")
     pipeline_parallel_size: int = Field(ge=1, description="PP per replica.")
     replicas: list[ReplicaInfo] = Field(description="Its replicas now, draining ones included.")
+    versions: dict[str, int] = Field(
+        default_factory=dict, description="Per replica id, the version it runs."
+    )
 
     @property
     def ready(self) -> int:
@@ -43,6 +52,54 @@ class ScaleRequest(BaseModel):
 
     model: str = Field(description="The served model name to scale.")
     replicas: int = Field(ge=1, le=1024, description="Replicas it should have.")
+
+
+class UpdateRequest(BaseModel):
+    """`raylm update MODEL`: the body of `POST /admin/update`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The served model name to update.")
+    model_path: str | None = Field(
+        default=None,
+        description="The new version's model directory, present on every node; None: "
+        "the same weights.",
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments set over the current ones (dashed names).",
+    )
+    max_surge: int = Field(
+        default=1, ge=0, le=64, description="New replicas started beyond the desired count."
+    )
+    max_unavailable: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="Old replicas drained before their replacement is ready; None: 0 when "
+        "the cluster has room for a new replica beside the old ones, else 1.",
+    )
+
+    @field_validator("engine_args")
+    @classmethod
+    def _not_owned(cls, args: dict[str, Any]) -> dict[str, Any]:
+        from raylm.config import engine_arg_name, owned_engine_arg
+
+        clash = [f"{k} (use {fix})" for k in args if (fix := owned_engine_arg(k))]
+        if clash:
+            raise ValueError("engine_args may not set what raylm owns: " + "; ".join(clash))
+        return {engine_arg_name(k): v for k, v in args.items()}
+
+
+class UpdateResult(BaseModel):
+    """A rollout started (its version), or why not (`error`, with the HTTP status)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The model asked for.")
+    version: int = Field(ge=0, description="The version being rolled out.")
+    error: str | None = Field(default=None, description="Why nothing started, if so.")
+    status: int = Field(default=200, description="200, or the HTTP status of `error`.")
 
 
 class ScaleResult(BaseModel):

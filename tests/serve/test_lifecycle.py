@@ -7,6 +7,8 @@ here breaks the suite's shared server (tests/conftest.py `served`):
 - a key the spec file rate-limits is refused with 429, and the default key is not;
 - `raylm ps` shows the replicas to the admin key only; `raylm scale` 2 -> 1 under load
   fails no request, and 1 -> 2 brings a ready replica back;
+- `raylm update` under load (requests and streams) fails none and ends on the new
+  version; one whose version cannot load stops, and the old version serves on;
 - SIGTERM drains and stops everything `raylm serve` started.
 
 The replicas take one sequence at a time (`max-num-seqs = 1`) and probe fast, so a one-token
@@ -17,6 +19,7 @@ used to be killed. Tests run in file order (pytest keeps it within a module).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import signal
 import subprocess
@@ -206,7 +209,7 @@ def test_ps_shows_every_replica_to_the_admin_key_only(life: Served) -> None:
     r = _raylm(life, "ps")
     assert r.returncode == 0, r.stderr
     assert "smollm2-135m-instruct-0" in r.stdout and "smollm2-135m-instruct-1" in r.stdout
-    assert "smollm2-135m-instruct: 2/2 ready, TP=1 PP=1" in r.stdout
+    assert "smollm2-135m-instruct: 2/2 ready, version 1, TP=1 PP=1" in r.stdout
     for wrong in ("sk-wrong-key", life.api_key):  # an API key is not an admin key
         r = _raylm(life, "ps", key=wrong)
         assert r.returncode == 1 and "(401)" in r.stderr and "Traceback" not in r.stderr
@@ -232,6 +235,62 @@ def test_scale_down_under_load_fails_nothing_and_scale_up_comes_back(life: Serve
     assert f"starting {model}-1" in up.stderr and f"{model}: 2 replica(s) ready" in up.stdout
     refused = _raylm(life, "scale", "no-such-model", "2")
     assert refused.returncode == 1 and "No model `no-such-model`" in refused.stderr
+
+
+def _stream_until(s: Served, done: threading.Event) -> list[str]:
+    """Streams back to back until `done`: each one's ending ('[DONE]', or what broke it)."""
+    endings = []
+    body = {"prompt": "Count:", "max_tokens": 16, "stream": True, "ignore_eos": True}
+    with s.client(timeout=600) as c:
+        while not done.is_set():
+            with c.stream("POST", "/v1/completions", json=body) as r:
+                text = "".join(r.iter_text()) if r.status_code == 200 else f"status {r.status_code}"
+            tail = text.strip().splitlines()[-1] if text.strip() else "empty"
+            endings.append("[DONE]" if tail == "data: [DONE]" and '"error"' not in text else tail)
+    return endings
+
+
+def test_a_rolling_update_under_load_fails_nothing_and_ends_on_the_new_version(
+    life: Served,
+) -> None:
+    model = "smollm2-135m-instruct"
+    done = threading.Event()
+    with cf.ThreadPoolExecutor(3) as pool:
+        load = [pool.submit(_keep_busy_until, life, done) for _ in range(2)]
+        streams = pool.submit(_stream_until, life, done)
+        time.sleep(2)
+        rolled = _raylm(life, "update", model, "--engine-arg", "max-num-seqs=2")
+        done.set()
+        statuses = [s for f in load for s in f.result()]
+        endings = streams.result()
+    assert rolled.returncode == 0, rolled.stderr
+    assert f"{model}: version 2, 2 replica(s) ready" in rolled.stdout
+    assert statuses and all(s == 200 for s in statuses), statuses
+    assert endings and all(e == "[DONE]" for e in endings), endings
+    view = json.loads(_raylm(life, "ps", "--json").stdout)["models"][0]
+    assert view["version"] == 2 and set(view["versions"].values()) == {2}
+    assert view["rollout"] == "updated to version 2"
+
+
+def test_a_rollout_whose_version_cannot_load_stops_and_the_old_one_serves(life: Served) -> None:
+    model = "smollm2-135m-instruct"
+    bad = _raylm(life, "update", model, "--engine-arg", "max-num-seqs=not-a-number")
+    assert bad.returncode == 1
+    assert f"The update of {model} stopped" in bad.stderr
+    assert "failed to start 3 times" in bad.stderr and "Traceback" not in bad.stderr
+    # Version 2 goes on: the replica drained to make room comes back at once.
+    with life.client(timeout=120) as c:
+        assert c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+    deadline = time.monotonic() + 300
+    while True:
+        view = json.loads(_raylm(life, "ps", "--json").stdout)["models"][0]
+        states = [r["state"] for r in view["replicas"]]
+        if states == ["ready", "ready"] or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert states == ["ready", "ready"], view
+    assert view["version"] == 2 and set(view["versions"].values()) == {2}
+    assert view["rollout"].startswith("failed: version 3 stopped")
 
 
 def _keep_busy_until(s: Served, done: threading.Event) -> list[int]:

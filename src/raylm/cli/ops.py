@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 
 from raylm.admin_client import ADMIN_KEY_ENV, DEFAULT_ENDPOINT, AdminClient
+from raylm.config import parse_engine_arg
+from raylm.operations import UpdateRequest
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -41,20 +43,23 @@ def ps(
         out.print_json(json.dumps(view.model_dump(mode="json")))
         return
     # Plain columns, not a rich table: one replica a line whatever the width, for grep.
-    rows = [("MODEL", "REPLICA", "STATE", "NODE", "RESTARTS", "DETAIL")]
+    rows = [("MODEL", "REPLICA", "VERSION", "STATE", "NODE", "RESTARTS", "DETAIL")]
     for m in view.models:
         for r in m.replicas:
             node = ",".join(r.nodes) or r.node or "-"
-            rows.append((m.name, r.replica_id, r.state.value, node, str(r.restarts), r.detail))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+            version = str(m.versions.get(r.replica_id, m.version))
+            row = (m.name, r.replica_id, version, r.state.value, node, str(r.restarts), r.detail)
+            rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
     out.print(f"deployment {view.name}", highlight=False, markup=False)
     for row in rows:
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
-        out.print("  ".join([*cells, row[5]]), highlight=False, markup=False)
+        out.print("  ".join([*cells, row[6]]), highlight=False, markup=False)
     for m in view.models:
         out.print(
-            f"{m.name}: {m.ready}/{m.desired} ready, TP={m.tensor_parallel_size} "
-            f"PP={m.pipeline_parallel_size}, from {m.model_path}",
+            f"{m.name}: {m.ready}/{m.desired} ready, version {m.version}, "
+            f"TP={m.tensor_parallel_size} PP={m.pipeline_parallel_size}, from {m.model_path}"
+            + (f"; {m.rollout}" if m.rollout else ""),
             highlight=False,
             markup=False,
         )
@@ -82,6 +87,46 @@ def scale(
             out.print(f"{model}: scaling from {result.before} to {result.after} replica(s)")
 
 
+def update(
+    model: str = typer.Argument(..., help="The served model name (`raylm ps` lists them)."),
+    model_path: str | None = typer.Option(
+        None, "--model", help="The new version's model directory, on every node."
+    ),
+    engine_arg: list[str] = typer.Option(
+        [], "--engine-arg", help="KEY=VALUE set over the current vLLM arguments (repeatable)."
+    ),
+    max_surge: int = typer.Option(1, min=0, help="New replicas started beyond the count."),
+    max_unavailable: int | None = typer.Option(
+        None,
+        min=0,
+        help="Old replicas drained before their replacement is ready [default: 0, or 1 "
+        "when the cluster has no room for one more].",
+    ),
+    endpoint: str = _ENDPOINT,
+    admin_key: str | None = _ADMIN_KEY,
+    wait: bool = typer.Option(True, help="Wait until the rollout ends."),
+    timeout: float = typer.Option(3600.0, help="How long --wait waits, in seconds."),
+) -> None:
+    """Roll MODEL to a new version, one replica at a time, proving each ready first."""
+    request = UpdateRequest(
+        model=model,
+        model_path=model_path,
+        engine_args=dict(parse_engine_arg(a) for a in engine_arg),
+        max_surge=max_surge,
+        max_unavailable=max_unavailable,
+    )
+    with _client(endpoint, admin_key) as client:
+        started = client.update(request)
+        err.print(f"[cyan]raylm[/cyan] rolling {model} to version {started.version}")
+        if not wait:
+            return
+        view = client.wait_rolled(
+            model, timeout, lambda state: err.print(f"  {state}", highlight=False, markup=False)
+        )
+    out.print(f"{model}: version {view.version}, {view.ready} replica(s) ready")
+
+
 def register(app: typer.Typer) -> None:
     app.command("ps")(ps)
     app.command("scale")(scale)
+    app.command("update")(update)

@@ -10,9 +10,9 @@ work is the operator's: the controller, reached through the replica source
 from __future__ import annotations
 
 import hmac
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,9 +25,15 @@ from raylm.gateway.responses import (
     refused,
     unavailable,
 )
-from raylm.operations import DeploymentView, ScaleRequest, ScaleResult
+from raylm.operations import (
+    DeploymentView,
+    ScaleRequest,
+    ScaleResult,
+    UpdateRequest,
+    UpdateResult,
+)
 
-ADMIN_PREFIX = "/admin/"
+T = TypeVar("T", bound=BaseModel)
 
 
 @runtime_checkable
@@ -42,9 +48,13 @@ class Operator(Protocol):
         """Change a model's replica count."""
         ...
 
+    async def update(self, request: UpdateRequest) -> UpdateResult:
+        """Start a rolling update of a model."""
+        ...
+
 
 class AdminRoutes:
-    """`GET /admin/deployment` and `POST /admin/scale`."""
+    """`GET /admin/deployment`, `POST /admin/scale` and `POST /admin/update`."""
 
     def __init__(self, operator: object, admin_key: bytes | None) -> None:
         self.operator = operator if isinstance(operator, Operator) else None
@@ -77,23 +87,35 @@ class AdminRoutes:
         return json_response(view.model_dump(mode="json"))
 
     async def scale(self, request: Request) -> Response:
+        asked = await _read(request, ScaleRequest)
         assert self.operator is not None
-        body = await read_body(request.receive, 64 * 1024)
-        if isinstance(body, Refusal):
-            raise refused(body)
-        try:
-            asked = ScaleRequest.model_validate_json(body)
-        except ValidationError as e:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-                for err in e.errors()
-            )
-            raise HttpError(error_response(400, f"Bad scale request: {problems}.")) from None
         try:
             result = await self.operator.scale(asked)
         except Exception as e:
             raise _unreachable(e) from e
         return json_response(result.model_dump(mode="json"), status=result.status)
+
+    async def update(self, request: Request) -> Response:
+        asked = await _read(request, UpdateRequest)
+        assert self.operator is not None
+        try:
+            result = await self.operator.update(asked)
+        except Exception as e:
+            raise _unreachable(e) from e
+        return json_response(result.model_dump(mode="json"), status=result.status)
+
+
+async def _read(request: Request, kind: type[T]) -> T:
+    body = await read_body(request.receive, 64 * 1024)
+    if isinstance(body, Refusal):
+        raise refused(body)
+    try:
+        return kind.model_validate_json(body)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()
+        )
+        raise HttpError(error_response(400, f"Bad {kind.__name__}: {problems}.")) from None
 
 
 def _unreachable(e: Exception) -> HttpError:

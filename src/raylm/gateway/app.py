@@ -98,6 +98,7 @@ class Gateway:
             ("POST", "/batch_generate"): ("batch_generate", native.batch_generate),
             ("GET", "/admin/deployment"): ("admin", self.admin.deployment),
             ("POST", "/admin/scale"): ("admin", self.admin.scale),
+            ("POST", "/admin/update"): ("admin", self.admin.update),
         }
         self._paths = {path for _, path in self._routes}
 

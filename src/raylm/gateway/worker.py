@@ -23,7 +23,13 @@ from raylm.gateway.peers import WorkerPeers
 from raylm.gateway.server import GatewayServer
 from raylm.gateway.workers import READY, RELAY, RELAY_LINE_LIMIT, WorkerSpec
 from raylm.kv.blocks import BlockCursor, BlockDelta
-from raylm.operations import DeploymentView, ScaleRequest, ScaleResult
+from raylm.operations import (
+    DeploymentView,
+    ScaleRequest,
+    ScaleResult,
+    UpdateRequest,
+    UpdateResult,
+)
 from raylm.replica import ReplicaInfo
 
 logger = logging.getLogger("raylm.gateway.worker")
@@ -75,6 +81,10 @@ class RelaySource:
     async def scale(self, request: ScaleRequest) -> ScaleResult:
         question = {"op": "scale", "request": request.model_dump()}
         return ScaleResult.model_validate((await self._ask(question))["result"])
+
+    async def update(self, request: UpdateRequest) -> UpdateResult:
+        question = {"op": "update", "request": request.model_dump()}
+        return UpdateResult.model_validate((await self._ask(question))["result"])
 
 
 async def serve(spec: WorkerSpec) -> bool:

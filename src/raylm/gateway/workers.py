@@ -33,7 +33,7 @@ from raylm.gateway.kv_index import BlockSource
 from raylm.gateway.settings import GatewaySettings
 from raylm.gateway.source import ReplicaSource
 from raylm.kv.blocks import BlockCursor
-from raylm.operations import ScaleRequest
+from raylm.operations import ScaleRequest, UpdateRequest
 
 logger = logging.getLogger(__name__)
 
@@ -113,16 +113,23 @@ class Relay:
                 cursors = {k: BlockCursor.model_validate(v) for k, v in question["cursors"].items()}
                 deltas = await self.source.kv_deltas(cursors)
                 return {"deltas": {k: d.model_dump(mode="json") for k, d in deltas.items()}}
-            if question.get("op") in ("deployment", "scale"):
-                if not isinstance(self.source, Operator):
-                    return {"error": "this gateway does not run a deployment"}
-                if question["op"] == "deployment":
-                    return {"view": (await self.source.deployment()).model_dump(mode="json")}
-                asked = ScaleRequest.model_validate(question["request"])
-                return {"result": (await self.source.scale(asked)).model_dump(mode="json")}
+            if question.get("op") in ("deployment", "scale", "update"):
+                return await self._operate(question)
             return {"error": f"unknown question {question.get('op')!r}"}
         except Exception as e:  # the worker keeps its last table, as worker 0 would
             return {"error": f"{type(e).__name__}: {e}"}
+
+    async def _operate(self, question: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(self.source, Operator):
+            return {"error": "this gateway does not run a deployment"}
+        op = question["op"]
+        if op == "deployment":
+            return {"view": (await self.source.deployment()).model_dump(mode="json")}
+        if op == "scale":
+            asked = ScaleRequest.model_validate(question["request"])
+            return {"result": (await self.source.scale(asked)).model_dump(mode="json")}
+        update = UpdateRequest.model_validate(question["request"])
+        return {"result": (await self.source.update(update)).model_dump(mode="json")}
 
 
 class WorkerProcesses:

@@ -26,9 +26,9 @@ from ray.util.scheduling_strategies import (
 from raylm.cluster.nodes import alive_nodes
 from raylm.errors import exception_line
 from raylm.kv.blocks import BlockCursor, BlockDelta
-from raylm.operations import DeploymentView, ModelView, ScaleResult, pick_to_retire
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import DeploymentConfig
+from raylm.serve.operating import Operating
 from raylm.serve.placement import pick_node
 from raylm.serve.rank import RankNode, RankStarted, RankStatus
 from raylm.serve.replica_slot import Replica, call_all, rank_need, replica_info, stop_all
@@ -40,12 +40,9 @@ _STATUS_TIMEOUT_S = 10.0
 _PLACE_TIMEOUT_S = 60.0
 # How long a node whose ranks stopped answering is kept out of placement.
 _SUSPECT_S = 120.0
-# A replica being drained is shown not ready this long before its engine is watched: every
-# gateway reads the table in that time (each 0.5 s) and stops routing to it.
-_UNROUTED_S = 2.0
 
 
-class Controller:
+class Controller(Operating):
     """Reconciles the replicas of a deployment's models (`configs`, one per model, all of
     one deployment name). Run as a detached named actor."""
 
@@ -62,6 +59,9 @@ class Controller:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._desired = {c.served_model_name: c.replicas for c in self.configs}
+        self._current = {c.served_model_name: c for c in self.configs}
+        """Per model, the config (version) its new replicas start with."""
+        self._rollouts: dict[str, str] = {}
 
     # ---- public methods (called by the driver and the gateway) ----
 
@@ -74,60 +74,6 @@ class Controller:
 
     def replica_infos(self) -> list[ReplicaInfo]:
         return [replica_info(r) for r in self.replicas]
-
-    def deployment(self) -> DeploymentView:
-        """The models, their desired replica counts and their replicas (`raylm ps`)."""
-        return DeploymentView(
-            name=self.configs[0].name,
-            models=[
-                ModelView(
-                    name=c.served_model_name,
-                    model_path=c.model_path,
-                    desired=self._desired[c.served_model_name],
-                    tensor_parallel_size=c.tensor_parallel_size,
-                    pipeline_parallel_size=c.pipeline_parallel_size,
-                    replicas=[replica_info(r) for r in self.replicas if r.config is c],
-                )
-                for c in self.configs
-            ],
-        )
-
-    async def scale(self, model: str, replicas: int) -> ScaleResult:
-        """Keep `replicas` replicas of `model`: new ones start (refused when the cluster
-        has no room for them); removed ones are drained (no new requests, those in their
-        engine finish, up to drain_timeout_s) and then stopped."""
-        config = next((c for c in self.configs if c.served_model_name == model), None)
-        if config is None:
-            served = ", ".join(c.served_model_name for c in self.configs)
-            error = f"No model `{model}` in this deployment (it serves {served})."
-            return ScaleResult(model=model, before=0, after=0, error=error, status=404)
-        before = self._desired[model]
-        mine = [r for r in self.replicas if r.config is config and not r.retiring]
-        result = ScaleResult(model=model, before=before, after=replicas)
-        if replicas > len(mine):
-            more = replicas - len(mine)
-            if not self._room_for(config, more):
-                result.after, result.status = before, 409
-                result.error = (
-                    f"The cluster has no room for {more} more replica(s) of `{model}` "
-                    f"({rank_need(config)} each); free devices or add nodes first."
-                )
-                return result
-            top = max((r.index for r in self.replicas if r.config is config), default=-1)
-            for i in range(top + 1, top + 1 + more):
-                new = Replica(i, f"{model}-{i}", config)
-                self.replicas.append(new)
-                result.added.append(new.replica_id)
-        elif replicas < len(mine):
-            rows = [(r.replica_id, r.state, r.index) for r in mine]
-            for rid in pick_to_retire(rows, len(mine) - replicas):
-                r = next(x for x in mine if x.replica_id == rid)
-                r.retiring = True
-                asyncio.get_running_loop().create_task(self._retire(r))
-                result.draining.append(rid)
-        self._desired[model] = replicas
-        logger.info("scaled %s from %d to %d replica(s)", model, before, replicas)
-        return result
 
     async def kv_deltas(self, cursors: dict[str, BlockCursor]) -> dict[str, BlockDelta]:
         """Each ready replica's prefix-cache changes since the gateway's cursor (raylm.kv);
@@ -210,6 +156,7 @@ class Controller:
         r.state, r.detail = statuses[0].state, statuses[0].detail
         if r.state is ReplicaState.READY:
             r.failures = 0
+            r.ever_ready = True
 
     async def _fail(self, r: Replica, why: str) -> None:
         logger.warning("replica %s failed: %s; restarting", r.replica_id, why)
@@ -239,44 +186,6 @@ class Controller:
         r.node_ids = []
         r.url = ""
         r.detail = why
-
-    async def _retire(self, r: Replica) -> None:
-        """Drain `r` (gateways stop routing to it as it is no longer ready; the requests
-        its engine holds finish), stop it, and drop it from the deployment."""
-        if r.task is not None and not r.task.done():
-            r.task.cancel()  # a start in progress: nothing to drain
-        if r.state is ReplicaState.READY and r.supervisors:
-            r.state, r.detail = ReplicaState.STOPPING, "draining: taking no new requests"
-            await asyncio.sleep(_UNROUTED_S)
-            deadline = time.monotonic() + r.config.drain_timeout_s
-            while time.monotonic() < deadline:
-                try:
-                    left = await asyncio.wait_for(
-                        r.supervisors[0].requests_in_engine.remote(), _STATUS_TIMEOUT_S
-                    )
-                except (TimeoutError, ray.exceptions.RayError):
-                    left = None
-                if left == 0:
-                    break
-                r.detail = f"draining: {left if left is not None else '?'} request(s) left"
-                await asyncio.sleep(0.5)
-        await self._teardown(r, "removed by a scale-down")
-        self.replicas.remove(r)
-
-    def _room_for(self, c: DeploymentConfig, count: int) -> bool:
-        """Whether `count` more one-node replicas of `c` fit beside every replica now."""
-        if c.nodes_per_replica > 1:
-            return True  # a placement group waits for its nodes; nothing to check here
-        nodes = alive_nodes()
-        placed = [x.node_ids for x in self.replicas if x.config is c]
-        used = self._used_by_others(c)
-        for _ in range(count):
-            allowed = c.allowed_node_ips
-            nid = pick_node(nodes, rank_need(c), placed, exclude=set(), allowed=allowed, used=used)
-            if nid is None:
-                return False
-            placed.append([nid])
-        return True
 
     # ---- placement and launch ----
 

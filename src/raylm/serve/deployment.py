@@ -60,6 +60,9 @@ class DeploymentConfig(BaseModel):
         description="Replicas publish KV-cache events (the spec's routing is kv-aware).",
     )
     max_backoff_s: float = Field(default=30.0, description="Longest wait between restarts.")
+    version: int = Field(
+        default=1, ge=1, description="The model's version: 1, then one more per rolling update."
+    )
     drain_timeout_s: float = Field(
         default=30.0,
         ge=0,

@@ -36,6 +36,8 @@ class Replica:
     log_path: str = ""
     not_before: float = 0.0
     missed_status: int = 0
+    ever_ready: bool = False
+    """Whether it was ever ready (a rollout stops on a new replica that never is)."""
     retiring: bool = False
     """Removed by a scale-down: drained, stopped, then dropped (never restarted)."""
     task: asyncio.Task[None] | None = None

@@ -6,7 +6,13 @@ import asyncio
 from typing import Any
 
 from raylm.kv.blocks import BlockCursor, BlockDelta
-from raylm.operations import DeploymentView, ScaleRequest, ScaleResult
+from raylm.operations import (
+    DeploymentView,
+    ScaleRequest,
+    ScaleResult,
+    UpdateRequest,
+    UpdateResult,
+)
 from raylm.replica import ReplicaInfo
 
 
@@ -38,4 +44,8 @@ class ControllerReplicaSource:
         result: ScaleResult = await asyncio.wait_for(
             self._controller.scale.remote(request.model, request.replicas), 30.0
         )
+        return result
+
+    async def update(self, request: UpdateRequest) -> UpdateResult:
+        result: UpdateResult = await asyncio.wait_for(self._controller.update.remote(request), 30.0)
         return result

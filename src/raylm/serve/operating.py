@@ -1,0 +1,256 @@
+"""What operators change on a running deployment, as the controller's own methods (a
+mixin of serve/controller.py): its view (`raylm ps`), a model's replica count
+(`raylm scale`) and a rolling update to a new version (`raylm update`).
+
+A removed replica is drained: it stops being ready at once (gateways stop routing to it
+within their refresh), the requests its engine holds finish (up to drain_timeout_s), and
+only then is it stopped. A rolling update starts new replicas `max_surge` at a time and,
+as each is proven ready, drains an old one; with `max_unavailable` old ones also go first.
+A new replica that fails to start `FAILED_STARTS` times stops the rollout: the new ones
+are removed and the old ones, never drained before a new one was ready, keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+
+from raylm.cluster.nodes import alive_nodes
+from raylm.operations import (
+    DeploymentView,
+    ModelView,
+    ScaleResult,
+    UpdateRequest,
+    UpdateResult,
+    pick_to_retire,
+)
+from raylm.replica import ReplicaState
+from raylm.serve.deployment import DeploymentConfig
+from raylm.serve.placement import pick_node
+from raylm.serve.replica_slot import Replica, rank_need, replica_info
+
+logger = logging.getLogger(__name__)
+
+# A replica being drained is shown not ready this long before its engine is watched: every
+# gateway reads the table in that time (each 0.5 s) and stops routing to it.
+UNROUTED_S = 2.0
+FAILED_STARTS = 3
+"""Failed starts of a new replica, never ready, that stop a rollout."""
+_STATUS_TIMEOUT_S = 10.0
+
+
+class Operating:
+    """Scale and update; needs the controller's replicas, configs and teardown."""
+
+    configs: list[DeploymentConfig]
+    replicas: list[Replica]
+    _desired: dict[str, int]
+    _current: dict[str, DeploymentConfig]
+    _rollouts: dict[str, str]
+
+    async def _teardown(self, r: Replica, why: str) -> None:
+        raise NotImplementedError
+
+    def _used_by_others(self, c: DeploymentConfig) -> dict[str, dict[str, float]]:
+        raise NotImplementedError
+
+    # ---- views ----
+
+    def _of(self, model: str) -> list[Replica]:
+        return [r for r in self.replicas if r.config.served_model_name == model and not r.retiring]
+
+    def deployment(self) -> DeploymentView:
+        """The models, their desired replica counts and their replicas (`raylm ps`)."""
+        models = []
+        for first in self.configs:
+            name = first.served_model_name
+            c = self._current[name]
+            mine = [r for r in self.replicas if r.config.served_model_name == name]
+            models.append(
+                ModelView(
+                    name=name,
+                    model_path=c.model_path,
+                    desired=self._desired[name],
+                    version=c.version,
+                    rollout=self._rollouts.get(name, ""),
+                    tensor_parallel_size=c.tensor_parallel_size,
+                    pipeline_parallel_size=c.pipeline_parallel_size,
+                    replicas=[replica_info(r) for r in mine],
+                    versions={r.replica_id: r.config.version for r in mine},
+                )
+            )
+        return DeploymentView(name=self.configs[0].name, models=models)
+
+    # ---- scale ----
+
+    async def scale(self, model: str, replicas: int) -> ScaleResult:
+        """Keep `replicas` replicas of `model`: new ones start (refused when the cluster
+        has no room for them); removed ones are drained, then stopped."""
+        config = self._current.get(model)
+        if config is None:
+            return ScaleResult(
+                model=model, before=0, after=0, error=self._unknown(model), status=404
+            )
+        before = self._desired[model]
+        result = ScaleResult(model=model, before=before, after=replicas)
+        if self._rollouts.get(model, "").startswith("rolling"):
+            result.after, result.status = before, 409
+            result.error = f"`{model}` is being updated; scale it once the rollout is done."
+            return result
+        mine = self._of(model)
+        if replicas > len(mine):
+            more = replicas - len(mine)
+            if not self._room_for(config, more):
+                result.after, result.status = before, 409
+                result.error = (
+                    f"The cluster has no room for {more} more replica(s) of `{model}` "
+                    f"({rank_need(config)} each); free devices or add nodes first."
+                )
+                return result
+            result.added = [r.replica_id for r in self._add(config, more)]
+        elif replicas < len(mine):
+            rows = [(r.replica_id, r.state, r.index) for r in mine]
+            for rid in pick_to_retire(rows, len(mine) - replicas):
+                self._start_retiring(next(x for x in mine if x.replica_id == rid))
+                result.draining.append(rid)
+        self._desired[model] = replicas
+        logger.info("scaled %s from %d to %d replica(s)", model, before, replicas)
+        return result
+
+    def _add(self, config: DeploymentConfig, count: int) -> list[Replica]:
+        name = config.served_model_name
+        indices = [r.index for r in self.replicas if r.config.served_model_name == name]
+        top = max(indices, default=-1)
+        added = [Replica(i, f"{name}-{i}", config) for i in range(top + 1, top + 1 + count)]
+        self.replicas.extend(added)  # the reconcile loop starts them
+        return added
+
+    def _start_retiring(self, r: Replica) -> asyncio.Task[None]:
+        r.retiring = True
+        return asyncio.get_running_loop().create_task(self._retire(r))
+
+    async def _retire(self, r: Replica) -> None:
+        """Drain `r`, stop it, and drop it from the deployment."""
+        if r.task is not None and not r.task.done():
+            r.task.cancel()  # a start in progress: nothing to drain
+        if r.state is ReplicaState.READY and r.supervisors:
+            r.state, r.detail = ReplicaState.STOPPING, "draining: taking no new requests"
+            await asyncio.sleep(UNROUTED_S)
+            deadline = time.monotonic() + r.config.drain_timeout_s
+            while time.monotonic() < deadline:
+                try:
+                    left = await asyncio.wait_for(
+                        r.supervisors[0].requests_in_engine.remote(), _STATUS_TIMEOUT_S
+                    )
+                except (TimeoutError, ray.exceptions.RayError):
+                    left = None
+                if left == 0:
+                    break
+                r.detail = f"draining: {left if left is not None else '?'} request(s) left"
+                await asyncio.sleep(0.5)
+        await self._teardown(r, "removed")
+        self.replicas.remove(r)
+
+    def _room_for(self, c: DeploymentConfig, count: int) -> bool:
+        """Whether `count` more one-node replicas of `c` fit beside every replica now."""
+        if c.nodes_per_replica > 1:
+            return True  # a placement group waits for its nodes; nothing to check here
+        nodes = alive_nodes()
+        placed = [x.node_ids for x in self.replicas if x.config is c]
+        used = self._used_by_others(c)
+        for _ in range(count):
+            allowed = c.allowed_node_ips
+            nid = pick_node(nodes, rank_need(c), placed, exclude=set(), allowed=allowed, used=used)
+            if nid is None:
+                return False
+            placed.append([nid])
+        return True
+
+    def _unknown(self, model: str) -> str:
+        served = ", ".join(self._current)
+        return f"No model `{model}` in this deployment (it serves {served})."
+
+    # ---- rolling update ----
+
+    async def update(self, request: UpdateRequest) -> UpdateResult:
+        """Start a rolling update of `request.model` to a new version (its model directory
+        and/or engine arguments); `raylm ps` shows its progress."""
+        model = request.model
+        old = self._current.get(model)
+        if old is None:
+            return UpdateResult(model=model, version=0, error=self._unknown(model), status=404)
+        if self._rollouts.get(model, "").startswith("rolling"):
+            error = f"`{model}` is already being updated."
+            return UpdateResult(model=model, version=old.version, error=error, status=409)
+        seen = [r.config.version for r in self.replicas if r.config.served_model_name == model]
+        version = max([old.version, *seen]) + 1
+        change: dict[str, Any] = {
+            "engine_args": {**old.engine_args, **request.engine_args},
+            "version": version,
+        }
+        if request.model_path:
+            change |= {"model_path": request.model_path, "node_model_paths": {}}
+        new = old.model_copy(update=change)
+        self._current[model] = new
+        self._rollouts[model] = f"rolling to version {version}"
+        asyncio.get_running_loop().create_task(self._roll(model, old, new, request))
+        return UpdateResult(model=model, version=version)
+
+    async def _roll(
+        self, model: str, old: DeploymentConfig, new: DeploymentConfig, request: UpdateRequest
+    ) -> None:
+        version = new.version
+        try:
+            while olds := [r for r in self._of(model) if r.config is not new]:
+                surge = request.max_surge if self._room_for(new, request.max_surge) else 0
+                unavailable = request.max_unavailable
+                if unavailable is None:  # never below today's count, unless there is no room
+                    unavailable = 0 if surge else 1
+                if not surge and not unavailable:
+                    raise _RolloutFailed(
+                        "no room for a new replica beside the old ones, and max_unavailable "
+                        "is 0: free devices, or allow --max-unavailable 1"
+                    )
+                drop = min(len(olds), unavailable)
+                ranked = pick_to_retire([(r.replica_id, r.state, r.index) for r in olds], drop)
+                first = [r for r in olds if r.replica_id in ranked]
+                await asyncio.gather(*(self._start_retiring(r) for r in first))
+                count = min(len(olds), max(surge, len(first)))
+                fresh = self._add(new, count)
+                starting = ", ".join(r.replica_id for r in fresh)
+                self._rollouts[model] = f"rolling to version {version}: starting {starting}"
+                failed = await self._wait_ready(fresh)
+                if failed is not None:
+                    raise _RolloutFailed(failed)
+                rest = [r for r in olds if r not in first][: count - len(first)]
+                await asyncio.gather(*(self._start_retiring(r) for r in rest))
+            self._rollouts[model] = f"updated to version {version}"
+        except Exception as e:  # _RolloutFailed, or the cluster failing under it
+            if not isinstance(e, _RolloutFailed):
+                logger.exception("rollout of %s failed", model)
+            self._current[model] = old
+            self._rollouts[model] = f"failed: version {version} stopped: {e}"
+            logger.warning("rollout of %s stopped: %s", model, e)
+            broken = [r for r in self._of(model) if r.config is new]
+            await asyncio.gather(*(self._start_retiring(r) for r in broken))
+            missing = self._desired[model] - len(self._of(model))
+            if missing > 0:  # old ones drained to make room come back
+                self._add(old, missing)
+
+    async def _wait_ready(self, fresh: list[Replica]) -> str | None:
+        """Wait until every replica of `fresh` is ready; why one failed, if one did."""
+        while True:
+            for r in fresh:
+                if not r.ever_ready and r.restarts >= FAILED_STARTS:
+                    return f"{r.replica_id} failed to start {r.restarts} times: {r.detail}"
+            if all(r.state is ReplicaState.READY for r in fresh):
+                return None
+            await asyncio.sleep(1.0)
+
+
+class _RolloutFailed(Exception):
+    """A new replica of a rollout never became ready."""
