@@ -12,8 +12,10 @@ from pydantic import BaseModel, ValidationError
 
 from raylm.errors import OperationError
 from raylm.operations import (
+    AddRequest,
     DeploymentView,
     ModelView,
+    RemoveRequest,
     ScaleRequest,
     ScaleResult,
     UpdateRequest,
@@ -24,6 +26,8 @@ from raylm.replica import ReplicaState
 T = TypeVar("T", bound=BaseModel)
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+_REFUSALS = (400, 404, 409)
+"""Statuses whose body is the change's own result, saying why it was refused."""
 ADMIN_KEY_ENV = "RAYLM_ADMIN_KEY"
 
 
@@ -48,7 +52,7 @@ class AdminClient:
     def scale(self, model: str, replicas: int) -> ScaleResult:
         """Ask for `replicas` replicas of `model`; OperationError when refused."""
         body = ScaleRequest(model=model, replicas=replicas).model_dump()
-        answer = self._ask("POST", "/admin/scale", body, ok=(404, 409))
+        answer = self._ask("POST", "/admin/scale", body, ok=_REFUSALS)
         result = _read(ScaleResult, answer, self.endpoint)
         if result.error:
             raise OperationError(
@@ -60,7 +64,7 @@ class AdminClient:
 
     def update(self, request: UpdateRequest) -> UpdateResult:
         """Start a rolling update; OperationError when refused."""
-        answer = self._ask("POST", "/admin/update", request.model_dump(), ok=(404, 409))
+        answer = self._ask("POST", "/admin/update", request.model_dump(), ok=_REFUSALS)
         result = _read(UpdateResult, answer, self.endpoint)
         if result.error:
             raise OperationError(
@@ -105,6 +109,34 @@ class AdminClient:
             raise OperationError(f"The model {model} left the deployment")
         return view
 
+    def add(self, spec: dict[str, object]) -> ScaleResult:
+        """Plan and start one more model (its [[models]] fields); OperationError when
+        refused (it does not fit, its name is taken, a field is wrong)."""
+        answer = self._ask("POST", "/admin/add", AddRequest(spec=spec).model_dump(), ok=_REFUSALS)
+        result = _read(ScaleResult, answer, self.endpoint)
+        if result.error:
+            raise OperationError(
+                f"Cannot add {result.model or 'the model'}", why=result.error, command="raylm ps"
+            )
+        return result
+
+    def remove(self, model: str) -> ScaleResult:
+        """Drain and stop `model`; OperationError when refused."""
+        body = RemoveRequest(model=model).model_dump()
+        answer = self._ask("POST", "/admin/remove", body, ok=_REFUSALS)
+        result = _read(ScaleResult, answer, self.endpoint)
+        if result.error:
+            raise OperationError(f"Cannot remove {model}", why=result.error, command="raylm ps")
+        return result
+
+    def wait_gone(self, model: str, timeout_s: float) -> None:
+        """Wait until `model` and its replicas left the deployment."""
+        deadline = time.monotonic() + timeout_s
+        while any(m.name == model for m in self.deployment().models):
+            if time.monotonic() > deadline:
+                raise OperationError(f"{model} was not gone in {timeout_s:g} s", command="raylm ps")
+            time.sleep(1.0)
+
     def wait_scaled(self, model: str, replicas: int, timeout_s: float) -> ModelView:
         """Wait until `model` has exactly `replicas` replicas, all ready."""
         deadline = time.monotonic() + timeout_s
@@ -133,13 +165,16 @@ class AdminClient:
                 fix="Give the endpoint `raylm serve` printed, without /v1",
                 command="raylm ps --endpoint http://HOST:PORT",
             ) from None
-        # A scale's own refusals (unknown model, no room) come as a ScaleResult.
-        if r.status_code == 200 or r.status_code in ok:
-            return r.json()
         try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:300]
+            data = r.json()
+        except ValueError:
+            data = None
+        # A change's own refusals (unknown model, no room) come as its result; the
+        # gateway's (bad body, wrong key) in the OpenAI error shape.
+        shaped = isinstance(data, dict) and isinstance(data.get("error"), dict)
+        if r.status_code == 200 or (r.status_code in ok and not shaped):
+            return data
+        message = data["error"].get("message", "") if shaped else r.text[:300]
         fix = {
             401: f"Give the admin key raylm serve was started with (--admin-key, ${ADMIN_KEY_ENV})",
             403: "Restart raylm serve with an admin key (--admin-key, admin_key in raylm.toml)",

@@ -258,6 +258,22 @@ def _read_file(path: Path) -> dict[str, Any]:
     return found
 
 
+def read_model_file(path: Path) -> dict[str, Any]:
+    """One model's fields from a TOML file (`raylm add -f`): at its top, under [serve],
+    or as its one [[models]] entry."""
+    data = _read_file(path)
+    entries = data.get("models")
+    if entries is None:
+        return data
+    if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
+        raise ConfigError(
+            f"Spec file {path} must describe one model to add",
+            fix="Give one [[models]] entry, or the model's fields at the top of the file",
+        )
+    one: dict[str, Any] = entries[0]
+    return one
+
+
 def load_spec(path: Path | None, overrides: dict[str, Any]) -> ServeSpec:
     """Build a ServeSpec from an optional TOML file and flag overrides (None means unset)."""
     specs = load_specs(path, overrides)
@@ -276,7 +292,7 @@ def load_specs(path: Path | None, overrides: dict[str, Any]) -> list[ServeSpec]:
     data = _read_file(path) if path is not None else {}
     entries = data.pop("models", None)
     if entries is None:
-        return [_build(data, overrides, f"spec file {path}" if path else "the flags")]
+        return [build_spec(data, overrides, f"spec file {path}" if path else "the flags")]
     if (
         not isinstance(entries, list)
         or not entries
@@ -304,19 +320,27 @@ def load_specs(path: Path | None, overrides: dict[str, Any]) -> list[ServeSpec]:
                 + ", ".join(sorted(MODEL_FIELDS)),
             )
         one = {k: v for k, v in data.items() if k not in MODEL_FIELDS} | entry
-        specs.append(_build(one, dict(overrides), f"[[models]] entry {i + 1} of {path}"))
-    named = [s.served_model_name or s.model or "the demo model" for s in specs]
-    twice = sorted({n for n in named if named.count(n) > 1})
-    if twice:
-        raise ConfigError(
-            f"Spec file {path} serves {', '.join(twice)} more than once",
-            why="clients pick a model by name; two of one name could not be told apart",
-            fix="Give each [[models]] entry its own served_model_name",
-        )
+        specs.append(build_spec(one, dict(overrides), f"[[models]] entry {i + 1} of {path}"))
+    check_served_names(
+        [s.served_model_name or s.model or "the demo model" for s in specs], f"Spec file {path}"
+    )
     return specs
 
 
-def _build(data: dict[str, Any], overrides: dict[str, Any], where: str) -> ServeSpec:
+def check_served_names(names: list[str], where: str) -> None:
+    """Refuse two models served under one name: clients pick a model by its name."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(
+            f"{where} serves {', '.join(twice)} more than once",
+            why="clients pick a model by name; two of one name could not be told apart",
+            fix="Give each [[models]] entry its own served_model_name",
+        )
+
+
+def build_spec(data: dict[str, Any], overrides: dict[str, Any], where: str) -> ServeSpec:
+    """A ServeSpec from a file's fields and flag overrides; ConfigError saying what is
+    wrong, and where (`where`)."""
     data = dict(data)
     engine_args = dict(data.pop("engine_args", {}) or {})
     engine_args.update(overrides.pop("engine_args", {}) or {})

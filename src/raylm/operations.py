@@ -54,6 +54,25 @@ class ScaleRequest(BaseModel):
     replicas: int = Field(ge=1, le=1024, description="Replicas it should have.")
 
 
+class AddRequest(BaseModel):
+    """`raylm add -f model.toml`: the body of `POST /admin/add`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: dict[str, Any] = Field(
+        description="The model's fields, as in a [[models]] entry of raylm.toml (model, "
+        "served_model_name, replicas, tensor_parallel_size, engine_args, ...)."
+    )
+
+
+class RemoveRequest(BaseModel):
+    """`raylm remove MODEL`: the body of `POST /admin/remove`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The served model name to remove.")
+
+
 class UpdateRequest(BaseModel):
     """`raylm update MODEL`: the body of `POST /admin/update`."""
 

@@ -232,7 +232,8 @@ def test_scale_down_under_load_fails_nothing_and_scale_up_comes_back(life: Serve
     assert [r["replica_id"] for r in _replicas(life)] == [f"{model}-0"]
     up = _raylm(life, "scale", model, "2")
     assert up.returncode == 0, up.stderr
-    assert f"starting {model}-1" in up.stderr and f"{model}: 2 replica(s) ready" in up.stdout
+    # A new id: gateways key what they know of a replica's cache by its id.
+    assert f"starting {model}-2" in up.stderr and f"{model}: 2 replica(s) ready" in up.stdout
     refused = _raylm(life, "scale", "no-such-model", "2")
     assert refused.returncode == 1 and "No model `no-such-model`" in refused.stderr
 

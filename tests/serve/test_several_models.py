@@ -4,7 +4,10 @@ refused before anything loads when they do not fit, served on one port and route
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +16,10 @@ import pytest
 
 from tests.conftest import RAYLM, Served, free_port, running_serve
 
-SPEC = """
+ADMIN_KEY = "sk-admin-several-90b3d4"
+SPEC = f"""
+admin_key = "{ADMIN_KEY}"
+
 [[models]]
 served_model_name = "chat-a"
 
@@ -53,6 +59,65 @@ def test_both_models_are_listed_and_each_answers_by_name(two: Served) -> None:
     log = two.log()
     assert "chat-a: 1 replica(s) x TP=1 PP=1, 1 node(s) per replica, 1 core(s)" in log
     assert "chat-b: 1 replica(s) x TP=1 PP=1, 1 node(s) per replica, 1 core(s)" in log
+
+
+def _raylm(two: Served, *args: str) -> subprocess.CompletedProcess[str]:
+    admin = ["--endpoint", two.base_url, "--admin-key", ADMIN_KEY]
+    return subprocess.run([RAYLM, *args, *admin], capture_output=True, text=True, timeout=900)
+
+
+def _models(two: Served) -> set[str]:
+    with two.client() as c:
+        return {m["id"] for m in c.get("/v1/models").json()["data"]}
+
+
+def _ask_until(two: Served, model: str, done: threading.Event) -> list[int]:
+    statuses = []
+    with two.client() as c:
+        while not done.is_set():
+            body = {"model": model, "prompt": "Hi", "max_tokens": 4}
+            statuses.append(c.post("/v1/completions", json=body).status_code)
+    return statuses
+
+
+def test_a_model_is_removed_and_another_added_while_the_first_answers_throughout(
+    two: Served, tmp_path: Path
+) -> None:
+    added = tmp_path / "chat-c.toml"
+    added.write_text('served_model_name = "chat-c"\nmax_model_len = 512\n')
+    done = threading.Event()
+    with cf.ThreadPoolExecutor(1) as pool:
+        load = pool.submit(_ask_until, two, "chat-a", done)
+        removed = _raylm(two, "remove", "chat-b")
+        assert removed.returncode == 0, removed.stderr
+        assert "draining chat-b-0" in removed.stderr and "chat-b: removed" in removed.stdout
+        assert _models(two) == {"chat-a"}
+        # chat-b's core is free again: the new model is planned onto it.
+        grown = _raylm(two, "add", "-f", str(added))
+        assert grown.returncode == 0, grown.stderr
+        assert "starting chat-c-0" in grown.stderr
+        assert "chat-c: added, 1 replica(s) ready" in grown.stdout
+        time.sleep(2)
+        done.set()
+        statuses = load.result()
+    assert statuses and all(s == 200 for s in statuses), statuses
+    assert _models(two) == {"chat-a", "chat-c"}
+    with two.client() as c:
+        r = c.post("/v1/completions", json={"model": "chat-c", "prompt": "Hi", "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["model"] == "chat-c"
+    # Refused, each with its reason: a name taken, a deployment field, no room left, the
+    # last model, an unknown one.
+    again = _raylm(two, "add", "-f", str(added))
+    assert again.returncode == 1 and "already served" in again.stderr
+    added.write_text('served_model_name = "chat-d"\nport = 9000\n')
+    field = _raylm(two, "add", "-f", str(added))
+    assert field.returncode == 1 and "not port" in field.stderr
+    added.write_text('served_model_name = "chat-d"\n')
+    full = _raylm(two, "add", "-f", str(added))
+    assert full.returncode == 1 and "Cannot add chat-d" in full.stderr
+    unknown = _raylm(two, "remove", "chat-z")
+    assert unknown.returncode == 1 and "No model `chat-z`" in unknown.stderr
+    assert "Traceback" not in again.stderr + field.stderr + full.stderr + unknown.stderr
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from raylm.admin_client import ADMIN_KEY_ENV, DEFAULT_ENDPOINT, AdminClient
-from raylm.config import parse_engine_arg
+from raylm.config import parse_engine_arg, read_model_file
 from raylm.operations import UpdateRequest
 
 out = Console(soft_wrap=True)
@@ -126,7 +127,46 @@ def update(
     out.print(f"{model}: version {view.version}, {view.ready} replica(s) ready")
 
 
+def add(
+    file: Path = typer.Option(..., "-f", "--file", help="The model's fields (a [[models]] entry)."),
+    endpoint: str = _ENDPOINT,
+    admin_key: str | None = _ADMIN_KEY,
+    wait: bool = typer.Option(True, help="Wait until its replicas are ready."),
+    timeout: float = typer.Option(900.0, help="How long --wait waits, in seconds."),
+) -> None:
+    """Serve one more model beside the others, planned on what they leave free."""
+    spec = read_model_file(file)
+    with _client(endpoint, admin_key) as client:
+        result = client.add(spec)
+        for rid in result.added:
+            err.print(f"[cyan]raylm[/cyan] starting {rid}")
+        if wait:
+            view = client.wait_scaled(result.model, result.after, timeout)
+            out.print(f"{result.model}: added, {view.ready} replica(s) ready")
+        else:
+            out.print(f"{result.model}: adding {result.after} replica(s)")
+
+
+def remove(
+    model: str = typer.Argument(..., help="The served model name (`raylm ps` lists them)."),
+    endpoint: str = _ENDPOINT,
+    admin_key: str | None = _ADMIN_KEY,
+    wait: bool = typer.Option(True, help="Wait until its replicas are drained and stopped."),
+    timeout: float = typer.Option(300.0, help="How long --wait waits, in seconds."),
+) -> None:
+    """Stop serving MODEL: its replicas are drained, then stopped; the others go on."""
+    with _client(endpoint, admin_key) as client:
+        result = client.remove(model)
+        for rid in result.draining:
+            err.print(f"[cyan]raylm[/cyan] draining {rid}, then stopping it")
+        if wait:
+            client.wait_gone(model, timeout)
+        out.print(f"{model}: removed")
+
+
 def register(app: typer.Typer) -> None:
     app.command("ps")(ps)
     app.command("scale")(scale)
     app.command("update")(update)
+    app.command("add")(add)
+    app.command("remove")(remove)

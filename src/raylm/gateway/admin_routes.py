@@ -10,6 +10,7 @@ work is the operator's: the controller, reached through the replica source
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable
 from typing import Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
@@ -26,7 +27,9 @@ from raylm.gateway.responses import (
     unavailable,
 )
 from raylm.operations import (
+    AddRequest,
     DeploymentView,
+    RemoveRequest,
     ScaleRequest,
     ScaleResult,
     UpdateRequest,
@@ -52,9 +55,18 @@ class Operator(Protocol):
         """Start a rolling update of a model."""
         ...
 
+    async def add(self, request: AddRequest) -> ScaleResult:
+        """Plan and start one more model."""
+        ...
+
+    async def remove(self, request: RemoveRequest) -> ScaleResult:
+        """Drain and stop a model."""
+        ...
+
 
 class AdminRoutes:
-    """`GET /admin/deployment`, `POST /admin/scale` and `POST /admin/update`."""
+    """`GET /admin/deployment`, `POST /admin/scale`, `/admin/update`, `/admin/add` and
+    `/admin/remove`."""
 
     def __init__(self, operator: object, admin_key: bytes | None) -> None:
         self.operator = operator if isinstance(operator, Operator) else None
@@ -82,27 +94,38 @@ class AdminRoutes:
         assert self.operator is not None
         try:
             view = await self.operator.deployment()
-        except Exception as e:  # the controller is another process: say so, never a 500
+        except Exception as e:
             raise _unreachable(e) from e
         return json_response(view.model_dump(mode="json"))
 
     async def scale(self, request: Request) -> Response:
         asked = await _read(request, ScaleRequest)
         assert self.operator is not None
-        try:
-            result = await self.operator.scale(asked)
-        except Exception as e:
-            raise _unreachable(e) from e
-        return json_response(result.model_dump(mode="json"), status=result.status)
+        return await _answer(self.operator.scale(asked))
 
     async def update(self, request: Request) -> Response:
         asked = await _read(request, UpdateRequest)
         assert self.operator is not None
-        try:
-            result = await self.operator.update(asked)
-        except Exception as e:
-            raise _unreachable(e) from e
-        return json_response(result.model_dump(mode="json"), status=result.status)
+        return await _answer(self.operator.update(asked))
+
+    async def add(self, request: Request) -> Response:
+        asked = await _read(request, AddRequest)
+        assert self.operator is not None
+        return await _answer(self.operator.add(asked))
+
+    async def remove(self, request: Request) -> Response:
+        asked = await _read(request, RemoveRequest)
+        assert self.operator is not None
+        return await _answer(self.operator.remove(asked))
+
+
+async def _answer(change: Awaitable[ScaleResult | UpdateResult]) -> Response:
+    """A change's result, with the status it carries (its refusals included)."""
+    try:
+        result = await change
+    except Exception as e:  # the controller is another process: say so, never a 500
+        raise _unreachable(e) from e
+    return json_response(result.model_dump(mode="json"), status=result.status)
 
 
 async def _read(request: Request, kind: type[T]) -> T:

@@ -99,6 +99,8 @@ class Gateway:
             ("GET", "/admin/deployment"): ("admin", self.admin.deployment),
             ("POST", "/admin/scale"): ("admin", self.admin.scale),
             ("POST", "/admin/update"): ("admin", self.admin.update),
+            ("POST", "/admin/add"): ("admin", self.admin.add),
+            ("POST", "/admin/remove"): ("admin", self.admin.remove),
         }
         self._paths = {path for _, path in self._routes}
 

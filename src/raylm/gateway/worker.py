@@ -24,7 +24,9 @@ from raylm.gateway.server import GatewayServer
 from raylm.gateway.workers import READY, RELAY, RELAY_LINE_LIMIT, WorkerSpec
 from raylm.kv.blocks import BlockCursor, BlockDelta
 from raylm.operations import (
+    AddRequest,
     DeploymentView,
+    RemoveRequest,
     ScaleRequest,
     ScaleResult,
     UpdateRequest,
@@ -85,6 +87,14 @@ class RelaySource:
     async def update(self, request: UpdateRequest) -> UpdateResult:
         question = {"op": "update", "request": request.model_dump()}
         return UpdateResult.model_validate((await self._ask(question))["result"])
+
+    async def add(self, request: AddRequest) -> ScaleResult:
+        question = {"op": "add", "request": request.model_dump()}
+        return ScaleResult.model_validate((await self._ask(question))["result"])
+
+    async def remove(self, request: RemoveRequest) -> ScaleResult:
+        question = {"op": "remove", "request": request.model_dump()}
+        return ScaleResult.model_validate((await self._ask(question))["result"])
 
 
 async def serve(spec: WorkerSpec) -> bool:

@@ -33,7 +33,7 @@ from raylm.gateway.kv_index import BlockSource
 from raylm.gateway.settings import GatewaySettings
 from raylm.gateway.source import ReplicaSource
 from raylm.kv.blocks import BlockCursor
-from raylm.operations import ScaleRequest, UpdateRequest
+from raylm.operations import AddRequest, RemoveRequest, ScaleRequest, UpdateRequest
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Relay:
                 cursors = {k: BlockCursor.model_validate(v) for k, v in question["cursors"].items()}
                 deltas = await self.source.kv_deltas(cursors)
                 return {"deltas": {k: d.model_dump(mode="json") for k, d in deltas.items()}}
-            if question.get("op") in ("deployment", "scale", "update"):
+            if question.get("op") in ("deployment", "scale", "update", "add", "remove"):
                 return await self._operate(question)
             return {"error": f"unknown question {question.get('op')!r}"}
         except Exception as e:  # the worker keeps its last table, as worker 0 would
@@ -125,11 +125,17 @@ class Relay:
         op = question["op"]
         if op == "deployment":
             return {"view": (await self.source.deployment()).model_dump(mode="json")}
+        asked = question["request"]
+        result: BaseModel
         if op == "scale":
-            asked = ScaleRequest.model_validate(question["request"])
-            return {"result": (await self.source.scale(asked)).model_dump(mode="json")}
-        update = UpdateRequest.model_validate(question["request"])
-        return {"result": (await self.source.update(update)).model_dump(mode="json")}
+            result = await self.source.scale(ScaleRequest.model_validate(asked))
+        elif op == "update":
+            result = await self.source.update(UpdateRequest.model_validate(asked))
+        elif op == "add":
+            result = await self.source.add(AddRequest.model_validate(asked))
+        else:
+            result = await self.source.remove(RemoveRequest.model_validate(asked))
+        return {"result": result.model_dump(mode="json")}
 
 
 class WorkerProcesses:

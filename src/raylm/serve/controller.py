@@ -31,7 +31,14 @@ from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.operating import Operating
 from raylm.serve.placement import pick_node
 from raylm.serve.rank import RankNode, RankStarted, RankStatus
-from raylm.serve.replica_slot import Replica, call_all, rank_need, replica_info, stop_all
+from raylm.serve.replica_slot import (
+    Replica,
+    call_all,
+    need_text,
+    rank_need,
+    replica_info,
+    stop_all,
+)
 from raylm.serve.supervisor import ReplicaSupervisor
 
 logger = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ class Controller(Operating):
         self._current = {c.served_model_name: c for c in self.configs}
         """Per model, the config (version) its new replicas start with."""
         self._rollouts: dict[str, str] = {}
+        self._next_index = {c.served_model_name: c.replicas for c in self.configs}
 
     # ---- public methods (called by the driver and the gateway) ----
 
@@ -241,7 +249,7 @@ class Controller(Operating):
             suspects = {nid for nid, until in self._suspects.items() if until > now}
             node_id = self._pick_node(r, exclude=suspects)
             if node_id is None:
-                r.detail = f"waiting for a node with {rank_need(c)} free"
+                r.detail = f"waiting for a node with {need_text(c)} free"
                 return False
             strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
             r.supervisors = [self._supervisor(r, 0, strategy)]
@@ -255,7 +263,7 @@ class Controller(Operating):
             await asyncio.wait_for(pg.ready(), _PLACE_TIMEOUT_S)
         except (TimeoutError, ray.exceptions.RayError):
             remove_placement_group(pg)
-            r.detail = f"waiting for {c.nodes_per_replica} nodes with {rank_need(c)} free each"
+            r.detail = f"waiting for nodes with {need_text(c)} free"
             return False
         r.pg = pg
         r.supervisors = [

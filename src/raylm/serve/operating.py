@@ -31,7 +31,7 @@ from raylm.operations import (
 from raylm.replica import ReplicaState
 from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.placement import pick_node
-from raylm.serve.replica_slot import Replica, rank_need, replica_info
+from raylm.serve.replica_slot import Replica, need_text, rank_need, replica_info
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class Operating:
     _desired: dict[str, int]
     _current: dict[str, DeploymentConfig]
     _rollouts: dict[str, str]
+    _next_index: dict[str, int]
 
     async def _teardown(self, r: Replica, why: str) -> None:
         raise NotImplementedError
@@ -68,13 +69,13 @@ class Operating:
         models = []
         for first in self.configs:
             name = first.served_model_name
-            c = self._current[name]
+            c = self._current.get(name, first)  # not current: being removed
             mine = [r for r in self.replicas if r.config.served_model_name == name]
             models.append(
                 ModelView(
                     name=name,
                     model_path=c.model_path,
-                    desired=self._desired[name],
+                    desired=self._desired.get(name, 0),
                     version=c.version,
                     rollout=self._rollouts.get(name, ""),
                     tensor_parallel_size=c.tensor_parallel_size,
@@ -108,7 +109,7 @@ class Operating:
                 result.after, result.status = before, 409
                 result.error = (
                     f"The cluster has no room for {more} more replica(s) of `{model}` "
-                    f"({rank_need(config)} each); free devices or add nodes first."
+                    f"({need_text(config)} each); free devices or add nodes first."
                 )
                 return result
             result.added = [r.replica_id for r in self._add(config, more)]
@@ -122,10 +123,11 @@ class Operating:
         return result
 
     def _add(self, config: DeploymentConfig, count: int) -> list[Replica]:
+        # Never an id used before: gateways key what they know of a replica's cache by it.
         name = config.served_model_name
-        indices = [r.index for r in self.replicas if r.config.served_model_name == name]
-        top = max(indices, default=-1)
-        added = [Replica(i, f"{name}-{i}", config) for i in range(top + 1, top + 1 + count)]
+        first = self._next_index[name]
+        self._next_index[name] = first + count
+        added = [Replica(i, f"{name}-{i}", config) for i in range(first, first + count)]
         self.replicas.extend(added)  # the reconcile loop starts them
         return added
 
@@ -173,6 +175,65 @@ class Operating:
     def _unknown(self, model: str) -> str:
         served = ", ".join(self._current)
         return f"No model `{model}` in this deployment (it serves {served})."
+
+    # ---- models added and removed ----
+
+    def held(self) -> dict[str, dict[str, float]]:
+        """Per node IP, the resources every placed rank of the deployment holds (what a
+        model added now must leave free)."""
+        held: dict[str, dict[str, float]] = {}
+        for r in self.replicas:
+            for ip in r.node_ips:
+                mine = held.setdefault(ip, {})
+                for k, v in rank_need(r.config).items():
+                    mine[k] = mine.get(k, 0.0) + v
+        return held
+
+    def add_model(self, config: DeploymentConfig) -> ScaleResult:
+        """Serve one more model (planned by the caller on what `held` left free)."""
+        name = config.served_model_name
+        if any(c.served_model_name == name for c in self.configs):
+            error = (
+                f"`{name}` is already served (or still being removed); give the new model "
+                "another served_model_name, or wait until `raylm ps` no longer lists it."
+            )
+            return ScaleResult(model=name, before=0, after=0, error=error, status=409)
+        self.configs.append(config)
+        self._current[name] = config
+        self._desired[name] = config.replicas
+        self._next_index[name] = 0
+        added = self._add(config, config.replicas)
+        logger.info("added %s (%d replica(s))", name, config.replicas)
+        return ScaleResult(
+            model=name, before=0, after=config.replicas, added=[r.replica_id for r in added]
+        )
+
+    async def remove_model(self, model: str) -> ScaleResult:
+        """Stop serving `model`: its replicas are drained, then stopped."""
+        if model not in self._current:
+            return ScaleResult(
+                model=model, before=0, after=0, error=self._unknown(model), status=404
+            )
+        if len(self._current) == 1:
+            error = f"`{model}` is the deployment's only model: stop `raylm serve` instead."
+            return ScaleResult(model=model, before=0, after=0, error=error, status=409)
+        mine = self._of(model)
+        result = ScaleResult(
+            model=model, before=self._desired.pop(model), after=0,
+            draining=[r.replica_id for r in mine],
+        )  # fmt: skip
+        self._current.pop(model)
+        self._rollouts[model] = "removing: draining its replicas"
+        drains = [self._start_retiring(r) for r in mine]
+        asyncio.get_running_loop().create_task(self._forget(model, drains))
+        logger.info("removing %s", model)
+        return result
+
+    async def _forget(self, model: str, drains: list[asyncio.Task[None]]) -> None:
+        """Drop `model` from the deployment once its replicas are gone."""
+        await asyncio.gather(*drains, return_exceptions=True)
+        self.configs = [c for c in self.configs if c.served_model_name != model]
+        self._rollouts.pop(model, None)
 
     # ---- rolling update ----
 
@@ -222,7 +283,13 @@ class Operating:
                 count = min(len(olds), max(surge, len(first)))
                 fresh = self._add(new, count)
                 starting = ", ".join(r.replica_id for r in fresh)
-                self._rollouts[model] = f"rolling to version {version}: starting {starting}"
+                state = f"rolling to version {version}: starting {starting}"
+                if first:
+                    drained = ", ".join(r.replica_id for r in first)
+                    state += f" after draining {drained} (no room for one more replica)"
+                    if not any(r.state is ReplicaState.READY for r in self._of(model)):
+                        state += f"; `{model}` has no ready replica until it is up"
+                self._rollouts[model] = state
                 failed = await self._wait_ready(fresh)
                 if failed is not None:
                     raise _RolloutFailed(failed)

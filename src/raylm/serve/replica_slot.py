@@ -80,3 +80,9 @@ def stop_all(actors: list[Any]) -> None:
     for a in actors:
         with contextlib.suppress(Exception):  # already gone with its node
             ray.kill(a, no_restart=True)
+
+
+def need_text(c: DeploymentConfig) -> str:
+    """What one replica of `c` holds, in words ("2 GPUs on each of 2 nodes")."""
+    per = f"{c.gpus_per_node} GPU(s)" if c.device == "cuda" else f"{c.cpus_per_node} CPU core(s)"
+    return per if c.nodes_per_replica == 1 else f"{per} on each of {c.nodes_per_replica} nodes"

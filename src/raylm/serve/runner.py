@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from raylm.cluster.context import connect
-from raylm.config import ServeSpec
+from raylm.config import ServeSpec, check_served_names
 from raylm.errors import ConfigError, ReplicaError
 from raylm.gateway import GatewayServer, GatewaySettings, create_gateway
 from raylm.gateway.heap import settle_heap
@@ -24,9 +24,9 @@ from raylm.gateway.workers import default_workers
 from raylm.models.store import ModelStore
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.deployment import CONTROLLER_NAMESPACE, DeploymentConfig
+from raylm.serve.operator import DeploymentOperator
 from raylm.serve.placement import Placement
 from raylm.serve.planning import check_model_layout
-from raylm.serve.source import ControllerReplicaSource
 from raylm.serve.together import plan_together
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,8 @@ async def serve(specs: list[ServeSpec], reporter: Reporter) -> None:
                 None, plan_together, specs, entries, conn.started_here, reporter
             )
             configs = [c for c, _ in planned]
-            _check_names(configs)
+            # Known only now for models given by store name or directory.
+            check_served_names([c.served_model_name for c in configs], "The deployment")
             for config, layout in planned:
                 name = f"{config.served_model_name}: " if len(planned) > 1 else ""
                 reporter.phase(f"starting {name}{layout.describe()}")
@@ -180,7 +181,7 @@ async def serve(specs: list[ServeSpec], reporter: Reporter) -> None:
 
             gateway = GatewayServer(
                 create_gateway(
-                    ControllerReplicaSource(controller),
+                    DeploymentOperator(controller, spec, configs[0], conn.started_here),
                     GatewaySettings(
                         api_key=spec.api_key,
                         api_keys=spec.keys,
@@ -217,18 +218,6 @@ async def serve(specs: list[ServeSpec], reporter: Reporter) -> None:
                 await _stop_controller(controller)
             reporter.stopping("disconnecting from Ray" if not conn.started_here else "stopping Ray")
             await loop.run_in_executor(None, conn.close)
-
-
-def _check_names(configs: list[DeploymentConfig]) -> None:
-    """Refuse two models served under one name (known once each model is resolved)."""
-    names = [c.served_model_name for c in configs]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(
-            f"Two models would be served as {', '.join(twice)}",
-            why="clients pick a model by name; two of one name could not be told apart",
-            fix="Give each [[models]] entry of the spec file its own served_model_name",
-        )
 
 
 def _default_workers(spec: ServeSpec) -> int:
