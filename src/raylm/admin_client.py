@@ -34,7 +34,7 @@ ADMIN_KEY_ENV = "RAYLM_ADMIN_KEY"
 class AdminClient:
     """The admin routes of the gateway at `endpoint`, with `admin_key`."""
 
-    def __init__(self, endpoint: str, admin_key: str | None, timeout_s: float = 60.0) -> None:
+    def __init__(self, endpoint: str, admin_key: str | None, timeout_s: float = 180.0) -> None:
         self.endpoint = endpoint.rstrip("/")
         headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
         self._http = httpx.Client(base_url=self.endpoint, headers=headers, timeout=timeout_s)

@@ -192,6 +192,12 @@ class ServeSpec(BaseModel):
     def _distinct_keys(self) -> ServeSpec:
         keys = with_default(self.api_key, self.keys)
         check_distinct(keys)
+        limited = [k.name for k in self.keys if k.limited]
+        if limited and (self.gateway_workers or 1) > 1:
+            raise ValueError(
+                f"rate-limited keys ({', '.join(limited)}) need gateway_workers = 1: each "
+                "worker would count alone and let a key through N times its rate"
+            )
         admin = self.admin_key.get_secret_value() if self.admin_key else None
         if admin is not None and any(k.key.get_secret_value() == admin for k in keys):
             raise ValueError("admin_key must differ from every API key")

@@ -44,7 +44,9 @@ def _waiting(gw: RunningGateway, priority: str) -> float:
 
 @pytest.fixture(scope="module")
 def queued(replica_url: str) -> Iterator[RunningGateway]:
-    limits = GatewayLimits(max_in_flight_per_replica=1, max_queued_per_model=3)
+    # A wait far longer than the blocker's answer, even on a busy CI machine (it took over
+    # 30 s there): what waits here is let through, never timed out.
+    limits = GatewayLimits(max_in_flight_per_replica=1, max_queued_per_model=3, queue_timeout_s=600)
     with RunningGateway([replica(replica_url)], api_keys=KEYS, limits=limits) as g:
         yield g
 
@@ -52,26 +54,33 @@ def queued(replica_url: str) -> Iterator[RunningGateway]:
 def test_interactive_requests_overtake_queued_batch_ones_and_the_queue_is_bounded(
     queued: RunningGateway,
 ) -> None:
-    with cf.ThreadPoolExecutor(5) as pool:
+    with cf.ThreadPoolExecutor(6) as pool:
         blocker = pool.submit(_complete, queued, JOBS_KEY, 300)
         wait_for(lambda: _gauge(queued, "raylm_requests_in_flight") == 1, 60)
-        batch = [pool.submit(_complete, queued, JOBS_KEY, 4) for _ in range(2)]
+        batch = [pool.submit(_complete, queued, JOBS_KEY, 4)]
+        wait_for(lambda: _waiting(queued, "batch") == 1, 30)
+        batch.append(pool.submit(_complete, queued, JOBS_KEY, 4))
         wait_for(lambda: _waiting(queued, "batch") == 2, 30)
-        chat = pool.submit(_complete, queued, CHAT_KEY, 4)
+        chat = [pool.submit(_complete, queued, CHAT_KEY, 4)]
         wait_for(lambda: _waiting(queued, "interactive") == 1, 30)
-        # Three waiting: the queue's limit. One more is refused at once.
-        status, _, text = _complete(queued, CHAT_KEY, 4)
+        # Three waiting: the queue's limit. A batch request more is refused at once...
+        status, _, text = _complete(queued, JOBS_KEY, 4)
         assert status == 503 and '"queue_full"' in text
+        # ...and an interactive one takes the place of the newest batch request.
+        chat.append(pool.submit(_complete, queued, CHAT_KEY, 4))
+        wait_for(lambda: _waiting(queued, "interactive") == 2, 30)
         assert not blocker.done(), "the blocker ended before the queue was checked"
-        results = [f.result() for f in (blocker, chat, *batch)]
-    assert [r[0] for r in results] == [200, 200, 200, 200], results
-    chat_done, batch_done = results[1][1], min(r[1] for r in results[2:])
-    assert chat_done < batch_done, "the interactive request waited behind batch ones"
+        results = [f.result() for f in (blocker, *chat, *batch)]
+    codes = [r[0] for r in results]
+    assert codes == [200, 200, 200, 200, 503], results
+    assert '"queue_full"' in results[4][2]
+    chats_done, batch_done = max(r[1] for r in results[1:3]), results[3][1]
+    assert chats_done < batch_done, "an interactive request waited behind a batch one"
     # Every slot came back: nothing waits, and a new request goes straight through.
     assert _waiting(queued, "batch") == 0 and _waiting(queued, "interactive") == 0
     assert _complete(queued, JOBS_KEY, 2)[0] == 200
     refused = f'raylm_queue_refused_total{{model="{MODEL}",reason="queue_full"}}'
-    assert _gauge(queued, refused) == 1
+    assert _gauge(queued, refused) == 2
 
 
 def test_a_request_waits_at_most_queue_timeout_s(replica_url: str) -> None:

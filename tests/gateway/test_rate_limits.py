@@ -131,6 +131,12 @@ def test_keys_must_differ_and_limits_need_one_worker(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_spec(spec, {})
     assert "keys.0.requests_per_minute" in str(e.value.why)
+    spec.write_text(
+        'gateway_workers = 2\n[[keys]]\nname = "a"\nkey = "k-one-1"\nrequests_per_minute = 5\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_spec(spec, {})
+    assert "need gateway_workers = 1" in str(e.value.why)
     with pytest.raises(ValidationError):
         GatewaySettings(
             api_key=SecretStr("same"), api_keys=[ClientKey(name="x", key=SecretStr("same"))]

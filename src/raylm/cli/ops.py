@@ -8,10 +8,12 @@ import os
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from raylm.admin_client import ADMIN_KEY_ENV, DEFAULT_ENDPOINT, AdminClient
 from raylm.config import parse_engine_arg, read_model_file
+from raylm.errors import ConfigError
 from raylm.operations import UpdateRequest
 
 out = Console(soft_wrap=True)
@@ -109,13 +111,20 @@ def update(
     timeout: float = typer.Option(3600.0, help="How long --wait waits, in seconds."),
 ) -> None:
     """Roll MODEL to a new version, one replica at a time, proving each ready first."""
-    request = UpdateRequest(
-        model=model,
-        model_path=model_path,
-        engine_args=dict(parse_engine_arg(a) for a in engine_arg),
-        max_surge=max_surge,
-        max_unavailable=max_unavailable,
-    )
+    try:
+        request = UpdateRequest(
+            model=model,
+            model_path=model_path,
+            engine_args=dict(parse_engine_arg(a) for a in engine_arg),
+            max_surge=max_surge,
+            max_unavailable=max_unavailable,
+        )
+    except ValidationError as e:
+        raise ConfigError(
+            f"Cannot update {model} so",
+            why="; ".join(str(err["msg"]) for err in e.errors()),
+            fix="Set what raylm owns with raylm's own commands (raylm scale for replicas)",
+        ) from None
     with _client(endpoint, admin_key) as client:
         started = client.update(request)
         err.print(f"[cyan]raylm[/cyan] rolling {model} to version {started.version}")

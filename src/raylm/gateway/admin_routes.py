@@ -9,7 +9,9 @@ work is the operator's: the controller, reached through the replica source
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import logging
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -37,6 +39,7 @@ from raylm.operations import (
 )
 
 T = TypeVar("T", bound=BaseModel)
+logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -70,7 +73,7 @@ class AdminRoutes:
 
     def __init__(self, operator: object, admin_key: bytes | None) -> None:
         self.operator = operator if isinstance(operator, Operator) else None
-        self._key = admin_key
+        self._key = hashlib.sha256(admin_key).digest() if admin_key is not None else None
 
     def refusal(self, authorization: bytes | None) -> Response | None:
         """Why an admin request may not go on (403 off, 401 wrong key), or None."""
@@ -78,7 +81,9 @@ class AdminRoutes:
             why = "no admin key is set: serve with --admin-key (or admin_key in raylm.toml)"
             return error_response(403, f"Admin routes are off: {why}.", code="admin_off")
         scheme, _, token = (authorization or b"").partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
+        # Digests compared: the time says nothing of the key, its length included.
+        given = hashlib.sha256(token.strip()).digest()
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given, self._key):
             return error_response(
                 401,
                 "Missing or wrong admin key: send `Authorization: Bearer <admin key>`.",
@@ -124,6 +129,7 @@ async def _answer(change: Awaitable[ScaleResult | UpdateResult]) -> Response:
     try:
         result = await change
     except Exception as e:  # the controller is another process: say so, never a 500
+        logger.warning("admin change failed: %s: %s", type(e).__name__, e)
         raise _unreachable(e) from e
     return json_response(result.model_dump(mode="json"), status=result.status)
 

@@ -5,9 +5,11 @@ interactive request behind it. With `max_in_flight_per_replica` set, the gateway
 most that many requests per ready replica of a model through at once; the rest wait here,
 where a request of an `interactive` key is always let through before one of a `batch` key
 (raylm.gateway.keys), and in arrival order within a class. The queue is bounded
-(`max_queued_per_model`, past it 503 `queue_full`) and so is the wait (`queue_timeout_s`,
-then 503 `queue_timeout`), both with Retry-After. A freed slot is handed to the next
-waiter directly, so a newcomer never overtakes the queue.
+(`max_queued_per_model`, past it 503 `queue_full`; a full queue refuses its newest batch
+request to make room for an interactive one) and so is the wait (`queue_timeout_s`, then
+503 `queue_timeout`), both with Retry-After. A freed slot is handed to the next waiter
+directly, so a newcomer never overtakes the queue. The counts are each gateway
+process's own: with N gateway workers a model may have N times the limit in flight.
 """
 
 from __future__ import annotations
@@ -74,11 +76,12 @@ class Admission:
             self._held[model] = held + 1
             return True
         if sum(self.waiting(model, p) for p in PRIORITIES) >= self.max_queued:
-            raise self._refuse(
-                model,
-                "queue_full",
-                f"`{model}` has {self.max_queued} requests waiting, its queue's limit",
-            )
+            full = f"`{model}` has {self.max_queued} requests waiting, its queue's limit"
+            # An interactive request takes the place of the newest batch one, if any.
+            bumped = self._newest_batch(queues) if priority == "interactive" else None
+            if bumped is None:
+                raise self._refuse(model, "queue_full", full)
+            bumped.set_exception(self._refuse(model, "queue_full", full))
         slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queues[priority].append(slot)
         try:
@@ -93,11 +96,20 @@ class Admission:
                 f"a request for `{model}` waited {self.timeout_s:g} s without a free replica",
             ) from None
         except asyncio.CancelledError:  # the client left
-            if slot.done() and not slot.cancelled():
+            if slot.done() and not slot.cancelled() and slot.exception() is None:
                 self.leave(model)  # the slot it was handed goes to the next waiter
             slot.cancel()
             raise
         return True
+
+    @staticmethod
+    def _newest_batch(
+        queues: dict[Priority, deque[asyncio.Future[None]]],
+    ) -> asyncio.Future[None] | None:
+        for slot in reversed(queues["batch"]):
+            if not slot.done():
+                return slot
+        return None
 
     def leave(self, model: str) -> None:
         """A request let through by `enter` is done: its slot goes to the next waiter."""

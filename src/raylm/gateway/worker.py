@@ -39,29 +39,44 @@ logger = logging.getLogger("raylm.gateway.worker")
 _ANSWER_TIMEOUT_S = 10.0
 
 
+_ADMIN_TIMEOUT_S = 120.0
+"""An admin change through worker 0: planning a model and the controller's answer."""
+
+
+class _Line:
+    """One connection to worker 0's relay, one question at a time."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.lock = asyncio.Lock()
+        self.conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+
 class RelaySource:
     """The replica table and cache changes, read through worker 0 (one question at a
     time on one connection, opened again after a failure)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._lock = asyncio.Lock()
-        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._lines = {"table": _Line(_ANSWER_TIMEOUT_S), "admin": _Line(_ADMIN_TIMEOUT_S)}
 
-    async def _ask(self, question: dict[str, Any]) -> dict[str, Any]:
-        async with self._lock:
-            if self._conn is None:
-                self._conn = await asyncio.open_unix_connection(self._path, limit=RELAY_LINE_LIMIT)
-            reader, writer = self._conn
+    async def _ask(self, question: dict[str, Any], line_name: str = "table") -> dict[str, Any]:
+        # Admin changes (a model planned and started) take long: on a line of their own,
+        # they never hold up this worker's reads of the replica table.
+        ln = self._lines[line_name]
+        async with ln.lock:
+            if ln.conn is None:
+                ln.conn = await asyncio.open_unix_connection(self._path, limit=RELAY_LINE_LIMIT)
+            reader, writer = ln.conn
             try:
                 writer.write(json.dumps(question).encode() + b"\n")
                 await writer.drain()
-                line = await asyncio.wait_for(reader.readline(), _ANSWER_TIMEOUT_S)
+                line = await asyncio.wait_for(reader.readline(), ln.timeout_s)
                 if not line:
                     raise ConnectionError("worker 0 closed the relay")
             except BaseException:
                 writer.close()
-                self._conn = None
+                ln.conn = None
                 raise
         answer: dict[str, Any] = json.loads(line)
         if "error" in answer:
@@ -78,23 +93,24 @@ class RelaySource:
         return {k: BlockDelta.model_validate(d) for k, d in deltas.items()}
 
     async def deployment(self) -> DeploymentView:
-        return DeploymentView.model_validate((await self._ask({"op": "deployment"}))["view"])
+        view = (await self._ask({"op": "deployment"}, "admin"))["view"]
+        return DeploymentView.model_validate(view)
 
     async def scale(self, request: ScaleRequest) -> ScaleResult:
         question = {"op": "scale", "request": request.model_dump()}
-        return ScaleResult.model_validate((await self._ask(question))["result"])
+        return ScaleResult.model_validate((await self._ask(question, "admin"))["result"])
 
     async def update(self, request: UpdateRequest) -> UpdateResult:
         question = {"op": "update", "request": request.model_dump()}
-        return UpdateResult.model_validate((await self._ask(question))["result"])
+        return UpdateResult.model_validate((await self._ask(question, "admin"))["result"])
 
     async def add(self, request: AddRequest) -> ScaleResult:
         question = {"op": "add", "request": request.model_dump()}
-        return ScaleResult.model_validate((await self._ask(question))["result"])
+        return ScaleResult.model_validate((await self._ask(question, "admin"))["result"])
 
     async def remove(self, request: RemoveRequest) -> ScaleResult:
         question = {"op": "remove", "request": request.model_dump()}
-        return ScaleResult.model_validate((await self._ask(question))["result"])
+        return ScaleResult.model_validate((await self._ask(question, "admin"))["result"])
 
 
 async def serve(spec: WorkerSpec) -> bool:

@@ -70,6 +70,7 @@ class Controller(Operating):
         """Per model, the config (version) its new replicas start with."""
         self._rollouts: dict[str, str] = {}
         self._next_index = {c.served_model_name: c.replicas for c in self.configs}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- public methods (called by the driver and the gateway) ----
 
@@ -143,7 +144,11 @@ class Controller(Operating):
             statuses: list[RankStatus] = await self._off_loop(
                 call_all, r.supervisors, "status", _STATUS_TIMEOUT_S, timeout=_STATUS_TIMEOUT_S + 2
             )
+            if r.retiring:
+                return  # a drain began meanwhile: it owns the state (never ready again)
         except (TimeoutError, ray.exceptions.GetTimeoutError):
+            if r.retiring:
+                return
             # A node cut off the network answers nothing; give it one more pass.
             r.missed_status += 1
             logger.warning("replica %s: no status within %.0f s", r.replica_id, _STATUS_TIMEOUT_S)
@@ -154,7 +159,8 @@ class Controller(Operating):
                 await self._fail(r, "a rank stopped answering (node unreachable?)")
             return
         except ray.exceptions.RayError as e:
-            await self._fail(r, f"a rank was lost: {type(e).__name__}")
+            if not r.retiring:
+                await self._fail(r, f"a rank was lost: {type(e).__name__}")
             return
         r.missed_status = 0
         dead = [s for s in statuses if s.state is ReplicaState.DEAD]
@@ -265,6 +271,9 @@ class Controller(Operating):
             remove_placement_group(pg)
             r.detail = f"waiting for nodes with {need_text(c)} free"
             return False
+        except BaseException:  # cancelled (the replica retired): its devices go back
+            remove_placement_group(pg)
+            raise
         r.pg = pg
         r.supervisors = [
             self._supervisor(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import ray
@@ -52,6 +53,7 @@ class Operating:
     _current: dict[str, DeploymentConfig]
     _rollouts: dict[str, str]
     _next_index: dict[str, int]
+    _tasks: set[asyncio.Task[None]]
 
     async def _teardown(self, r: Replica, why: str) -> None:
         raise NotImplementedError
@@ -132,8 +134,24 @@ class Operating:
         return added
 
     def _start_retiring(self, r: Replica) -> asyncio.Task[None]:
-        r.retiring = True
-        return asyncio.get_running_loop().create_task(self._retire(r))
+        """`r`'s drain and stop, started once however many ask."""
+        if r.retire_task is None:
+            r.retiring = True
+            r.retire_task = self._background(self._retire(r), f"retiring {r.replica_id}")
+        return r.retire_task
+
+    def _background(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """A task kept until it ends (asyncio holds tasks weakly), its failure logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                logger.error("%s failed", what, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
 
     async def _retire(self, r: Replica) -> None:
         """Drain `r`, stop it, and drop it from the deployment."""
@@ -154,8 +172,11 @@ class Operating:
                     break
                 r.detail = f"draining: {left if left is not None else '?'} request(s) left"
                 await asyncio.sleep(0.5)
-        await self._teardown(r, "removed")
-        self.replicas.remove(r)
+        try:
+            await self._teardown(r, "removed")
+        finally:
+            if r in self.replicas:
+                self.replicas.remove(r)
 
     def _room_for(self, c: DeploymentConfig, count: int) -> bool:
         """Whether `count` more one-node replicas of `c` fit beside every replica now."""
@@ -183,6 +204,8 @@ class Operating:
         model added now must leave free)."""
         held: dict[str, dict[str, float]] = {}
         for r in self.replicas:
+            if not r.supervisors:
+                continue  # not placed now (torn down, waiting to restart)
             for ip in r.node_ips:
                 mine = held.setdefault(ip, {})
                 for k, v in rank_need(r.config).items():
@@ -201,7 +224,7 @@ class Operating:
         self.configs.append(config)
         self._current[name] = config
         self._desired[name] = config.replicas
-        self._next_index[name] = 0
+        self._next_index.setdefault(name, 0)  # a model added again: ids go on, never reused
         added = self._add(config, config.replicas)
         logger.info("added %s (%d replica(s))", name, config.replicas)
         return ScaleResult(
@@ -217,6 +240,9 @@ class Operating:
         if len(self._current) == 1:
             error = f"`{model}` is the deployment's only model: stop `raylm serve` instead."
             return ScaleResult(model=model, before=0, after=0, error=error, status=409)
+        if self._rollouts.get(model, "").startswith("rolling"):
+            error = f"`{model}` is being updated; remove it once the rollout is done."
+            return ScaleResult(model=model, before=0, after=0, error=error, status=409)
         mine = self._of(model)
         result = ScaleResult(
             model=model, before=self._desired.pop(model), after=0,
@@ -225,7 +251,7 @@ class Operating:
         self._current.pop(model)
         self._rollouts[model] = "removing: draining its replicas"
         drains = [self._start_retiring(r) for r in mine]
-        asyncio.get_running_loop().create_task(self._forget(model, drains))
+        self._background(self._forget(model, drains), f"removing {model}")
         logger.info("removing %s", model)
         return result
 
@@ -258,7 +284,7 @@ class Operating:
         new = old.model_copy(update=change)
         self._current[model] = new
         self._rollouts[model] = f"rolling to version {version}"
-        asyncio.get_running_loop().create_task(self._roll(model, old, new, request))
+        self._background(self._roll(model, old, new, request), f"rolling {model}")
         return UpdateResult(model=model, version=version)
 
     async def _roll(
@@ -267,7 +293,10 @@ class Operating:
         version = new.version
         try:
             while olds := [r for r in self._of(model) if r.config is not new]:
-                surge = request.max_surge if self._room_for(new, request.max_surge) else 0
+                # As many new replicas as fit, up to max_surge and the old ones left.
+                surge = min(request.max_surge, len(olds))
+                while surge and not self._room_for(new, surge):
+                    surge -= 1
                 unavailable = request.max_unavailable
                 if unavailable is None:  # never below today's count, unless there is no room
                     unavailable = 0 if surge else 1
@@ -280,7 +309,7 @@ class Operating:
                 ranked = pick_to_retire([(r.replica_id, r.state, r.index) for r in olds], drop)
                 first = [r for r in olds if r.replica_id in ranked]
                 await asyncio.gather(*(self._start_retiring(r) for r in first))
-                count = min(len(olds), max(surge, len(first)))
+                count = min(len(olds), len(first) + surge)
                 fresh = self._add(new, count)
                 starting = ", ".join(r.replica_id for r in fresh)
                 state = f"rolling to version {version}: starting {starting}"
@@ -299,23 +328,38 @@ class Operating:
         except Exception as e:  # _RolloutFailed, or the cluster failing under it
             if not isinstance(e, _RolloutFailed):
                 logger.exception("rollout of %s failed", model)
-            self._current[model] = old
-            self._rollouts[model] = f"failed: version {version} stopped: {e}"
             logger.warning("rollout of %s stopped: %s", model, e)
-            broken = [r for r in self._of(model) if r.config is new]
-            await asyncio.gather(*(self._start_retiring(r) for r in broken))
-            missing = self._desired[model] - len(self._of(model))
-            if missing > 0:  # old ones drained to make room come back
-                self._add(old, missing)
+            self._current[model] = old
+            await self._roll_back(model, old, new)
+            self._rollouts[model] = f"failed: version {version} stopped: {e}"
+
+    async def _roll_back(self, model: str, old: DeploymentConfig, new: DeploymentConfig) -> None:
+        """Back to `old` alone: new replicas that never got ready go at once; old ones
+        come back for the rest, and the ready new ones serve until those are ready."""
+        fresh = [r for r in self._of(model) if r.config is new]
+        broken = [r for r in fresh if r.state is not ReplicaState.READY]
+        await asyncio.gather(*(self._start_retiring(r) for r in broken))
+        working = [r for r in fresh if r not in broken]
+        missing = self._desired.get(model, 0) - (len(self._of(model)) - len(working))
+        backs = self._add(old, max(0, missing))
+        if backs and await self._wait_ready(backs) is not None:
+            logger.warning("rollback of %s: an old replica is not ready yet", model)
+        await asyncio.gather(*(self._start_retiring(r) for r in working))
 
     async def _wait_ready(self, fresh: list[Replica]) -> str | None:
-        """Wait until every replica of `fresh` is ready; why one failed, if one did."""
+        """Wait until every replica of `fresh` is ready; why one failed, if one did
+        (`FAILED_STARTS` failed starts, or not ready within twice the startup timeout)."""
+        limit = 2 * max(r.config.probing.startup_timeout_s for r in fresh)
+        deadline = time.monotonic() + limit
         while True:
             for r in fresh:
                 if not r.ever_ready and r.restarts >= FAILED_STARTS:
                     return f"{r.replica_id} failed to start {r.restarts} times: {r.detail}"
             if all(r.state is ReplicaState.READY for r in fresh):
                 return None
+            if time.monotonic() > deadline:
+                late = [r for r in fresh if r.state is not ReplicaState.READY]
+                return f"{late[0].replica_id} was not ready within {limit:.0f} s: {late[0].detail}"
             await asyncio.sleep(1.0)
 
 

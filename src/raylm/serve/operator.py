@@ -48,6 +48,7 @@ class DeploymentOperator(ControllerReplicaSource):
         self._spec = spec  # the deployment's own fields, for a model added later
         self._first = first  # its name and replica key
         self._local = local
+        self._adding = asyncio.Lock()  # two adds at once would plan on the same free room
 
     async def add(self, request: AddRequest) -> ScaleResult:
         name = str(request.spec.get("served_model_name") or request.spec.get("model") or "")
@@ -58,6 +59,10 @@ class DeploymentOperator(ControllerReplicaSource):
                 f"{', '.join(outside)} (the deployment's)."
             )
             return ScaleResult(model=name, before=0, after=0, error=error, status=400)
+        async with self._adding:
+            return await self._add(request, name)
+
+    async def _add(self, request: AddRequest, name: str) -> ScaleResult:
         loop = asyncio.get_running_loop()
         try:
             config = await loop.run_in_executor(None, self._plan, request.spec)

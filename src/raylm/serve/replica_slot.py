@@ -41,6 +41,8 @@ class Replica:
     retiring: bool = False
     """Removed by a scale-down: drained, stopped, then dropped (never restarted)."""
     task: asyncio.Task[None] | None = None
+    retire_task: asyncio.Task[None] | None = None
+    """Its drain and stop, once retiring (one per replica, however many ask)."""
 
 
 def replica_info(r: Replica) -> ReplicaInfo:
