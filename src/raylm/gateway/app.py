@@ -32,12 +32,13 @@ from raylm.gateway.openai_routes import OpenAIRoutes
 from raylm.gateway.peers import WorkerPeers
 from raylm.gateway.policy import make_policy
 from raylm.gateway.rate_limits import RateLimits
+from raylm.gateway.relay import RelayResponse
 from raylm.gateway.responses import HttpError, error_response, rate_limited
 from raylm.gateway.routing import ReplicaTable
 from raylm.gateway.settings import GatewaySettings
 from raylm.gateway.source import ReplicaSource
 from raylm.gateway.tokens import PromptTokens
-from raylm.gateway.upstream import RelayResponse, Upstream
+from raylm.gateway.upstream import Upstream
 from raylm.replica import ReplicaState
 
 logger = logging.getLogger(__name__)

@@ -9,21 +9,19 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import aiohttp
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
 
 from raylm.gateway import metrics as gm
 from raylm.gateway.admission import Admission
-from raylm.gateway.body import ClientGone, unless_client_leaves
 from raylm.gateway.h1 import Answer, ConnectFailed, Disconnected, Pools, UpstreamError
 from raylm.gateway.keys import CALLER
 from raylm.gateway.policy import RouteRequest
+from raylm.gateway.relay import Buffered, RelayResponse
 from raylm.gateway.responses import (
     HttpError,
     error_message,
@@ -48,16 +46,6 @@ _POOL_KEEPALIVE_S = 4.0
 
 
 @dataclass
-class Buffered:
-    """A whole answer from a replica."""
-
-    status: int
-    body: bytes
-    content_type: str
-    replica: ReplicaInfo
-
-
-@dataclass
 class _Attempt:
     """What one client request has tried so far."""
 
@@ -75,37 +63,6 @@ class _Attempt:
 
 class _ReplicaFailed(Exception):
     """A replica failed before sending anything we passed on: safe to try another."""
-
-
-class RelayResponse(StreamingResponse):
-    """A stream whose replica is released exactly once, however it ends (done, broken,
-    or the client gone before the first byte, when the generator never even started).
-    `client_gone` tells, afterwards, whether the client left before the stream ended."""
-
-    def __init__(
-        self, content: AsyncIterator[bytes], on_close: Callable[[], object], **kw: Any
-    ) -> None:
-        super().__init__(self._to_the_end(content), **kw)
-        self._on_close: Callable[[], object] | None = on_close
-        self.client_gone = True
-
-    async def _to_the_end(self, content: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in content:
-            yield chunk
-        self.client_gone = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            # The stream is cancelled when the client disconnects; closing the unfinished
-            # upstream answer (on_close) then makes vLLM abort the request. (Starlette's
-            # own watch, an anyio task group per response, cost a tenth of a stream's time.)
-            await unless_client_leaves(self.stream_response(send), receive, scope)
-        except ClientGone:
-            pass  # client_gone stays True
-        finally:
-            on_close, self._on_close = self._on_close, None
-            if on_close is not None:
-                on_close()
 
 
 class Upstream:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import ray
@@ -55,11 +55,9 @@ class Operating:
     _next_index: dict[str, int]
     _tasks: set[asyncio.Task[None]]
 
-    async def _teardown(self, r: Replica, why: str) -> None:
-        raise NotImplementedError
-
-    def _used_by_others(self, c: DeploymentConfig) -> dict[str, dict[str, float]]:
-        raise NotImplementedError
+    # The controller's own (serve/controller.py): placement and stopping stay there.
+    _teardown: Callable[[Replica, str], Awaitable[None]]
+    _used_by_others: Callable[[DeploymentConfig], dict[str, dict[str, float]]]
 
     # ---- views ----
 
