@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from raylm.autoscaling import Autoscaling
 from raylm.errors import ConfigError
 from raylm.gateway.keys import ClientKey, check_distinct, with_default
 from raylm.gateway.limits import GatewayLimits
@@ -84,6 +85,12 @@ class ServeSpec(BaseModel):
     port: int = Field(default=8000, ge=1, le=65535, description="Port the gateway listens on.")
     replicas: int | None = Field(
         default=None, ge=1, description="Number of replicas; None lets the planner decide."
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Scale the replicas with the load ([autoscaling]: min_replicas, "
+        "max_replicas, target_in_flight_per_replica, delays; raylm.autoscaling). It starts "
+        "with `replicas`, else min_replicas; None: `replicas` stays until changed by hand.",
     )
     tensor_parallel_size: int | None = Field(
         default=None, ge=1, description="TP per replica; None lets the planner decide."
@@ -188,6 +195,27 @@ class ServeSpec(BaseModel):
             progress_timeout_s=self.progress_timeout_s,
         )
 
+    def starting_replicas(self) -> int | None:
+        """Replicas it starts with: `replicas`, else an autoscaled model's minimum."""
+        if self.replicas is None and self.autoscaling is not None:
+            return self.autoscaling.min_replicas
+        return self.replicas
+
+    @model_validator(mode="after")
+    def _replicas_in_bounds(self) -> ServeSpec:
+        a = self.autoscaling
+        if (
+            a is not None
+            and self.replicas is not None
+            and self.replicas != a.bounded(self.replicas)
+        ):
+            raise ValueError(
+                f"replicas ({self.replicas}) is outside autoscaling's bounds "
+                f"({a.min_replicas}-{a.max_replicas}): leave replicas out to start at "
+                "min_replicas, or widen the bounds"
+            )
+        return self
+
     @model_validator(mode="after")
     def _distinct_keys(self) -> ServeSpec:
         keys = with_default(self.api_key, self.keys)
@@ -239,6 +267,7 @@ MODEL_FIELDS = frozenset(
         "model",
         "served_model_name",
         "replicas",
+        "autoscaling",
         "tensor_parallel_size",
         "pipeline_parallel_size",
         "max_model_len",

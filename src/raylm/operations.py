@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from raylm.autoscaling import AutoscaleStatus, Autoscaling
 from raylm.replica import ReplicaInfo, ReplicaState
 
 
@@ -29,6 +30,9 @@ class ModelView(BaseModel):
     replicas: list[ReplicaInfo] = Field(description="Its replicas now, draining ones included.")
     versions: dict[str, int] = Field(
         default_factory=dict, description="Per replica id, the version it runs."
+    )
+    autoscale: AutoscaleStatus | None = Field(
+        default=None, description="Its autoscaling and the last decision; None: not autoscaled."
     )
 
     @property
@@ -71,6 +75,18 @@ class RemoveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="The served model name to remove.")
+
+
+class AutoscaleRequest(BaseModel):
+    """`raylm autoscale MODEL`: the body of `POST /admin/autoscale`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The served model name to autoscale.")
+    autoscaling: Autoscaling | None = Field(
+        description="Its bounds and targets from now on; None: stop autoscaling it (its "
+        "replica count stays as it is)."
+    )
 
 
 class UpdateRequest(BaseModel):

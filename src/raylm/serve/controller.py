@@ -27,6 +27,7 @@ from raylm.cluster.nodes import alive_nodes
 from raylm.errors import exception_line
 from raylm.kv.blocks import BlockCursor, BlockDelta
 from raylm.replica import ReplicaInfo, ReplicaState
+from raylm.serve.autoscaler import Autoscaler
 from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.operating import Operating
 from raylm.serve.placement import pick_node
@@ -39,6 +40,7 @@ from raylm.serve.replica_slot import (
     replica_info,
     stop_all,
 )
+from raylm.serve.scaling import Scaling
 from raylm.serve.supervisor import ReplicaSupervisor
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ _PLACE_TIMEOUT_S = 60.0
 _SUSPECT_S = 120.0
 
 
-class Controller(Operating):
+class Controller(Operating, Scaling):
     """Reconciles the replicas of a deployment's models (`configs`, one per model, all of
     one deployment name). Run as a detached named actor."""
 
@@ -71,6 +73,13 @@ class Controller(Operating):
         self._rollouts: dict[str, str] = {}
         self._next_index = {c.served_model_name: c.replicas for c in self.configs}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._autoscalers = {
+            c.served_model_name: Autoscaler(c.served_model_name, c.autoscaling)
+            for c in self.configs
+            if c.autoscaling is not None
+        }
+        self._loads: dict[str, tuple[float, dict[str, int]]] = {}
+        """Per gateway process, when it last reported and its load per model."""
 
     # ---- public methods (called by the driver and the gateway) ----
 
@@ -132,6 +141,8 @@ class Controller(Operating):
             idle = not r.supervisors and not r.retiring and (r.task is None or r.task.done())
             if idle and now >= r.not_before:
                 r.task = asyncio.get_running_loop().create_task(self._start(r))
+        if self._autoscalers:
+            await self._autoscale(now)
 
     async def _off_loop(self, fn: Any, *args: Any, timeout: float) -> Any:
         # Calls to actors on a node cut off the network can block the caller, so they run

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from raylm.autoscaling import Autoscaling
 from raylm.serve.engine import RankLaunch, resolve_dtype
 from raylm.serve.health import Probing
 
@@ -62,6 +63,11 @@ class DeploymentConfig(BaseModel):
     max_backoff_s: float = Field(default=30.0, description="Longest wait between restarts.")
     version: int = Field(
         default=1, ge=1, description="The model's version: 1, then one more per rolling update."
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Its autoscaling bounds and targets at start (raylm.autoscaling); None: "
+        "`replicas` stays until changed by hand.",
     )
     drain_timeout_s: float = Field(
         default=30.0,
@@ -138,6 +144,7 @@ def deployment_from_layout(
         engine_args=engine_args,
         probing=spec.probing(),
         drain_timeout_s=spec.drain_timeout_s,
+        autoscaling=spec.autoscaling,
         kv_events=spec.routing == "kv-aware",
     )
 

@@ -30,6 +30,7 @@ from raylm.operations import (
     pick_to_retire,
 )
 from raylm.replica import ReplicaState
+from raylm.serve.autoscaler import Autoscaler
 from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.placement import pick_node
 from raylm.serve.replica_slot import Replica, need_text, rank_need, replica_info
@@ -54,10 +55,13 @@ class Operating:
     _rollouts: dict[str, str]
     _next_index: dict[str, int]
     _tasks: set[asyncio.Task[None]]
+    _autoscalers: dict[str, Autoscaler]
 
-    # The controller's own (serve/controller.py): placement and stopping stay there.
+    # The controller's own (serve/controller.py): placement and stopping stay there; and
+    # autoscaling's (serve/scaling.py).
     _teardown: Callable[[Replica, str], Awaitable[None]]
     _used_by_others: Callable[[DeploymentConfig], dict[str, dict[str, float]]]
+    _hand_scale_refusal: Callable[[str, int], str | None]
 
     # ---- views ----
 
@@ -71,6 +75,7 @@ class Operating:
             name = first.served_model_name
             c = self._current.get(name, first)  # not current: being removed
             mine = [r for r in self.replicas if r.config.served_model_name == name]
+            scaler = self._autoscalers.get(name)
             models.append(
                 ModelView(
                     name=name,
@@ -82,6 +87,7 @@ class Operating:
                     pipeline_parallel_size=c.pipeline_parallel_size,
                     replicas=[replica_info(r) for r in mine],
                     versions={r.replica_id: r.config.version for r in mine},
+                    autoscale=scaler.status(self._desired.get(name, 0)) if scaler else None,
                 )
             )
         return DeploymentView(name=self.configs[0].name, models=models)
@@ -89,8 +95,14 @@ class Operating:
     # ---- scale ----
 
     async def scale(self, model: str, replicas: int) -> ScaleResult:
-        """Keep `replicas` replicas of `model`: new ones start (refused when the cluster
-        has no room for them); removed ones are drained, then stopped."""
+        """Keep `replicas` replicas of `model` (`raylm scale`): new ones start (refused
+        when the cluster has no room for them); removed ones are drained, then stopped."""
+        if model in self._current and (why := self._hand_scale_refusal(model, replicas)):
+            before = self._desired[model]
+            return ScaleResult(model=model, before=before, after=before, error=why, status=409)
+        return await self._scale(model, replicas)
+
+    async def _scale(self, model: str, replicas: int) -> ScaleResult:
         config = self._current.get(model)
         if config is None:
             return ScaleResult(
@@ -223,6 +235,8 @@ class Operating:
         self._current[name] = config
         self._desired[name] = config.replicas
         self._next_index.setdefault(name, 0)  # a model added again: ids go on, never reused
+        if config.autoscaling is not None:
+            self._autoscalers[name] = Autoscaler(name, config.autoscaling)
         added = self._add(config, config.replicas)
         logger.info("added %s (%d replica(s))", name, config.replicas)
         return ScaleResult(
@@ -247,6 +261,7 @@ class Operating:
             draining=[r.replica_id for r in mine],
         )  # fmt: skip
         self._current.pop(model)
+        self._autoscalers.pop(model, None)
         self._rollouts[model] = "removing: draining its replicas"
         drains = [self._start_retiring(r) for r in mine]
         self._background(self._forget(model, drains), f"removing {model}")

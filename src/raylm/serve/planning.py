@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,7 @@ def build_deployment(
         engine_args=spec.engine_args,
         probing=spec.probing(),
         drain_timeout_s=spec.drain_timeout_s,
+        autoscaling=spec.autoscaling,
         kv_events=spec.routing == "kv-aware",
         bind_host="127.0.0.1" if local else None,
         replica_api_key=SecretStr(secrets.token_urlsafe(24)),
@@ -225,6 +227,21 @@ def plan_deployment(
     `held` (per node IP, the resources earlier models of the deployment take) is left
     free."""
     held = held or {}
+    if spec.autoscaling is not None:
+        # Planned for its most replicas, so that they fit at start; it starts with fewer.
+        start = spec.starting_replicas() or 1
+        reporter.phase(
+            f"autoscaling {spec.autoscaling.describe()}: planning room for "
+            f"{spec.autoscaling.max_replicas}, starting {start}"
+        )
+        most = {"replicas": spec.autoscaling.max_replicas, "autoscaling": None}
+        config, placement = plan_deployment(
+            spec.model_copy(update=most), entry, local, reporter, held
+        )
+        starting = replace(placement, replicas=start)
+        return config.model_copy(
+            update={"replicas": start, "autoscaling": spec.autoscaling}
+        ), starting
     nodes = _less(alive_nodes(), held)
     planned: Layout | None = None
     if any(n.gpus for n in nodes):

@@ -56,7 +56,7 @@ def share_cores(specs: list[ServeSpec], nodes: list[NodeView]) -> list[ServeSpec
     the cores (one model alone would take a whole node per replica)."""
     if not nodes or any(n.gpus for n in nodes):
         return specs
-    replicas = sum(s.replicas or 1 for s in specs)
+    replicas = sum(s.autoscaling.max_replicas if s.autoscaling else s.replicas or 1 for s in specs)
     share = max(1, max(n.cpus for n in nodes) // math.ceil(replicas / len(nodes)))
     return [
         s
@@ -73,7 +73,9 @@ def take(held: Held, config: DeploymentConfig, layout: Placement, nodes: list[No
     kind, need = ("GPU", layout.gpus_per_node) if cuda else ("CPU", layout.cpus_per_node)
     allowed = config.allowed_node_ips
     usable = [n for n in nodes if allowed is None or n.ip in allowed]
-    for _ in range(layout.replicas * layout.nodes_per_replica):
+    # An autoscaled model holds room for its most replicas (it was planned for them).
+    most = config.autoscaling.max_replicas if config.autoscaling else layout.replicas
+    for _ in range(most * layout.nodes_per_replica):
         room = {
             n.ip: n.resources.get(kind, 0.0) - held.get(n.ip, {}).get(kind, 0.0) for n in usable
         }
