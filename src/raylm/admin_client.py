@@ -10,9 +10,11 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from raylm.autoscaling import Autoscaling
 from raylm.errors import OperationError
 from raylm.operations import (
     AddRequest,
+    AutoscaleRequest,
     DeploymentView,
     ModelView,
     RemoveRequest,
@@ -59,6 +61,17 @@ class AdminClient:
                 f"Cannot scale {model} to {replicas}",
                 why=result.error,
                 command="raylm ps",
+            )
+        return result
+
+    def autoscale(self, model: str, settings: Autoscaling | None) -> ScaleResult:
+        """Autoscale `model` with `settings` (None: stop); OperationError when refused."""
+        body = AutoscaleRequest(model=model, autoscaling=settings).model_dump()
+        answer = self._ask("POST", "/admin/autoscale", body, ok=_REFUSALS)
+        result = _read(ScaleResult, answer, self.endpoint)
+        if result.error:
+            raise OperationError(
+                f"Cannot change the autoscaling of {model}", why=result.error, command="raylm ps"
             )
         return result
 

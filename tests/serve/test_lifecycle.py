@@ -9,6 +9,8 @@ here breaks the suite's shared server (tests/conftest.py `served`):
   fails no request, and 1 -> 2 brings a ready replica back;
 - `raylm update` under load (requests and streams) fails none and ends on the new
   version; one whose version cannot load stops, and the old version serves on;
+- `raylm autoscale` drains the idle model down to its minimum, and a real client's load
+  brings a second replica up again; /metrics and `raylm ps` show the decisions;
 - SIGTERM drains and stops everything `raylm serve` started.
 
 The replicas take one sequence at a time (`max-num-seqs = 1`) and probe fast, so a one-token
@@ -302,6 +304,61 @@ def _keep_busy_until(s: Served, done: threading.Event) -> list[int]:
         statuses.append(_long_request(s, i, max_tokens=16))
         i += 1
     return statuses
+
+
+def _model_view(life: Served) -> dict[str, Any]:
+    r = _raylm(life, "ps", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["models"][0]  # type: ignore[no-any-return]
+
+
+def _wait_desired(life: Served, replicas: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        view = _model_view(life)
+        states = [r["state"] for r in view["replicas"]]
+        if view["desired"] == replicas and states == ["ready"] * replicas:
+            return view
+        assert time.monotonic() < deadline, view
+        time.sleep(1)
+
+
+def test_autoscaling_drains_an_idle_model_to_its_minimum_and_load_brings_a_replica_back(
+    life: Served,
+) -> None:
+    model = "smollm2-135m-instruct"
+    bounds = ("--min", "1", "--max", "2", "--target", "1")
+    delays = ("--upscale-delay", "3", "--downscale-delay", "5")
+    on = _raylm(life, "autoscale", model, *bounds, *delays)
+    assert on.returncode == 0, on.stderr
+    assert f"{model}: autoscaling 1-2 replicas at 1 in flight each (2 replica(s))" in on.stdout
+    # By hand, only within the bounds.
+    refused = _raylm(life, "scale", model, "3")
+    assert refused.returncode == 1 and "autoscales between 1 and 2 replicas" in refused.stderr
+    # Idle: after the downscale delay one replica is drained and stopped.
+    view = _wait_desired(life, 1, 120)
+    assert view["autoscale"]["downs"] == 1
+    assert view["autoscale"]["last"].startswith("scaled 2 -> 1: load 0.0 over 2 replica(s)")
+    # Three clients back to back want ceil(3 / 1) = 2, the maximum.
+    done = threading.Event()
+    with cf.ThreadPoolExecutor(3) as pool:
+        load = [pool.submit(_keep_busy_until, life, done) for _ in range(3)]
+        try:
+            view = _wait_desired(life, 2, 600)
+        finally:
+            done.set()
+        statuses = [s for f in load for s in f.result()]
+    assert statuses and all(s == 200 for s in statuses), statuses
+    assert view["autoscale"]["ups"] == 1 and view["autoscale"]["last"].startswith("scaled 1 -> 2")
+    text = _raylm(life, "ps").stdout
+    assert "autoscaling 1-2 replicas at 1 in flight each" in text and "1 up, 1 down" in text
+    with life.client(timeout=10) as c:
+        metrics = c.get("/metrics").text
+    assert f'raylm_autoscale_decisions_total{{direction="up",model="{model}"}} 1.0' in metrics
+    assert f'raylm_autoscale_desired_replicas{{model="{model}"}} 2.0' in metrics
+    off = _raylm(life, "autoscale", model, "--off")
+    assert off.returncode == 0 and f"{model}: autoscaling off (2 replica(s))" in off.stdout
+    assert _model_view(life)["autoscale"] is None
 
 
 def test_sigterm_leaves_nothing_behind(life: Served) -> None:

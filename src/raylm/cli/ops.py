@@ -1,10 +1,12 @@
-"""`raylm ps` and `raylm scale`: a running deployment, shown and changed through its
-gateway's admin routes (raylm.admin_client), from any machine that reaches it."""
+"""`raylm ps`, `scale`, `autoscale`, `update`, `add` and `remove`: a running deployment,
+shown and changed through its gateway's admin routes (raylm.admin_client), from any
+machine that reaches it."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import typer
@@ -12,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from raylm.admin_client import ADMIN_KEY_ENV, DEFAULT_ENDPOINT, AdminClient
+from raylm.autoscaling import Autoscaling
 from raylm.config import parse_engine_arg, read_model_file
 from raylm.errors import ConfigError
 from raylm.operations import UpdateRequest
@@ -66,6 +69,15 @@ def ps(
             highlight=False,
             markup=False,
         )
+        if (a := m.autoscale) is not None:
+            when = time.strftime(" (%H:%M:%S)", time.localtime(a.last_at)) if a.last_at else ""
+            out.print(
+                f"  autoscaling {a.settings.describe()}: load {a.load:.1f}, wants {a.wanted}"
+                + (f"; last: {a.last}{when}" if a.last else "")
+                + f"; {a.ups} up, {a.downs} down so far",
+                highlight=False,
+                markup=False,
+            )
 
 
 def scale(
@@ -88,6 +100,58 @@ def scale(
             out.print(f"{model}: {view.ready} replica(s) ready (was {result.before})")
         else:
             out.print(f"{model}: scaling from {result.before} to {result.after} replica(s)")
+
+
+def autoscale(
+    model: str = typer.Argument(..., help="The served model name (`raylm ps` lists them)."),
+    min_replicas: int = typer.Option(1, "--min", min=1, help="Fewest replicas."),
+    max_replicas: int | None = typer.Option(None, "--max", min=1, help="Most replicas."),
+    target: float | None = typer.Option(
+        None, "--target", help="Requests in flight or waiting per replica to aim for."
+    ),
+    upscale_delay: float = typer.Option(
+        30.0, "--upscale-delay", help="Seconds the load must want more before one is added."
+    ),
+    downscale_delay: float = typer.Option(
+        300.0, "--downscale-delay", help="Seconds the load must want fewer before one goes."
+    ),
+    off: bool = typer.Option(False, "--off", help="Stop autoscaling; the count stays."),
+    endpoint: str = _ENDPOINT,
+    admin_key: str | None = _ADMIN_KEY,
+) -> None:
+    """Scale MODEL's replicas with its load, between --min and --max (or stop: --off)."""
+    settings: Autoscaling | None = None
+    if not off:
+        if max_replicas is None or target is None:
+            raise ConfigError(
+                f"Cannot autoscale {model} without its bounds and target",
+                fix="Give --max and --target (or --off to stop autoscaling)",
+                command=f"raylm autoscale {model} --min 1 --max 4 --target 4",
+            )
+        try:
+            settings = Autoscaling(
+                min_replicas=min_replicas,
+                max_replicas=max_replicas,
+                target_in_flight_per_replica=target,
+                upscale_delay_s=upscale_delay,
+                downscale_delay_s=downscale_delay,
+            )
+        except ValidationError as e:
+            raise ConfigError(
+                f"Cannot autoscale {model} so",
+                why="; ".join(str(err["msg"]) for err in e.errors()),
+            ) from None
+    with _client(endpoint, admin_key) as client:
+        result = client.autoscale(model, settings)
+    for rid in result.added:
+        err.print(f"[cyan]raylm[/cyan] starting {rid}")
+    for rid in result.draining:
+        err.print(f"[cyan]raylm[/cyan] draining {rid}, then stopping it")
+    now = f"{result.after} replica(s)" + (
+        f", was {result.before}" if result.after != result.before else ""
+    )
+    what = f"autoscaling {settings.describe()}" if settings else "autoscaling off"
+    out.print(f"{model}: {what} ({now})", highlight=False, markup=False)
 
 
 def update(
@@ -177,5 +241,6 @@ def register(app: typer.Typer) -> None:
     app.command("ps")(ps)
     app.command("scale")(scale)
     app.command("update")(update)
+    app.command("autoscale")(autoscale)
     app.command("add")(add)
     app.command("remove")(remove)

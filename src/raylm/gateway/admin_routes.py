@@ -30,6 +30,7 @@ from raylm.gateway.responses import (
 )
 from raylm.operations import (
     AddRequest,
+    AutoscaleRequest,
     DeploymentView,
     RemoveRequest,
     ScaleRequest,
@@ -58,6 +59,10 @@ class Operator(Protocol):
         """Start a rolling update of a model."""
         ...
 
+    async def autoscale(self, request: AutoscaleRequest) -> ScaleResult:
+        """Change (or stop) a model's autoscaling."""
+        ...
+
     async def add(self, request: AddRequest) -> ScaleResult:
         """Plan and start one more model."""
         ...
@@ -68,8 +73,8 @@ class Operator(Protocol):
 
 
 class AdminRoutes:
-    """`GET /admin/deployment`, `POST /admin/scale`, `/admin/update`, `/admin/add` and
-    `/admin/remove`."""
+    """`GET /admin/deployment`, `POST /admin/scale`, `/admin/update`, `/admin/autoscale`,
+    `/admin/add` and `/admin/remove`."""
 
     def __init__(self, operator: object, admin_key: bytes | None) -> None:
         self.operator = operator if isinstance(operator, Operator) else None
@@ -112,6 +117,11 @@ class AdminRoutes:
         asked = await _read(request, UpdateRequest)
         assert self.operator is not None
         return await _answer(self.operator.update(asked))
+
+    async def autoscale(self, request: Request) -> Response:
+        asked = await _read(request, AutoscaleRequest)
+        assert self.operator is not None
+        return await _answer(self.operator.autoscale(asked))
 
     async def add(self, request: Request) -> Response:
         asked = await _read(request, AddRequest)

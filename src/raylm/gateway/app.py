@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,8 +22,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from raylm.autoscaling import AutoscaleStatus, LoadReport
 from raylm.gateway import metrics as gm
 from raylm.gateway.admin_routes import AdminRoutes
+from raylm.gateway.admission import PRIORITIES
 from raylm.gateway.body import ClientGone
 from raylm.gateway.engines import EngineView
 from raylm.gateway.info_routes import InfoRoutes
@@ -36,7 +41,7 @@ from raylm.gateway.relay import RelayResponse
 from raylm.gateway.responses import HttpError, error_response, rate_limited
 from raylm.gateway.routing import ReplicaTable
 from raylm.gateway.settings import GatewaySettings
-from raylm.gateway.source import ReplicaSource
+from raylm.gateway.source import LoadSink, ReplicaSource
 from raylm.gateway.tokens import PromptTokens
 from raylm.gateway.upstream import Upstream
 from raylm.replica import ReplicaState
@@ -47,6 +52,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 CLIENT_CLOSED = 499
 """Status counted (never sent) when the client left before its answer: nginx's 499."""
+
+_SERIAL = itertools.count()
+"""Gateways made in this process (tests make several)."""
 
 INFERENCE = frozenset({"chat", "completions", "generate", "batch_generate"})
 """The routes that reach replicas: those rate limits count."""
@@ -71,6 +79,11 @@ class Gateway:
         self.metrics.registry.register(gm.AdmissionCollector(self.upstream.admission))
         self.engines = EngineView(settings.engine_scrape_interval_s, self.upstream.auth_headers)
         self.metrics.registry.register(gm.EngineCollector(self.table, self.engines))
+        self._id = f"{socket.gethostname()}:{os.getpid()}:{next(_SERIAL)}"
+        """This gateway, as its load reports name it."""
+        self.autoscale: list[AutoscaleStatus] = []
+        """The controller's autoscaling, as it answered this gateway's last load report."""
+        self.metrics.registry.register(gm.AutoscaleCollector(lambda: self.autoscale))
         self.keyring = Keyring(settings.client_keys())
         self.rate_limits = RateLimits(settings.client_keys())
         if self.rate_limits:
@@ -100,6 +113,7 @@ class Gateway:
             ("GET", "/admin/deployment"): ("admin", self.admin.deployment),
             ("POST", "/admin/scale"): ("admin", self.admin.scale),
             ("POST", "/admin/update"): ("admin", self.admin.update),
+            ("POST", "/admin/autoscale"): ("admin", self.admin.autoscale),
             ("POST", "/admin/add"): ("admin", self.admin.add),
             ("POST", "/admin/remove"): ("admin", self.admin.remove),
         }
@@ -190,6 +204,20 @@ class Gateway:
         self._last_refresh_error = ""
         self.table.update(replicas)
         self.upstream.admission.poke()
+        if isinstance(self.source, LoadSink):
+            await self._report_load(self.source)
+
+    async def _report_load(self, sink: LoadSink) -> None:
+        """Tell the controller this process's load per model (what autoscaling acts on)."""
+        load = self.table.in_flight_per_model()
+        admission = self.upstream.admission
+        for model in admission.models():
+            waiting = sum(admission.waiting(model, p) for p in PRIORITIES)
+            load[model] = load.get(model, 0) + waiting
+        try:
+            self.autoscale = await sink.report_load(LoadReport(gateway=self._id, load=load))
+        except Exception as e:  # routing goes on; autoscaling pauses without reports
+            logger.debug("load report failed: %s: %s", type(e).__name__, e)
 
     async def _refresh_loop(self) -> None:
         while True:

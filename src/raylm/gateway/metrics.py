@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from raylm.autoscaling import AutoscaleStatus
 from raylm.gateway.admission import PRIORITIES, Admission
 from raylm.gateway.engines import EngineView
 from raylm.gateway.kv_policy import KvAware
@@ -81,6 +82,41 @@ class AdmissionCollector(Collector):
         for (model, reason), n in a.refused.items():
             refused.add_metric([model, reason], n)
         yield from (waiting, refused)
+
+
+class AutoscaleCollector(Collector):
+    """The controller's autoscaling of each model (raylm.serve.autoscaler), as it answered
+    the gateway's last load report."""
+
+    def __init__(self, statuses: Callable[[], list[AutoscaleStatus]]) -> None:
+        self._statuses = statuses
+
+    def collect(self) -> Iterator[Metric]:
+        desired = GaugeMetricFamily(
+            "raylm_autoscale_desired_replicas", "Replicas the controller keeps.", labels=["model"]
+        )
+        wanted = GaugeMetricFamily(
+            "raylm_autoscale_wanted_replicas",
+            "Replicas the load wants, inside the bounds (acted on after the delay).",
+            labels=["model"],
+        )
+        load = GaugeMetricFamily(
+            "raylm_autoscale_load",
+            "Requests in flight or waiting over every gateway, averaged over the look-back.",
+            labels=["model"],
+        )
+        decisions = CounterMetricFamily(
+            "raylm_autoscale_decisions",
+            "Replica count changes the autoscaler made.",
+            labels=["model", "direction"],
+        )
+        for s in self._statuses():
+            desired.add_metric([s.model], s.desired)
+            wanted.add_metric([s.model], s.wanted)
+            load.add_metric([s.model], s.load)
+            decisions.add_metric([s.model, "up"], s.ups)
+            decisions.add_metric([s.model, "down"], s.downs)
+        yield from (desired, wanted, load, decisions)
 
 
 class EngineCollector(Collector):

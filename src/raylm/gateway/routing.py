@@ -108,6 +108,15 @@ class ReplicaTable:
     def in_flight(self, replica_id: str) -> int:
         return self._in_flight.get(replica_id, 0)
 
+    def in_flight_per_model(self) -> dict[str, int]:
+        """Per model with a replica, its requests in flight (the autoscaler's load)."""
+        per = dict.fromkeys(self._models, 0)
+        for rid, count in self._in_flight.items():
+            r = self._replicas.get(rid)
+            if r is not None:
+                per[r.model] += count
+        return per
+
     def is_ejected(self, replica: ReplicaInfo) -> bool:
         entry = self._ejected.get(replica.replica_id)
         return entry is not None and entry[0] > time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from raylm.autoscaling import AutoscaleStatus, LoadReport
 from raylm.replica import ReplicaInfo
 
 
@@ -13,6 +14,15 @@ class ReplicaSource(Protocol):
 
     async def snapshot(self) -> list[ReplicaInfo]:
         """The current replicas, every state included."""
+        ...
+
+
+@runtime_checkable
+class LoadSink(Protocol):
+    """Anything that takes the gateway's load for autoscaling (the controller)."""
+
+    async def report_load(self, report: LoadReport) -> list[AutoscaleStatus]:
+        """This gateway's load per model; answers each autoscaled model's status."""
         ...
 
 

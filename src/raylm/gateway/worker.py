@@ -17,6 +17,7 @@ from typing import Any
 
 import uvloop
 
+from raylm.autoscaling import AutoscaleStatus, LoadReport
 from raylm.gateway.app import create_gateway
 from raylm.gateway.heap import settle_heap
 from raylm.gateway.peers import WorkerPeers
@@ -25,6 +26,7 @@ from raylm.gateway.workers import READY, RELAY, RELAY_LINE_LIMIT, WorkerSpec
 from raylm.kv.blocks import BlockCursor, BlockDelta
 from raylm.operations import (
     AddRequest,
+    AutoscaleRequest,
     DeploymentView,
     RemoveRequest,
     ScaleRequest,
@@ -91,6 +93,15 @@ class RelaySource:
         question = {"op": "kv_deltas", "cursors": {k: c.model_dump() for k, c in cursors.items()}}
         deltas = (await self._ask(question))["deltas"]
         return {k: BlockDelta.model_validate(d) for k, d in deltas.items()}
+
+    async def report_load(self, report: LoadReport) -> list[AutoscaleStatus]:
+        question = {"op": "load", "report": report.model_dump()}
+        statuses = (await self._ask(question))["statuses"]
+        return [AutoscaleStatus.model_validate(x) for x in statuses]
+
+    async def autoscale(self, request: AutoscaleRequest) -> ScaleResult:
+        question = {"op": "autoscale", "request": request.model_dump()}
+        return ScaleResult.model_validate((await self._ask(question, "admin"))["result"])
 
     async def deployment(self) -> DeploymentView:
         view = (await self._ask({"op": "deployment"}, "admin"))["view"]

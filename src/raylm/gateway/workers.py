@@ -26,14 +26,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from raylm.autoscaling import LoadReport
 from raylm.errors import ConfigError
 from raylm.gateway.admin_routes import Operator
 from raylm.gateway.keys import ClientKey
 from raylm.gateway.kv_index import BlockSource
 from raylm.gateway.settings import GatewaySettings
-from raylm.gateway.source import ReplicaSource
+from raylm.gateway.source import LoadSink, ReplicaSource
 from raylm.kv.blocks import BlockCursor
-from raylm.operations import AddRequest, RemoveRequest, ScaleRequest, UpdateRequest
+from raylm.operations import (
+    AddRequest,
+    AutoscaleRequest,
+    RemoveRequest,
+    ScaleRequest,
+    UpdateRequest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +91,10 @@ class WorkerSpec(BaseModel):
         )
 
 
+_OPERATIONS = ("deployment", "scale", "update", "autoscale", "add", "remove")
+"""The admin changes worker 0 relays to the operator."""
+
+
 class Relay:
     """Worker 0's side of the relay: answers the workers' reads of the source, one JSON
     line per question."""
@@ -113,7 +124,20 @@ class Relay:
                 cursors = {k: BlockCursor.model_validate(v) for k, v in question["cursors"].items()}
                 deltas = await self.source.kv_deltas(cursors)
                 return {"deltas": {k: d.model_dump(mode="json") for k, d in deltas.items()}}
-            if question.get("op") in ("deployment", "scale", "update", "add", "remove"):
+            if question.get("op") == "load":
+                if not isinstance(self.source, LoadSink):
+                    return {"statuses": []}
+                report = LoadReport.model_validate(question["report"])
+                statuses = await self.source.report_load(report)
+                return {"statuses": [x.model_dump(mode="json") for x in statuses]}
+            if question.get("op") in (
+                "deployment",
+                "scale",
+                "update",
+                "autoscale",
+                "add",
+                "remove",
+            ):
                 return await self._operate(question)
             return {"error": f"unknown question {question.get('op')!r}"}
         except Exception as e:  # the worker keeps its last table, as worker 0 would
@@ -131,6 +155,8 @@ class Relay:
             result = await self.source.scale(ScaleRequest.model_validate(asked))
         elif op == "update":
             result = await self.source.update(UpdateRequest.model_validate(asked))
+        elif op == "autoscale":
+            result = await self.source.autoscale(AutoscaleRequest.model_validate(asked))
         elif op == "add":
             result = await self.source.add(AddRequest.model_validate(asked))
         else:

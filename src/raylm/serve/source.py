@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from raylm.autoscaling import AutoscaleStatus, LoadReport
 from raylm.kv.blocks import BlockCursor, BlockDelta
 from raylm.operations import (
+    AutoscaleRequest,
     DeploymentView,
     ScaleRequest,
     ScaleResult,
@@ -43,6 +45,18 @@ class ControllerReplicaSource:
     async def scale(self, request: ScaleRequest) -> ScaleResult:
         result: ScaleResult = await asyncio.wait_for(
             self._controller.scale.remote(request.model, request.replicas), 30.0
+        )
+        return result
+
+    async def report_load(self, report: LoadReport) -> list[AutoscaleStatus]:
+        statuses: list[AutoscaleStatus] = await asyncio.wait_for(
+            self._controller.report_load.remote(report), 5.0
+        )
+        return statuses
+
+    async def autoscale(self, request: AutoscaleRequest) -> ScaleResult:
+        result: ScaleResult = await asyncio.wait_for(
+            self._controller.set_autoscaling.remote(request.model, request.autoscaling), 30.0
         )
         return result
 
