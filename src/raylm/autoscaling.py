@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class Autoscaling(BaseModel):
     """How many replicas of a model the controller keeps, from the load on them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min_replicas: int = Field(
         default=1, ge=1, le=1024, description="Fewest replicas, however idle the model."
@@ -26,19 +26,22 @@ class Autoscaling(BaseModel):
         "many fit beside the other models.",
     )
     target_in_flight_per_replica: float = Field(
-        gt=0,
+        ge=0.1,
+        le=100_000,
         description="Requests in flight or waiting at the gateway per replica the "
         "controller aims for: it wants ceil(load / target) replicas.",
     )
     upscale_delay_s: float = Field(
         default=30.0,
         ge=0,
+        le=86_400,
         description="How long the load must want more replicas before one is added (a short "
         "burst adds none).",
     )
     downscale_delay_s: float = Field(
         default=300.0,
         ge=0,
+        le=86_400,
         description="How long the load must want fewer replicas before one is drained and removed.",
     )
     look_back_s: float = Field(
@@ -61,6 +64,12 @@ class Autoscaling(BaseModel):
         """`replicas` moved inside [min_replicas, max_replicas]."""
         return max(self.min_replicas, min(self.max_replicas, replicas))
 
+    def merged(self, **given: float | None) -> Autoscaling:
+        """These settings with the values `given` (None: keep this one)."""
+        return Autoscaling.model_validate(
+            self.model_dump() | {k: v for k, v in given.items() if v is not None}
+        )
+
     def describe(self) -> str:
         """In words, as `raylm ps` prints it."""
         return (
@@ -74,7 +83,9 @@ class LoadReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gateway: str = Field(description="The reporting gateway process (host:pid), stable.")
+    gateway: str = Field(
+        description="The reporting gateway (host:pid:serial), the same in each of its reports."
+    )
     load: dict[str, int] = Field(
         description="Per served model name, its requests in flight to replicas plus those "
         "waiting in the gateway's queue."

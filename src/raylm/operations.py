@@ -118,7 +118,7 @@ class UpdateRequest(BaseModel):
     @field_validator("engine_args")
     @classmethod
     def _not_owned(cls, args: dict[str, Any]) -> dict[str, Any]:
-        from raylm.config import engine_arg_name, owned_engine_arg
+        from raylm.engine_args import engine_arg_name, owned_engine_arg
 
         clash = [f"{k} (use {fix})" for k in args if (fix := owned_engine_arg(k))]
         if clash:

@@ -163,3 +163,21 @@ def test_the_controller_sums_fresh_gateways_takes_what_fits_and_pauses_without_r
         assert c._hand_scale_refusal("m", 9) is not None and c._hand_scale_refusal("m", 3) is None
 
     asyncio.run(scenario())
+
+
+def test_a_refused_change_of_settings_changes_nothing() -> None:
+    async def scenario() -> None:
+        c = _Controller(room=0)
+        before = c._autoscalers["m"].settings
+
+        async def refuse(model: str, replicas: int) -> ScaleResult:
+            return ScaleResult(model=model, before=1, after=1, error="no room", status=409)
+
+        c._scale = refuse  # type: ignore[method-assign]
+        raised = Autoscaling(min_replicas=3, max_replicas=4, target_in_flight_per_replica=2)
+        result = await c.set_autoscaling("m", raised)
+        assert result.status == 409 and result.error == "no room (its autoscaling is unchanged)"
+        assert c._autoscalers["m"].settings == before
+        assert (await c.set_autoscaling("m", None)).error is None and not c._autoscalers
+
+    asyncio.run(scenario())

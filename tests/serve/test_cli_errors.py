@@ -103,7 +103,8 @@ def test_spec_file_values_are_used_and_flags_override(tmp_path: Path) -> None:
     ],
 )
 def test_engine_args_raylm_owns_are_refused_in_either_spelling(arg: str, remedy: str) -> None:
-    from raylm.config import load_spec, parse_engine_arg
+    from raylm.config import load_spec
+    from raylm.engine_args import parse_engine_arg
     from raylm.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:

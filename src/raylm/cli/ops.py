@@ -15,7 +15,8 @@ from rich.console import Console
 
 from raylm.admin_client import ADMIN_KEY_ENV, DEFAULT_ENDPOINT, AdminClient
 from raylm.autoscaling import Autoscaling
-from raylm.config import parse_engine_arg, read_model_file
+from raylm.config import read_model_file
+from raylm.engine_args import parse_engine_arg
 from raylm.errors import ConfigError
 from raylm.operations import UpdateRequest
 
@@ -102,46 +103,48 @@ def scale(
             out.print(f"{model}: scaling from {result.before} to {result.after} replica(s)")
 
 
+_FLAGS = {
+    "min_replicas": "--min",
+    "max_replicas": "--max",
+    "target_in_flight_per_replica": "--target",
+    "upscale_delay_s": "--upscale-delay",
+    "downscale_delay_s": "--downscale-delay",
+}
+
+
 def autoscale(
     model: str = typer.Argument(..., help="The served model name (`raylm ps` lists them)."),
-    min_replicas: int = typer.Option(1, "--min", min=1, help="Fewest replicas."),
-    max_replicas: int | None = typer.Option(None, "--max", min=1, help="Most replicas."),
+    min_replicas: int | None = typer.Option(None, "--min", help="Fewest replicas [default: 1]."),
+    max_replicas: int | None = typer.Option(None, "--max", help="Most replicas."),
     target: float | None = typer.Option(
         None, "--target", help="Requests in flight or waiting per replica to aim for."
     ),
-    upscale_delay: float = typer.Option(
-        30.0, "--upscale-delay", help="Seconds the load must want more before one is added."
+    upscale_delay: float | None = typer.Option(
+        None, "--upscale-delay", help="Seconds the load must want more [default: 30]."
     ),
-    downscale_delay: float = typer.Option(
-        300.0, "--downscale-delay", help="Seconds the load must want fewer before one goes."
+    downscale_delay: float | None = typer.Option(
+        None, "--downscale-delay", help="Seconds the load must want fewer [default: 300]."
     ),
     off: bool = typer.Option(False, "--off", help="Stop autoscaling; the count stays."),
     endpoint: str = _ENDPOINT,
     admin_key: str | None = _ADMIN_KEY,
 ) -> None:
-    """Scale MODEL's replicas with its load, between --min and --max (or stop: --off)."""
-    settings: Autoscaling | None = None
-    if not off:
-        if max_replicas is None or target is None:
-            raise ConfigError(
-                f"Cannot autoscale {model} without its bounds and target",
-                fix="Give --max and --target (or --off to stop autoscaling)",
-                command=f"raylm autoscale {model} --min 1 --max 4 --target 4",
-            )
-        try:
-            settings = Autoscaling(
-                min_replicas=min_replicas,
-                max_replicas=max_replicas,
-                target_in_flight_per_replica=target,
-                upscale_delay_s=upscale_delay,
-                downscale_delay_s=downscale_delay,
-            )
-        except ValidationError as e:
-            raise ConfigError(
-                f"Cannot autoscale {model} so",
-                why="; ".join(str(err["msg"]) for err in e.errors()),
-            ) from None
+    """Scale MODEL's replicas with its load, between --min and --max (or stop: --off). On
+    a model that autoscales already, the options not given keep their values."""
+    given = {
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "target_in_flight_per_replica": target,
+        "upscale_delay_s": upscale_delay,
+        "downscale_delay_s": downscale_delay,
+    }
     with _client(endpoint, admin_key) as client:
+        settings: Autoscaling | None = None
+        if not off:
+            view = next((m for m in client.deployment().models if m.name == model), None)
+            settings = _settings(
+                model, view.autoscale.settings if view and view.autoscale else None, given
+            )
         result = client.autoscale(model, settings)
     for rid in result.added:
         err.print(f"[cyan]raylm[/cyan] starting {rid}")
@@ -152,6 +155,28 @@ def autoscale(
     )
     what = f"autoscaling {settings.describe()}" if settings else "autoscaling off"
     out.print(f"{model}: {what} ({now})", highlight=False, markup=False)
+
+
+def _settings(
+    model: str, current: Autoscaling | None, given: dict[str, float | None]
+) -> Autoscaling:
+    """The settings asked for: `given` over the model's current ones, if it has any."""
+    try:
+        if current is not None:
+            return current.merged(**given)
+        return Autoscaling.model_validate({k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        where = [_FLAGS.get(str(err["loc"][0]) if err["loc"] else "", "") for err in e.errors()]
+        problems = "; ".join(
+            f"{flag}: {err['msg']}" if flag else str(err["msg"])
+            for flag, err in zip(where, e.errors(), strict=True)
+        )
+        raise ConfigError(
+            f"Cannot autoscale {model} so",
+            why=problems,
+            fix="Give --max and --target for a model that does not autoscale yet",
+            command=f"raylm autoscale {model} --min 1 --max 4 --target 4",
+        ) from None
 
 
 def update(

@@ -11,7 +11,8 @@ import typer
 import uvloop
 from rich.console import Console
 
-from raylm.config import load_specs, parse_engine_arg
+from raylm.config import load_specs
+from raylm.engine_args import parse_engine_arg
 from raylm.replica import ReplicaInfo
 from raylm.serve.placement import Placement
 
@@ -115,6 +116,12 @@ def serve(
         help="Gateway processes on the port, for more requests a second [default: one per "
         "8 cores, 1 to 4].",
     ),
+    attach: bool = typer.Option(
+        False,
+        "--attach",
+        help="Serve the gateway of deployment --name, already running on this cluster "
+        "(its raylm serve was killed), over its replicas as they are.",
+    ),
 ) -> None:
     """Serve MODEL on Ray behind an OpenAI-compatible gateway, until Ctrl+C or SIGTERM."""
     from raylm.serve.runner import serve as run
@@ -143,7 +150,7 @@ def serve(
     }
     specs = load_specs(file, overrides)
     # uvloop halves the gateway's own per-request cost (benchmarks/bench_gateway_latency.py).
-    uvloop.run(run(specs, CliReporter()))
+    uvloop.run(run(specs, CliReporter(), attach=attach))
 
 
 def register(app: typer.Typer) -> None:

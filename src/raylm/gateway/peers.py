@@ -84,13 +84,14 @@ class _Merged(Collector):
         yield from self._families
 
 
-# Series every worker reports alike (the controller's replica table; the engines' figures,
-# which worker 0 alone reads): taken once, from the lowest worker answering, unlabelled.
+# Series every worker reports alike (the controller's replica table and autoscaling; the
+# engines' figures, which worker 0 alone reads): taken once, from the lowest worker
+# answering, unlabelled.
 _SHARED = ("raylm_replica_state", "raylm_replica_restarts", "raylm_model_ready_replicas")
 
 
 def _shared(name: str) -> bool:
-    return name in _SHARED or name.startswith("raylm_engine_")
+    return name in _SHARED or name.startswith(("raylm_engine_", "raylm_autoscale_"))
 
 
 def merge_metrics(by_worker: dict[int, bytes]) -> bytes:

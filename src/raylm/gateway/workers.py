@@ -130,14 +130,7 @@ class Relay:
                 report = LoadReport.model_validate(question["report"])
                 statuses = await self.source.report_load(report)
                 return {"statuses": [x.model_dump(mode="json") for x in statuses]}
-            if question.get("op") in (
-                "deployment",
-                "scale",
-                "update",
-                "autoscale",
-                "add",
-                "remove",
-            ):
+            if question.get("op") in _OPERATIONS:
                 return await self._operate(question)
             return {"error": f"unknown question {question.get('op')!r}"}
         except Exception as e:  # the worker keeps its last table, as worker 0 would

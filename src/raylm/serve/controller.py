@@ -90,6 +90,15 @@ class Controller(Operating, Scaling):
     def ping(self) -> str:
         return "ok"
 
+    def current_configs(self) -> list[DeploymentConfig]:
+        """Each model as it is to run now: its current version and desired count (what
+        `raylm serve --attach` serves again)."""
+        live = {m: a.settings for m, a in self._autoscalers.items()}
+        return [
+            c.model_copy(update={"replicas": self._desired[name], "autoscaling": live.get(name)})
+            for name, c in self._current.items()
+        ]
+
     def replica_infos(self) -> list[ReplicaInfo]:
         return [replica_info(r) for r in self.replicas]
 

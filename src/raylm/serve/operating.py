@@ -62,6 +62,7 @@ class Operating:
     _teardown: Callable[[Replica, str], Awaitable[None]]
     _used_by_others: Callable[[DeploymentConfig], dict[str, dict[str, float]]]
     _hand_scale_refusal: Callable[[str, int], str | None]
+    _room_kept: Callable[[], dict[str, dict[str, float]]]
 
     # ---- views ----
 
@@ -210,16 +211,19 @@ class Operating:
     # ---- models added and removed ----
 
     def held(self) -> dict[str, dict[str, float]]:
-        """Per node IP, the resources every placed rank of the deployment holds (what a
-        model added now must leave free)."""
+        """Per node IP, the resources every placed rank of the deployment holds, and the
+        room autoscaled models keep for their max_replicas (what a model added now must
+        leave free)."""
         held: dict[str, dict[str, float]] = {}
         for r in self.replicas:
-            if not r.supervisors:
-                continue  # not placed now (torn down, waiting to restart)
-            for ip in r.node_ips:
-                mine = held.setdefault(ip, {})
-                for k, v in rank_need(r.config).items():
-                    mine[k] = mine.get(k, 0.0) + v
+            if r.supervisors:  # placed now (not torn down, waiting to restart)
+                for ip in r.node_ips:
+                    mine = held.setdefault(ip, {})
+                    for k, v in rank_need(r.config).items():
+                        mine[k] = mine.get(k, 0.0) + v
+        for ip, res in self._room_kept().items():
+            for k, v in res.items():
+                held.setdefault(ip, {})[k] = held.get(ip, {}).get(k, 0.0) + v
         return held
 
     def add_model(self, config: DeploymentConfig) -> ScaleResult:

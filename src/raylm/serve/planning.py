@@ -229,15 +229,23 @@ def plan_deployment(
     held = held or {}
     if spec.autoscaling is not None:
         # Planned for its most replicas, so that they fit at start; it starts with fewer.
-        start = spec.starting_replicas() or 1
+        start = spec.replicas or spec.autoscaling.min_replicas
         reporter.phase(
             f"autoscaling {spec.autoscaling.describe()}: planning room for "
             f"{spec.autoscaling.max_replicas}, starting {start}"
         )
         most = {"replicas": spec.autoscaling.max_replicas, "autoscaling": None}
-        config, placement = plan_deployment(
-            spec.model_copy(update=most), entry, local, reporter, held
-        )
+        try:
+            config, placement = plan_deployment(
+                spec.model_copy(update=most), entry, local, reporter, held
+            )
+        except PlanError as e:
+            raise PlanError(
+                f"autoscaling's max_replicas ({spec.autoscaling.max_replicas}) does not fit",
+                why=f"{e.what}" + (f" ({e.why})" if e.why else ""),
+                fix="Lower max_replicas (or the replica's TP or cpus_per_replica), or add nodes",
+                command=e.command,
+            ) from None
         starting = replace(placement, replicas=start)
         return config.model_copy(
             update={"replicas": start, "autoscaling": spec.autoscaling}

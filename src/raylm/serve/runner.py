@@ -23,11 +23,15 @@ from raylm.gateway.server import bind_socket
 from raylm.gateway.workers import default_workers
 from raylm.models.store import ModelStore
 from raylm.replica import ReplicaInfo, ReplicaState
-from raylm.serve.deployment import CONTROLLER_NAMESPACE, DeploymentConfig
+from raylm.serve.deployment import (
+    CONTROLLER_NAMESPACE,
+    DeploymentConfig,
+    controller_actor_name,
+)
 from raylm.serve.operator import DeploymentOperator
 from raylm.serve.placement import Placement
 from raylm.serve.planning import check_model_layout
-from raylm.serve.together import plan_together
+from raylm.serve.together import Planned, plan_together
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +59,31 @@ def check_port_free(host: str, port: int) -> None:
     bind_socket(host, port).close()
 
 
+def check_not_running(name: str) -> None:
+    """Refuse, before planning, a deployment whose name already runs on this cluster (a
+    controller that no longer answers is removed)."""
+    import ray  # function-local: Ray reads its auth settings at import
+
+    try:
+        old = ray.get_actor(controller_actor_name(name), namespace=CONTROLLER_NAMESPACE)
+    except ValueError:
+        return
+    try:
+        ray.get(old.ping.remote(), timeout=5)
+    except Exception:
+        ray.kill(old)
+        return
+    raise ConfigError(
+        f"A deployment named '{name}' already runs on this cluster",
+        fix="Serve its gateway again with --attach (its replicas and changes are kept), "
+        "stop the raylm serve that runs it, or give this one another name",
+        command=f"raylm serve --name {name} --attach",
+    )
+
+
 def start_controller(configs: list[DeploymentConfig]) -> Any:
     """Create the detached controller actor of the deployment's models (one name, one
-    controller); refuse if this deployment already runs."""
+    controller); check_not_running ran first."""
     config = configs[0]
     # Function-local: Ray (and the controller, which imports it) read their auth settings
     # at import, after `connect` has applied this cluster's token.
@@ -66,21 +92,6 @@ def start_controller(configs: list[DeploymentConfig]) -> Any:
 
     from raylm.serve.controller import Controller
 
-    try:
-        old = ray.get_actor(config.controller_name, namespace=CONTROLLER_NAMESPACE)
-    except ValueError:
-        old = None
-    if old is not None:
-        try:
-            ray.get(old.ping.remote(), timeout=5)
-        except Exception:
-            ray.kill(old)
-        else:
-            raise ConfigError(
-                f"A deployment named '{config.name}' already runs on this cluster",
-                fix="Stop it first, or give this one another name",
-                command=f"raylm serve --name {config.name}-2",
-            )
     here = ray.get_runtime_context().get_node_id()
     actor = (
         ray.remote(Controller)
@@ -98,6 +109,37 @@ def start_controller(configs: list[DeploymentConfig]) -> Any:
     )
     ray.get(actor.start.remote())
     return actor
+
+
+def attach_controller(name: str) -> tuple[Any, Planned]:
+    """The running controller of deployment `name` and its models as it holds them now
+    (replica counts, versions, models added or removed live): what `raylm serve --attach`
+    serves again after the raylm serve that started it was killed."""
+    import ray  # function-local: Ray reads its auth settings at import
+
+    try:
+        actor = ray.get_actor(controller_actor_name(name), namespace=CONTROLLER_NAMESPACE)
+        configs: list[DeploymentConfig] = ray.get(actor.current_configs.remote(), timeout=30)
+    except (ValueError, ray.exceptions.RayError) as e:
+        raise ConfigError(
+            f"No deployment named '{name}' runs on this cluster",
+            why=f"its controller did not answer ({type(e).__name__})",
+            fix="Start it: the same raylm serve line without --attach",
+            command=f"raylm serve --name {name}",
+        ) from None
+    return actor, [(c, _placement(c)) for c in configs]
+
+
+def _placement(c: DeploymentConfig) -> Placement:
+    return Placement(
+        device=c.device,
+        replicas=c.replicas,
+        tensor_parallel_size=c.tensor_parallel_size,
+        pipeline_parallel_size=c.pipeline_parallel_size,
+        nodes_per_replica=c.nodes_per_replica,
+        cpus_per_node=c.cpus_per_node,
+        gpus_per_node=c.gpus_per_node,
+    )
 
 
 async def wait_until_ready(
@@ -144,17 +186,18 @@ def _signals_to(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterato
             loop.remove_signal_handler(sig)
 
 
-async def serve(specs: list[ServeSpec], reporter: Reporter) -> None:
+async def serve(specs: list[ServeSpec], reporter: Reporter, attach: bool = False) -> None:
     """Run a deployment of one model or several (one spec each, sharing the first's
     gateway, cluster and health settings) in the foreground until SIGINT/SIGTERM, then
-    drain and stop it all."""
+    drain and stop it all. With `attach`, the deployment of that name already runs (its
+    raylm serve was killed): serve its gateway again over its replicas as they are."""
     spec = specs[0]  # the deployment's own fields are the same in every spec
     check_port_free(spec.host, spec.port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     with _signals_to(loop, stop):
         entries = []
-        for one in specs:
+        for one in specs if not attach else []:
             what = "the model" if len(specs) == 1 else (one.model or "the demo model")
             reporter.phase(f"resolving {what}")
             entry = await loop.run_in_executor(None, ModelStore().resolve, one.model)
@@ -168,16 +211,26 @@ async def serve(specs: list[ServeSpec], reporter: Reporter) -> None:
         controller = None
         gateway: GatewayServer | None = None
         try:
-            planned = await loop.run_in_executor(
-                None, plan_together, specs, entries, conn.started_here, reporter
-            )
-            configs = [c for c, _ in planned]
-            # Known only now for models given by store name or directory.
-            check_served_names([c.served_model_name for c in configs], "The deployment")
-            for config, layout in planned:
-                name = f"{config.served_model_name}: " if len(planned) > 1 else ""
-                reporter.phase(f"starting {name}{layout.describe()}")
-            controller = await loop.run_in_executor(None, start_controller, configs)
+            if attach:
+                controller, planned = await loop.run_in_executor(None, attach_controller, spec.name)
+                configs = [c for c, _ in planned]
+                reporter.phase(
+                    f"serving deployment '{spec.name}' again: "
+                    + ", ".join(f"{c.served_model_name}: {p.describe()}" for c, p in planned)
+                    + " (as its controller holds them; the spec's models are not applied)"
+                )
+            else:
+                await loop.run_in_executor(None, check_not_running, spec.name)
+                planned = await loop.run_in_executor(
+                    None, plan_together, specs, entries, conn.started_here, reporter
+                )
+                configs = [c for c, _ in planned]
+                # Known only now for models given by store name or directory.
+                check_served_names([c.served_model_name for c in configs], "The deployment")
+                for config, layout in planned:
+                    name = f"{config.served_model_name}: " if len(planned) > 1 else ""
+                    reporter.phase(f"starting {name}{layout.describe()}")
+                controller = await loop.run_in_executor(None, start_controller, configs)
 
             gateway = GatewayServer(
                 create_gateway(

@@ -15,9 +15,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 from raylm.autoscaling import AutoscaleStatus, Autoscaling, LoadReport
+from raylm.cluster.nodes import alive_nodes
 from raylm.operations import ScaleResult
 from raylm.serve.autoscaler import Autoscaler
 from raylm.serve.deployment import DeploymentConfig
+from raylm.serve.placement import pick_node
+from raylm.serve.replica_slot import Replica, rank_need
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,10 @@ class Scaling:
     _current: dict[str, DeploymentConfig]
     _rollouts: dict[str, str]
 
-    # The controller's own (serve/operating.py).
+    # The controller's own (serve/operating.py, serve/controller.py).
+    replicas: list[Replica]
+    _of: Callable[[str], list[Replica]]
+    _used_by_others: Callable[[DeploymentConfig], dict[str, dict[str, float]]]
     _scale: Callable[[str, int], Awaitable[ScaleResult]]
     _room_for: Callable[[DeploymentConfig, int], bool]
     _unknown: Callable[[str], str]
@@ -50,7 +56,8 @@ class Scaling:
 
     def _hand_scale_refusal(self, model: str, replicas: int) -> str | None:
         """Why `raylm scale` may not set `replicas` (outside the model's autoscaling
-        bounds), or None; within them, the rule starts over from the new count."""
+        bounds), or None. Within them the rule starts over from the new count, and moves
+        it again once the load has wanted another for the delay."""
         scaler = self._autoscalers.get(model)
         if scaler is None:
             return None
@@ -61,8 +68,33 @@ class Scaling:
                 f"replicas; scale it within them, or change them with `raylm autoscale "
                 f"{model} --min N --max M` (or `--off`)."
             )
-        scaler.restart()
         return None
+
+    def _room_kept(self) -> dict[str, dict[str, float]]:
+        """Per node IP, the room autoscaled models keep for the replicas they may add up
+        to max_replicas, placed as the controller would place them (one-node replicas;
+        a placement group's nodes are not modelled)."""
+        nodes = alive_nodes()
+        ips = {n.node_id: n.ip for n in nodes}
+        kept: dict[str, dict[str, float]] = {}  # per node id
+        for model, scaler in self._autoscalers.items():
+            c = self._current[model]
+            if c.nodes_per_replica > 1:
+                continue
+            placed = [x.node_ids for x in self.replicas if x.config is c]
+            used = self._used_by_others(c)
+            for node, res in kept.items():
+                for k, v in res.items():
+                    used.setdefault(node, {})[k] = used.get(node, {}).get(k, 0.0) + v
+            need = rank_need(c)
+            for _ in range(scaler.settings.max_replicas - len(self._of(model))):
+                nid = pick_node(nodes, need, placed, exclude=set(), allowed=None, used=used)
+                if nid is None:
+                    break
+                placed.append([nid])
+                for k, v in need.items():
+                    kept.setdefault(nid, {})[k] = kept.get(nid, {}).get(k, 0.0) + v
+        return {ips[nid]: res for nid, res in kept.items()}
 
     async def set_autoscaling(self, model: str, settings: Autoscaling | None) -> ScaleResult:
         """Autoscale `model` with `settings` from now on (None: stop; its count stays). A
@@ -76,47 +108,61 @@ class Scaling:
             self._autoscalers.pop(model, None)
             logger.info("%s: autoscaling off, %d replica(s)", model, before)
             return ScaleResult(model=model, before=before, after=before)
+        inside = settings.bounded(before)
+        if inside != before:  # the count moves first: a refusal leaves everything as it was
+            result = await self._scale(model, inside)
+            if result.error:
+                result.error = f"{result.error} (its autoscaling is unchanged)"
+                return result
+        else:
+            result = ScaleResult(model=model, before=before, after=before)
         scaler = self._autoscalers.get(model)
         if scaler is None:
             scaler = self._autoscalers[model] = Autoscaler(model, settings)
         scaler.restart(settings)
+        if inside != before:
+            scaler.decided(before, inside, "outside the new bounds")
         logger.info("%s: autoscaling %s", model, settings.describe())
-        inside = settings.bounded(before)
-        if inside == before:
-            return ScaleResult(model=model, before=before, after=before)
-        result = await self._scale(model, inside)
-        scaler.decided(before, result.after, "outside the new bounds")
         return result
 
     async def _autoscale(self, now: float) -> None:
         """One pass of every autoscaled model's rule (from the reconcile loop)."""
         fresh = [load for at, load in self._loads.values() if now - at <= LOAD_FRESH_S]
         for model, scaler in list(self._autoscalers.items()):
-            if model not in self._current:
-                continue  # being removed
-            if self._rollouts.get(model, "").startswith("rolling"):
-                scaler.pause("a rolling update is in progress")
-                continue
-            if not fresh:
-                scaler.pause(f"no gateway reported its load in the last {LOAD_FRESH_S:g} s")
-                continue
-            desired = self._desired[model]
-            want = scaler.observe(now, float(sum(x.get(model, 0) for x in fresh)), desired)
-            if want is None:
-                continue
-            why = scaler.why(desired)
-            if want > desired:
-                room = want - desired
-                while room and not self._room_for(self._current[model], room):
-                    room -= 1
-                if room < want - desired:
-                    why += f"; wanted {want}, the cluster has room for {room} more"
-                want = desired + room
-            if want == desired:
-                scaler.decided(desired, desired, why)
-                continue
-            result = await self._scale(model, want)
-            if result.error:
-                why += f"; refused: {result.error}"
-            scaler.decided(desired, result.after, why)
-            logger.info("autoscaling %s: %s", model, scaler.last)
+            try:
+                await self._autoscale_one(model, scaler, now, fresh)
+            except Exception:  # one model's failure must not stop the others' scaling
+                logger.exception("autoscaling %s failed", model)
+
+    async def _autoscale_one(
+        self, model: str, scaler: Autoscaler, now: float, fresh: list[dict[str, int]]
+    ) -> None:
+        """One model's pass: a decision acted on, or why none."""
+        if model not in self._current:
+            return  # being removed
+        if self._rollouts.get(model, "").startswith("rolling"):
+            scaler.pause("a rolling update is in progress")
+            return
+        if not fresh:
+            scaler.pause(f"no gateway reported its load in the last {LOAD_FRESH_S:g} s")
+            return
+        desired = self._desired[model]
+        want = scaler.observe(now, float(sum(x.get(model, 0) for x in fresh)), desired)
+        if want is None:
+            return
+        why = scaler.why(desired)
+        if want > desired:
+            room = want - desired
+            while room and not self._room_for(self._current[model], room):
+                room -= 1
+            if room < want - desired:
+                why += f"; wanted {want}, the cluster has room for {room} more"
+            want = desired + room
+        if want == desired:
+            scaler.decided(desired, desired, why)
+            return
+        result = await self._scale(model, want)
+        if result.error:
+            why += f"; refused: {result.error}"
+        scaler.decided(desired, result.after, why)
+        logger.info("autoscaling %s: %s", model, scaler.last)
