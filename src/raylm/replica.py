@@ -42,6 +42,11 @@ class ReplicaInfo(BaseModel):
     restarts: int = Field(default=0, description="How many times this replica was restarted.")
     detail: str = Field(default="", description="Why the replica is in this state, for humans.")
     log_path: str = Field(default="", description="vLLM log of rank 0 on its node.")
+    model_path: str = Field(
+        default="",
+        description="The model directory as `raylm serve`'s node sees it (where the gateway "
+        "loads the tokenizer of a model added live); '' when unknown.",
+    )
     generation: int = Field(
         default=0, description="Bumped on each restart, so a gateway can tell old from new."
     )

@@ -105,6 +105,15 @@ def test_a_model_is_removed_and_another_added_while_the_first_answers_throughout
     with two.client() as c:
         r = c.post("/v1/completions", json={"model": "chat-c", "prompt": "Hi", "max_tokens": 2})
     assert r.status_code == 200 and r.json()["model"] == "chat-c"
+    # kv-aware routing tokenizes its prompts too, once the gateway loaded its tokenizer.
+    loaded = 'raylm_kv_tokenizer_loaded{model="chat-c"} 1.0'
+    deadline = time.monotonic() + 60
+    with two.client() as c:
+        while loaded not in (metrics := c.get("/metrics").text):
+            assert time.monotonic() < deadline, [
+                x for x in metrics.splitlines() if "tokenizer" in x
+            ]
+            time.sleep(1)
     # Refused, each with its reason: a name taken, a deployment field, no room left, the
     # last model, an unknown one.
     again = _raylm(two, "add", "-f", str(added))

@@ -44,7 +44,7 @@ from raylm.gateway.settings import GatewaySettings
 from raylm.gateway.source import LoadSink, ReplicaSource
 from raylm.gateway.tokens import PromptTokens
 from raylm.gateway.upstream import Upstream
-from raylm.replica import ReplicaState
+from raylm.replica import ReplicaInfo, ReplicaState
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class Gateway:
         self._kv_reader: asyncio.Task[None] | None = None
         self._tokenizer_loader: asyncio.Task[None] | None = None
         self._last_refresh_error = ""
+        self._reporting: asyncio.Task[None] | None = None
         started_at = time.time()
         openai = OpenAIRoutes(self.upstream, started_at)
         native = NativeRoutes(self.upstream)
@@ -155,12 +156,14 @@ class Gateway:
         if not self.upstream.draining:
             await self.drain(self.settings.drain_timeout_s)
         await self.upstream.end_streams()
-        for task in (self._refresher, self._scraper, self._kv_reader, self._tokenizer_loader):
+        tasks = (self._refresher, self._scraper, self._kv_reader, self._tokenizer_loader)
+        for task in (*tasks, self._reporting):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._refresher = self._scraper = self._kv_reader = self._tokenizer_loader = None
+        self._reporting = None
         await self.upstream.close_pool()
 
     async def drain(self, timeout_s: float) -> bool:
@@ -204,8 +207,23 @@ class Gateway:
         self._last_refresh_error = ""
         self.table.update(replicas)
         self.upstream.admission.poke()
-        if isinstance(self.source, LoadSink):
-            await self._report_load(self.source)
+        if self.kv is not None:
+            self._learn_models(self.kv, replicas)
+        reporting = self._reporting
+        if isinstance(self.source, LoadSink) and (reporting is None or reporting.done()):
+            # Not awaited: a slow controller must not hold up the replica table.
+            self._reporting = asyncio.create_task(self._report_load(self.source))
+
+    def _learn_models(self, kv: KvAware, replicas: list[ReplicaInfo]) -> None:
+        """Load, off the event loop, the tokenizer of a model added live (`raylm add`);
+        until it is loaded, that model's requests are routed by load."""
+        for r in replicas:
+            kv.tokens.learn(r.model, r.model_path)
+        loader = self._tokenizer_loader
+        if kv.tokens.unloaded() and (loader is None or loader.done()):
+            self._tokenizer_loader = asyncio.create_task(
+                asyncio.to_thread(kv.tokens.load), name="raylm-tokenizer-load"
+            )
 
     async def _report_load(self, sink: LoadSink) -> None:
         """Tell the controller this process's load per model (what autoscaling acts on)."""
@@ -218,6 +236,7 @@ class Gateway:
             self.autoscale = await sink.report_load(LoadReport(gateway=self._id, load=load))
         except Exception as e:  # routing goes on; autoscaling pauses without reports
             logger.debug("load report failed: %s: %s", type(e).__name__, e)
+            self.autoscale = []  # unknown now: never export stale figures
 
     async def _refresh_loop(self) -> None:
         while True:

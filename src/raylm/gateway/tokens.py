@@ -39,9 +39,18 @@ class PromptTokens:
         """Load every model's tokenizer. Blocking (a tokenizer takes from 0.5 s to several
         seconds to load): the gateway runs it in a thread at start, so no request waits on
         it, and until a model's is loaded its prompts are routed by load."""
-        for model in self._dirs:
+        for model in list(self._dirs):  # a copy: the event loop may learn one meanwhile
             if model not in self._tokenizers:
                 self._load(model)
+
+    def learn(self, model: str, path: str) -> None:
+        """Know `model`'s directory (a model added live); `load` then loads it."""
+        if model not in self._dirs and path:
+            self._dirs[model] = path
+
+    def unloaded(self) -> bool:
+        """Whether a known model's tokenizer was not tried yet (`load` has work)."""
+        return any(m not in self._tokenizers for m in list(self._dirs))
 
     def loaded(self, model: str) -> bool:
         """Whether `model`'s prompts can be tokenized now."""

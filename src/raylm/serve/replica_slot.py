@@ -58,6 +58,7 @@ def replica_info(r: Replica) -> ReplicaInfo:
         restarts=r.restarts,
         detail=r.detail,
         log_path=r.log_path,
+        model_path=r.config.model_path,
         generation=r.generation,
     )
 
