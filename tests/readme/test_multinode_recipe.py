@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import shlex
 import signal
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -293,6 +294,68 @@ def _engines_of(c: NetnsCluster, i: int) -> list[int]:
         except psutil.Error:
             continue
     return out
+
+
+def test_a_killed_serve_is_served_again_with_attach_and_no_replica_restarts(
+    typed: Recipe,
+) -> None:
+    assert typed.serve is not None and typed.serve_log is not None
+    before = {r["replica_id"]: (r["node"], r["restarts"]) for r in typed.replicas()}
+    engines = {i: sorted(_engines_of(typed.cluster, i)) for i in range(3)}
+    typed.serve.kill()  # the gateway's process, as an OOM kill or a lost terminal does
+    typed.serve.wait(timeout=60)
+    # The same line again is refused, and says how to serve the running deployment.
+    line = next(s.line for s in typed.steps if s.line.startswith("raylm serve"))
+    again = typed.run(0, line, timeout=300)
+    assert again.returncode == 1 and "--attach" in again.stderr, again.stderr
+    assert "Traceback" not in again.stderr
+    typed.serve_log = typed.logs / "serve-attached.log"
+    with open(typed.serve_log, "wb") as log:
+        typed.serve = typed.cluster.popen(
+            0, ["bash", "-c", f"{line} --attach"], env={"KEY": KEY}, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    _wait_ready(typed)
+    assert "serving deployment 'default' again" in typed.serve_log.read_text()
+    after = {r["replica_id"]: (r["node"], r["restarts"]) for r in typed.replicas()}
+    assert after == before  # the same replicas, never restarted: the same vLLM processes
+    assert {i: sorted(_engines_of(typed.cluster, i)) for i in range(3)} == engines
+    client = openai.OpenAI(base_url=f"{typed.base_url}/v1", api_key=KEY, timeout=120)
+    out = client.completions.create(model=MODEL, prompt="Hi", max_tokens=4)
+    assert out.choices[0].text
+
+
+def test_debug_bundle_from_a_worker_holds_every_machine_and_no_secret(typed: Recipe) -> None:
+    c = typed.cluster
+    replica_keys = {
+        psutil.Process(pid).environ().get("RAYLM_REPLICA_KEY", "")
+        for i in range(3)
+        for pid in _engines_of(c, i)
+    } - {""}
+    assert replica_keys  # the key the gateway gives its replicas: a secret too
+    token = c.join_line[c.join_line.index("--token") + 1]
+    out = typed.logs / "bundle.tar.gz"
+    p = typed.run(1, f"raylm debug-bundle -o {out}", timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "3 node(s)" in p.stdout and "secret(s) redacted" in p.stdout, p.stdout
+    with tarfile.open(out) as tar:
+        members = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    ips = [n.ip for n in c.nodes]
+    for ip in ips:
+        for name in ("facts.json", "env.txt", "network.txt", "cpu.txt", "raylm-node.json"):
+            assert f"nodes/{ip}/{name}" in members, sorted(members)[:40]
+        mine = [m for m in members if m.startswith(f"nodes/{ip}/")]
+        assert any(m.startswith(f"nodes/{ip}/logs/ray/") for m in mine), (
+            mine,
+            members.get(f"nodes/{ip}/logs/ray-missing.txt"),
+        )
+    # vLLM's own log of each replica, from the machine it ran on.
+    assert sum(m.endswith("-rank0.log") for m in members) >= 2, sorted(members)
+    assert {"cluster.json", "doctor.json"} <= set(members)
+    for secret in (token, KEY, *replica_keys):
+        leaked = [m for m, data in members.items() if secret.encode() in data]
+        assert not leaked, f"a secret is in {leaked}"
+    assert b"<redacted>" in members[f"nodes/{c.nodes[1].ip}/env.txt"]
 
 
 def test_ctrl_c_then_down_on_each_machine_leaves_nothing(typed: Recipe) -> None:

@@ -250,6 +250,36 @@ def _doctor(
         raise SystemExit(1)
 
 
+def _debug_bundle(
+    output: Path | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="Archive to write [default: ./raylm-debug-<time>-<host>.tar.gz].",
+    ),
+    file: Path | None = typer.Option(
+        None, "-f", "--file", help="The deployment's spec (raylm.toml), its keys redacted."
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="GCS address (default: this node's)."
+    ),
+) -> None:
+    """Gather one .tar.gz from every node, over Ray: versions, doctor, logs, GPUs or CPUs,
+    network, environment; every token and key redacted."""
+    from raylm.cluster.bundle import collect_bundle, read_spec
+
+    spec_text, secrets = read_spec(file) if file is not None else (None, [])
+    with err.status("Gathering from every node...", spinner="dots"):
+        got = collect_bundle(output, spec_text, secrets, address)
+    for ip, why in got.missing.items():
+        err.print(f"[yellow]raylm[/yellow] nothing from {ip}: {escape(why)}")
+    console.print(
+        f"wrote {got.path}: {len(got.nodes)} node(s), {got.size_bytes / 1024:.0f} KiB, "
+        f"{got.redacted} secret(s) redacted",
+        highlight=False,
+    )
+
+
 class _null:
     def __enter__(self) -> None:
         return None
@@ -281,4 +311,5 @@ def register(app: typer.Typer) -> None:
     app.command("join")(_join)
     app.command("status")(_status)
     app.command("doctor")(_doctor)
+    app.command("debug-bundle")(_debug_bundle)
     app.command("down")(_down)
