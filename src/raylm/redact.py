@@ -10,19 +10,28 @@ import re
 
 REDACTED = "<redacted>"
 
-_SECRET_NAME = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.I)
-"""Environment variable names whose values are secrets."""
+_SECRET_NAME = re.compile(r"(TOKEN|KEY|SECRET|PASS|PWD|CREDENTIAL|AUTH|DSN)", re.I)
+"""Environment variable names whose values are secrets..."""
+_NOT_SECRET_NAME = re.compile(r"_(MODE|PATH|FILE|DIR)$", re.I)
+"""... unless they name a mode or where a secret is kept (RAY_AUTH_MODE=token)."""
 
 # Each keeps group 1 (what names the secret) and replaces the value after it.
 _NOT_DONE = "(?!" + re.escape(REDACTED) + ")"
+_ALONE = "(?<![A-Za-z0-9_])"  # a name of its own: not eos_token, not pad_token
 _SHAPES = [
+    re.compile(r"(://[^/\s:@]+:)" + _NOT_DONE + r"[^@\s/]+(?=@)"),  # user:password@host
+    re.compile(r"""(^\s*key\s*=\s*["'])""" + _NOT_DONE + r"""[^"']+""", re.M),  # raylm.toml keys
     re.compile(r"(Bearer\s+)" + _NOT_DONE + r"[^\s'\",]+", re.I),
     re.compile(r"(--(?:api-key|admin-key|token)[=\s]+)" + _NOT_DONE + r"[^\s'\",]+"),
     re.compile(
-        r"""(['"]?(?:api_key|admin_key|token)['"]?\s*[:=]\s*\[?\s*['"])""" + _NOT_DONE + "[^'\"]+",
+        r"""((?<![A-Za-z0-9_])['"]?(?:api_key|admin_key|token)['"]?\s*[:=]\s*\[?\s*['"])"""
+        + _NOT_DONE
+        + "[^'\"]+",
         re.I,
     ),
-    re.compile(r"(\b(?:api_key|admin_key|token)=)" + _NOT_DONE + r"[^\s&'\",]+", re.I),
+    re.compile(
+        r"((?<![A-Za-z0-9_])(?:api_key|admin_key|token)=)" + _NOT_DONE + r"[^\s&'\",]+", re.I
+    ),
     re.compile(r"()\bsk-[A-Za-z0-9_\-]{8,}"),
 ]
 
@@ -30,7 +39,11 @@ _SHAPES = [
 def secret_env_names(env: dict[str, str] | None = None) -> list[str]:
     """Names of the variables in `env` (default: this process's) that hold secrets."""
     names = os.environ if env is None else env
-    return sorted(k for k in names if _SECRET_NAME.search(k))
+    return sorted(k for k in names if _is_secret_name(k))
+
+
+def _is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name)) and not _NOT_SECRET_NAME.search(name)
 
 
 def known_secrets(extra: list[str] | None = None) -> list[str]:
@@ -38,20 +51,22 @@ def known_secrets(extra: list[str] | None = None) -> list[str]:
     its environment, and `extra` (longest first, so no part of one is left)."""
     from raylm.cluster.record import read_token
 
-    found = {os.environ[k] for k in secret_env_names()}
+    # Short values of secret-named variables ("1", "true") are flags, not secrets.
+    found = {v for k in secret_env_names() if len(v := os.environ[k]) >= 8}
     token = read_token()
     if token:
         found.add(token)
     found.update(extra or [])
-    # Short values ("1", "true") are flags, not secrets; replacing them would garble.
-    return sorted((s for s in found if len(s) >= 8), key=len, reverse=True)
+    return sorted(found, key=len, reverse=True)
 
 
 class Redactor:
     """Replaces secrets in text and counts how many it replaced."""
 
     def __init__(self, secrets: list[str]) -> None:
-        self._secrets = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
+        # Given as secrets (a spec's keys, the token): replaced however short, but a
+        # value of 1-3 characters would garble every file and say little.
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
         self.count = 0
 
     def text(self, text: str) -> str:
@@ -69,7 +84,7 @@ class Redactor:
         lines = []
         for k in sorted(env):
             v = env[k]
-            if _SECRET_NAME.search(k) and v:
+            if _is_secret_name(k) and v:
                 self.count += 1
                 v = REDACTED
             lines.append(f"{k}={v}")

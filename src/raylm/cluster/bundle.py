@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from raylm.errors import ConfigError
 from raylm.redact import Redactor, known_secrets
 
 TAIL_BYTES = 256 * 1024
@@ -74,9 +75,15 @@ def _tail(path: Path) -> str:
 def _logs(root: Path, prefix: str, files: dict[str, str]) -> None:
     if not root.is_dir():
         return
-    found = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
-    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    for p in found[:MAX_LOGS]:
+    dated = []
+    for p in root.rglob("*"):
+        try:  # a log rotated away meanwhile is skipped, not the node's whole part
+            if p.is_file() and not p.is_symlink():
+                dated.append((p.stat().st_mtime, p))
+        except OSError:
+            continue
+    dated.sort(key=lambda t: t[0], reverse=True)
+    for _, p in dated[:MAX_LOGS]:
         try:
             files[f"{prefix}/{p.relative_to(root)}"] = _tail(p)
         except OSError as e:
@@ -149,6 +156,21 @@ def collect_bundle(
     from raylm.cluster.doctor import run_doctor
     from raylm.cluster.nodes import cluster_nodes
 
+    path = (
+        output
+        or Path.cwd()
+        / f"raylm-debug-{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}.tar.gz"
+    )
+    try:  # before gathering: a path it cannot write is said at once, 0600 from the start
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        raise ConfigError(
+            f"Cannot write the bundle to {path}",
+            why=f"{type(e).__name__}: {e.strerror}",
+            fix="Give a writable path",
+            command="raylm debug-bundle -o /tmp/raylm-debug.tar.gz",
+        ) from None
+    os.close(fd)
     ensure_attached(address)
     listed = cluster_nodes()
     task = ray.remote(num_cpus=0, max_retries=0)(gather_node)
@@ -160,8 +182,7 @@ def collect_bundle(
         for n in alive
     }
     redactor = Redactor(known_secrets(spec_secrets))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    root = f"raylm-debug-{stamp}"
+    root = path.name.removesuffix(".tar.gz")
     files: dict[str, str] = {
         "cluster.json": json.dumps([n.model_dump() for n in listed], indent=2),
     }
@@ -172,9 +193,11 @@ def collect_bundle(
     if spec_text is not None:
         files["spec.toml"] = spec_text
     nodes, missing, counted = [], {}, 0
+    # One deadline for all: a hung node costs its wait once, not once per node.
+    ray.wait(list(refs.values()), num_returns=len(refs), timeout=_NODE_TIMEOUT_S)
     for ip, ref in refs.items():
         try:
-            part: NodeBundle = ray.get(ref, timeout=_NODE_TIMEOUT_S)
+            part: NodeBundle = ray.get(ref, timeout=0.1)
         except Exception as e:
             missing[ip] = f"{type(e).__name__}: {e}"[:500]
             continue
@@ -186,14 +209,12 @@ def collect_bundle(
             missing[n.ip] = "Ray reports this node dead"
     if missing:
         files["missing.json"] = json.dumps(missing, indent=2)
-    path = output or Path.cwd() / f"{root}-{socket.gethostname()}.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
         for name, text in sorted(files.items()):
             data = redactor.text(text).encode()
             info = tarfile.TarInfo(f"{root}/{name}")
             info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
             tar.addfile(info, io.BytesIO(data))
-    os.chmod(path, 0o600)
     return BundleResult(
         path=str(path),
         nodes=nodes,

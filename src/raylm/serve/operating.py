@@ -101,7 +101,10 @@ class Operating:
         if model in self._current and (why := self._hand_scale_refusal(model, replicas)):
             before = self._desired[model]
             return ScaleResult(model=model, before=before, after=before, error=why, status=409)
-        return await self._scale(model, replicas)
+        result = await self._scale(model, replicas)
+        if not result.error and (scaler := self._autoscalers.get(model)):
+            scaler.restart()  # the autoscaler starts over from the count set by hand
+        return result
 
     async def _scale(self, model: str, replicas: int) -> ScaleResult:
         config = self._current.get(model)

@@ -31,6 +31,7 @@ from raylm.serve.deployment import (
 from raylm.serve.operator import DeploymentOperator
 from raylm.serve.placement import Placement
 from raylm.serve.planning import check_model_layout
+from raylm.serve.scaling import LOAD_FRESH_S
 from raylm.serve.together import Planned, plan_together
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,8 @@ def check_not_running(name: str) -> None:
         return
     raise ConfigError(
         f"A deployment named '{name}' already runs on this cluster",
-        fix="Serve its gateway again with --attach (its replicas and changes are kept), "
-        "stop the raylm serve that runs it, or give this one another name",
+        fix="Give this one another name, or stop the raylm serve that runs it; if that "
+        "process died, serve its gateway again with --attach (its replicas are kept)",
         command=f"raylm serve --name {name} --attach",
     )
 
@@ -88,11 +89,25 @@ def start_controller(configs: list[DeploymentConfig]) -> Any:
     # Function-local: Ray (and the controller, which imports it) read their auth settings
     # at import, after `connect` has applied this cluster's token.
     import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    try:
+        return _create_controller(configs, here)
+    except ValueError:  # another raylm serve created it since check_not_running
+        raise ConfigError(
+            f"A deployment named '{config.name}' was started on this cluster meanwhile",
+            fix="Give this one another name",
+            command=f"raylm serve --name {config.name}-2",
+        ) from None
+
+
+def _create_controller(configs: list[DeploymentConfig], here: str) -> Any:
+    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from raylm.serve.controller import Controller
 
-    here = ray.get_runtime_context().get_node_id()
+    config = configs[0]
     actor = (
         ray.remote(Controller)
         .options(
@@ -120,6 +135,7 @@ def attach_controller(name: str) -> tuple[Any, Planned]:
     try:
         actor = ray.get_actor(controller_actor_name(name), namespace=CONTROLLER_NAMESPACE)
         configs: list[DeploymentConfig] = ray.get(actor.current_configs.remote(), timeout=30)
+        seen: float | None = ray.get(actor.gateway_seen.remote(), timeout=30)
     except (ValueError, ray.exceptions.RayError) as e:
         raise ConfigError(
             f"No deployment named '{name}' runs on this cluster",
@@ -127,6 +143,14 @@ def attach_controller(name: str) -> tuple[Any, Planned]:
             fix="Start it: the same raylm serve line without --attach",
             command=f"raylm serve --name {name}",
         ) from None
+    if seen is not None and seen < LOAD_FRESH_S:
+        raise ConfigError(
+            f"The deployment '{name}' still has a gateway",
+            why=f"one reported its load {seen:.0f} s ago: its raylm serve still runs",
+            fix="Use that gateway's endpoint; --attach is for after it died (if it just "
+            "died, run this again in a few seconds)",
+            command="raylm ps",
+        )
     return actor, [(c, _placement(c)) for c in configs]
 
 
@@ -210,7 +234,17 @@ async def serve(specs: list[ServeSpec], reporter: Reporter, attach: bool = False
         _take_signals(loop, stop)
         controller = None
         gateway: GatewayServer | None = None
+        # An attached deployment is not this run's to stop until it serves again: a
+        # failure before that leaves it running, as it was found.
+        owned = not attach
         try:
+            if attach and conn.started_here:
+                raise ConfigError(
+                    f"No deployment named '{spec.name}' runs: this machine is in no cluster",
+                    why="a deployment on a private cluster ends with its raylm serve",
+                    fix="Start it again, without --attach",
+                    command="raylm serve",
+                )
             if attach:
                 controller, planned = await loop.run_in_executor(None, attach_controller, spec.name)
                 configs = [c for c, _ in planned]
@@ -251,7 +285,8 @@ async def serve(specs: list[ServeSpec], reporter: Reporter, attach: bool = False
                 workers=spec.gateway_workers or _default_workers(spec),
             )
             await gateway.start()
-            if await wait_until_ready(controller, reporter, stop):
+            if attach or await wait_until_ready(controller, reporter, stop):
+                owned = True
                 # The gateway reads the table on its own clock: make it current first, so
                 # a request sent the moment `ready` is printed finds the replicas.
                 await gateway.gateway.refresh()
@@ -266,9 +301,11 @@ async def serve(specs: list[ServeSpec], reporter: Reporter, attach: bool = False
             if gateway is not None:
                 with contextlib.suppress(Exception):
                     await gateway.stop(spec.drain_timeout_s)
-            reporter.stopping("stopping replicas")
-            if controller is not None:
+            if controller is not None and owned:
+                reporter.stopping("stopping replicas")
                 await _stop_controller(controller)
+            elif controller is not None:
+                reporter.stopping(f"leaving deployment '{spec.name}' running, as it was found")
             reporter.stopping("disconnecting from Ray" if not conn.started_here else "stopping Ray")
             await loop.run_in_executor(None, conn.close)
 

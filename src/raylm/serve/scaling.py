@@ -54,6 +54,13 @@ class Scaling:
                 del self._loads[gateway]  # a gateway long gone
         return [a.status(self._desired.get(m, 0)) for m, a in self._autoscalers.items()]
 
+    def gateway_seen(self) -> float | None:
+        """Seconds since a gateway last reported its load (None: none ever did): whether
+        the deployment's raylm serve still runs (`raylm serve --attach` asks)."""
+        if not self._loads:
+            return None
+        return time.monotonic() - max(at for at, _ in self._loads.values())
+
     def _hand_scale_refusal(self, model: str, replicas: int) -> str | None:
         """Why `raylm scale` may not set `replicas` (outside the model's autoscaling
         bounds), or None. Within them the rule starts over from the new count, and moves
@@ -88,7 +95,8 @@ class Scaling:
                     used.setdefault(node, {})[k] = used.get(node, {}).get(k, 0.0) + v
             need = rank_need(c)
             for _ in range(scaler.settings.max_replicas - len(self._of(model))):
-                nid = pick_node(nodes, need, placed, exclude=set(), allowed=None, used=used)
+                allowed = c.allowed_node_ips
+                nid = pick_node(nodes, need, placed, exclude=set(), allowed=allowed, used=used)
                 if nid is None:
                     break
                 placed.append([nid])
