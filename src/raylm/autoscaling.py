@@ -64,6 +64,10 @@ class Autoscaling(BaseModel):
         """`replicas` moved inside [min_replicas, max_replicas]."""
         return max(self.min_replicas, min(self.max_replicas, replicas))
 
+    def starting(self, replicas: int | None) -> int:
+        """Replicas it starts with: `replicas` when given, else min_replicas."""
+        return self.min_replicas if replicas is None else replicas
+
     def merged(self, **given: float | None) -> Autoscaling:
         """These settings with the values `given` (None: keep this one)."""
         return Autoscaling.model_validate(

@@ -161,9 +161,10 @@ class ServeSpec(BaseModel):
         )
 
     def starting_replicas(self) -> int | None:
-        """Replicas it starts with: `replicas`, else an autoscaled model's minimum."""
-        if self.replicas is None and self.autoscaling is not None:
-            return self.autoscaling.min_replicas
+        """Replicas it starts with: `replicas`, else an autoscaled model's minimum (None:
+        the planner decides)."""
+        if self.autoscaling is not None:
+            return self.autoscaling.starting(self.replicas)
         return self.replicas
 
     @model_validator(mode="after")

@@ -34,6 +34,7 @@ from raylm.serve.placement import pick_node
 from raylm.serve.rank import RankNode, RankStarted, RankStatus
 from raylm.serve.replica_slot import (
     Replica,
+    add_need,
     call_all,
     need_text,
     rank_need,
@@ -238,9 +239,7 @@ class Controller(Operating, Scaling):
         for x in self.replicas:
             if x.config is not c:
                 for nid in x.node_ids:
-                    held = used.setdefault(nid, {})
-                    for k, v in rank_need(x.config).items():
-                        held[k] = held.get(k, 0.0) + v
+                    add_need(used, nid, rank_need(x.config))
         return used
 
     def _alloc_slot(self, host: str) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from raylm.cluster.nodes import alive_nodes
+from raylm.cluster.nodes import NodeView, alive_nodes
 from raylm.operations import (
     DeploymentView,
     ModelView,
@@ -33,7 +33,7 @@ from raylm.replica import ReplicaState
 from raylm.serve.autoscaler import Autoscaler
 from raylm.serve.deployment import DeploymentConfig
 from raylm.serve.placement import pick_node
-from raylm.serve.replica_slot import Replica, need_text, rank_need, replica_info
+from raylm.serve.replica_slot import Replica, add_need, need_text, rank_need, replica_info
 
 logger = logging.getLogger(__name__)
 
@@ -196,16 +196,32 @@ class Operating:
         """Whether `count` more one-node replicas of `c` fit beside every replica now."""
         if c.nodes_per_replica > 1:
             return True  # a placement group waits for its nodes; nothing to check here
-        nodes = alive_nodes()
+        return len(self._more_nodes(c, count, alive_nodes(), {})) == count
+
+    def _more_nodes(
+        self,
+        c: DeploymentConfig,
+        count: int,
+        nodes: list[NodeView],
+        also: dict[str, dict[str, float]],
+    ) -> list[str]:
+        """The nodes (ids) up to `count` more one-node replicas of `c` would go to, as
+        the controller places them, beside every replica now and what `also` holds (per
+        node id); fewer when the cluster has no room for more."""
         placed = [x.node_ids for x in self.replicas if x.config is c]
         used = self._used_by_others(c)
+        for node, res in also.items():
+            add_need(used, node, res)
+        picked: list[str] = []
         for _ in range(count):
-            allowed = c.allowed_node_ips
-            nid = pick_node(nodes, rank_need(c), placed, exclude=set(), allowed=allowed, used=used)
+            nid = pick_node(
+                nodes, rank_need(c), placed, exclude=set(), allowed=c.allowed_node_ips, used=used
+            )
             if nid is None:
-                return False
+                break
             placed.append([nid])
-        return True
+            picked.append(nid)
+        return picked
 
     def _unknown(self, model: str) -> str:
         served = ", ".join(self._current)
@@ -221,12 +237,9 @@ class Operating:
         for r in self.replicas:
             if r.supervisors:  # placed now (not torn down, waiting to restart)
                 for ip in r.node_ips:
-                    mine = held.setdefault(ip, {})
-                    for k, v in rank_need(r.config).items():
-                        mine[k] = mine.get(k, 0.0) + v
+                    add_need(held, ip, rank_need(r.config))
         for ip, res in self._room_kept().items():
-            for k, v in res.items():
-                held.setdefault(ip, {})[k] = held.get(ip, {}).get(k, 0.0) + v
+            add_need(held, ip, res)
         return held
 
     def add_model(self, config: DeploymentConfig) -> ScaleResult:

@@ -229,7 +229,7 @@ def plan_deployment(
     held = held or {}
     if spec.autoscaling is not None:
         # Planned for its most replicas, so that they fit at start; it starts with fewer.
-        start = spec.replicas or spec.autoscaling.min_replicas
+        start = spec.autoscaling.starting(spec.replicas)
         reporter.phase(
             f"autoscaling {spec.autoscaling.describe()}: planning room for "
             f"{spec.autoscaling.max_replicas}, starting {start}"

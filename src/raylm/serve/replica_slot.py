@@ -70,6 +70,13 @@ def rank_need(c: DeploymentConfig) -> dict[str, float]:
     return {"CPU": float(c.cpus_per_node)}
 
 
+def add_need(into: dict[str, dict[str, float]], node: str, need: dict[str, float]) -> None:
+    """Count `need` (a rank's resources) as held on `node` in `into`."""
+    held = into.setdefault(node, {})
+    for k, v in need.items():
+        held[k] = held.get(k, 0.0) + v
+
+
 def call_all(actors: list[Any], method: str, timeout: float) -> list[Any]:
     """Call `method` on every actor and wait for all answers (in a worker thread)."""
     return list(ray.get([getattr(a, method).remote() for a in actors], timeout=timeout))

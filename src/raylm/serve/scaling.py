@@ -15,12 +15,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 from raylm.autoscaling import AutoscaleStatus, Autoscaling, LoadReport
-from raylm.cluster.nodes import alive_nodes
+from raylm.cluster.nodes import NodeView, alive_nodes
 from raylm.operations import ScaleResult
 from raylm.serve.autoscaler import Autoscaler
 from raylm.serve.deployment import DeploymentConfig
-from raylm.serve.placement import pick_node
-from raylm.serve.replica_slot import Replica, rank_need
+from raylm.serve.replica_slot import Replica, add_need, rank_need
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +37,10 @@ class Scaling:
     _rollouts: dict[str, str]
 
     # The controller's own (serve/operating.py, serve/controller.py).
-    replicas: list[Replica]
     _of: Callable[[str], list[Replica]]
-    _used_by_others: Callable[[DeploymentConfig], dict[str, dict[str, float]]]
+    _more_nodes: Callable[
+        [DeploymentConfig, int, list[NodeView], dict[str, dict[str, float]]], list[str]
+    ]
     _scale: Callable[[str, int], Awaitable[ScaleResult]]
     _room_for: Callable[[DeploymentConfig, int], bool]
     _unknown: Callable[[str], str]
@@ -88,20 +88,9 @@ class Scaling:
             c = self._current[model]
             if c.nodes_per_replica > 1:
                 continue
-            placed = [x.node_ids for x in self.replicas if x.config is c]
-            used = self._used_by_others(c)
-            for node, res in kept.items():
-                for k, v in res.items():
-                    used.setdefault(node, {})[k] = used.get(node, {}).get(k, 0.0) + v
-            need = rank_need(c)
-            for _ in range(scaler.settings.max_replicas - len(self._of(model))):
-                allowed = c.allowed_node_ips
-                nid = pick_node(nodes, need, placed, exclude=set(), allowed=allowed, used=used)
-                if nid is None:
-                    break
-                placed.append([nid])
-                for k, v in need.items():
-                    kept.setdefault(nid, {})[k] = kept.get(nid, {}).get(k, 0.0) + v
+            more = scaler.settings.max_replicas - len(self._of(model))
+            for nid in self._more_nodes(c, more, nodes, kept):
+                add_need(kept, nid, rank_need(c))
         return {ips[nid]: res for nid, res in kept.items()}
 
     async def set_autoscaling(self, model: str, settings: Autoscaling | None) -> ScaleResult:
