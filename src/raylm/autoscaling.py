@@ -94,6 +94,12 @@ class LoadReport(BaseModel):
         description="Per served model name, its requests in flight to replicas plus those "
         "waiting in the gateway's queue."
     )
+    draining: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per replica its table shows stopping (being drained), the requests this "
+        "process still has open to it (a stream until its last byte). A drain ends when every "
+        "gateway reports the replica here with 0: none will route to it again.",
+    )
 
 
 class AutoscaleStatus(BaseModel):

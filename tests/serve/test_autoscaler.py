@@ -151,7 +151,8 @@ def test_the_controller_sums_fresh_gateways_takes_what_fits_and_pauses_without_r
         assert c._autoscalers["m"].status(1).last.startswith("paused: no gateway reported")
         c.report_load(LoadReport(gateway="a", load={"m": 5}))
         c.report_load(LoadReport(gateway="b", load={"m": 3}))
-        c._loads["old"] = (now - 60, {"m": 100})  # a gateway gone: not counted
+        gone = LoadReport(gateway="old", load={"m": 100})
+        c._loads["old"] = (now - 60, gone)  # a gateway gone: not counted
         await c._autoscale(time.monotonic())
         status = c._autoscalers["m"].status(c._desired["m"])
         assert c._desired["m"] == 2 and status.load == 8.0  # wanted 4, room for 1 more

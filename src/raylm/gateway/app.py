@@ -232,8 +232,14 @@ class Gateway:
         for model in admission.models():
             waiting = sum(admission.waiting(model, p) for p in PRIORITIES)
             load[model] = load.get(model, 0) + waiting
+        draining = {
+            r.replica_id: self.table.in_flight(r.replica_id)
+            for r in self.table.replicas
+            if r.state is ReplicaState.STOPPING
+        }
+        report = LoadReport(gateway=self._id, load=load, draining=draining)
         try:
-            self.autoscale = await sink.report_load(LoadReport(gateway=self._id, load=load))
+            self.autoscale = await sink.report_load(report)
         except Exception as e:  # routing goes on; autoscaling pauses without reports
             logger.debug("load report failed: %s: %s", type(e).__name__, e)
             self.autoscale = []  # unknown now: never export stale figures

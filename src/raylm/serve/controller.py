@@ -23,6 +23,7 @@ from ray.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
+from raylm.autoscaling import LoadReport
 from raylm.cluster.nodes import alive_nodes
 from raylm.errors import exception_line
 from raylm.kv.blocks import BlockCursor, BlockDelta
@@ -79,8 +80,8 @@ class Controller(Operating, Scaling):
             for c in self.configs
             if c.autoscaling is not None
         }
-        self._loads: dict[str, tuple[float, dict[str, int]]] = {}
-        """Per gateway process, when it last reported and its load per model."""
+        self._loads: dict[str, tuple[float, LoadReport]] = {}
+        """Per gateway process, when it last reported and its report."""
 
     # ---- public methods (called by the driver and the gateway) ----
 

@@ -2,9 +2,9 @@
 mixin of serve/controller.py): its view (`raylm ps`), a model's replica count
 (`raylm scale`) and a rolling update to a new version (`raylm update`).
 
-A removed replica is drained: it stops being ready at once (gateways stop routing to it
-within their refresh), the requests its engine holds finish (up to drain_timeout_s), and
-only then is it stopped. A rolling update starts new replicas `max_surge` at a time and,
+A removed replica is drained (serve/drain.py): it stops being ready at once, and is
+stopped once every gateway has seen that and has no request open to it (up to
+drain_timeout_s). A rolling update starts new replicas `max_surge` at a time and,
 as each is proven ready, drains an old one; with `max_unavailable` old ones also go first.
 A new replica that fails to start `FAILED_STARTS` times stops the rollout: the new ones
 are removed and the old ones, never drained before a new one was ready, keep serving.
@@ -18,8 +18,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import ray
-
 from raylm.cluster.nodes import NodeView, alive_nodes
 from raylm.operations import (
     DeploymentView,
@@ -32,17 +30,14 @@ from raylm.operations import (
 from raylm.replica import ReplicaState
 from raylm.serve.autoscaler import Autoscaler
 from raylm.serve.deployment import DeploymentConfig
+from raylm.serve.drain import wait_drained
 from raylm.serve.placement import pick_node
 from raylm.serve.replica_slot import Replica, add_need, need_text, rank_need, replica_info
 
 logger = logging.getLogger(__name__)
 
-# A replica being drained is shown not ready this long before its engine is watched: every
-# gateway reads the table in that time (each 0.5 s) and stops routing to it.
-UNROUTED_S = 2.0
 FAILED_STARTS = 3
 """Failed starts of a new replica, never ready, that stop a rollout."""
-_STATUS_TIMEOUT_S = 10.0
 
 
 class Operating:
@@ -63,6 +58,7 @@ class Operating:
     _used_by_others: Callable[[DeploymentConfig], dict[str, dict[str, float]]]
     _hand_scale_refusal: Callable[[str, int], str | None]
     _room_kept: Callable[[], dict[str, dict[str, float]]]
+    _still_routed: Callable[[str], tuple[int, int] | None]
 
     # ---- views ----
 
@@ -173,19 +169,13 @@ class Operating:
             r.task.cancel()  # a start in progress: nothing to drain
         if r.state is ReplicaState.READY and r.supervisors:
             r.state, r.detail = ReplicaState.STOPPING, "draining: taking no new requests"
-            await asyncio.sleep(UNROUTED_S)
-            deadline = time.monotonic() + r.config.drain_timeout_s
-            while time.monotonic() < deadline:
-                try:
-                    left = await asyncio.wait_for(
-                        r.supervisors[0].requests_in_engine.remote(), _STATUS_TIMEOUT_S
-                    )
-                except (TimeoutError, ray.exceptions.RayError):
-                    left = None
-                if left == 0:
-                    break
-                r.detail = f"draining: {left if left is not None else '?'} request(s) left"
-                await asyncio.sleep(0.5)
+            if not await wait_drained(r, self._still_routed):
+                logger.warning(
+                    "%s: drain_timeout_s (%g s) ran out; stopping it (%s)",
+                    r.replica_id,
+                    r.config.drain_timeout_s,
+                    r.detail,
+                )
         try:
             await self._teardown(r, "removed")
         finally:

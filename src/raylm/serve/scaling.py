@@ -31,7 +31,7 @@ class Scaling:
     """The controller's autoscalers; needs its desired counts, scale and room check."""
 
     _autoscalers: dict[str, Autoscaler]
-    _loads: dict[str, tuple[float, dict[str, int]]]
+    _loads: dict[str, tuple[float, LoadReport]]
     _desired: dict[str, int]
     _current: dict[str, DeploymentConfig]
     _rollouts: dict[str, str]
@@ -48,7 +48,7 @@ class Scaling:
     def report_load(self, report: LoadReport) -> list[AutoscaleStatus]:
         """A gateway's load; answers every autoscaled model's status (for its /metrics)."""
         now = time.monotonic()
-        self._loads[report.gateway] = (now, dict(report.load))
+        self._loads[report.gateway] = (now, report)
         for gateway, (at, _) in list(self._loads.items()):
             if now - at > 60 * LOAD_FRESH_S:
                 del self._loads[gateway]  # a gateway long gone
@@ -60,6 +60,17 @@ class Scaling:
         if not self._loads:
             return None
         return time.monotonic() - max(at for at, _ in self._loads.values())
+
+    def _still_routed(self, replica_id: str) -> tuple[int, int] | None:
+        """What keeps `replica_id`'s drain going, from the gateways reporting now: how many
+        have not yet seen it stopping, and the requests they still have open to it (a drain
+        ends at (0, 0)); None when no gateway reports now."""
+        now = time.monotonic()
+        fresh = [r for at, r in self._loads.values() if now - at <= LOAD_FRESH_S]
+        if not fresh:
+            return None
+        unaware = sum(replica_id not in r.draining for r in fresh)
+        return unaware, sum(r.draining.get(replica_id, 0) for r in fresh)
 
     def _hand_scale_refusal(self, model: str, replicas: int) -> str | None:
         """Why `raylm scale` may not set `replicas` (outside the model's autoscaling
@@ -124,7 +135,7 @@ class Scaling:
 
     async def _autoscale(self, now: float) -> None:
         """One pass of every autoscaled model's rule (from the reconcile loop)."""
-        fresh = [load for at, load in self._loads.values() if now - at <= LOAD_FRESH_S]
+        fresh = [r.load for at, r in self._loads.values() if now - at <= LOAD_FRESH_S]
         for model, scaler in list(self._autoscalers.items()):
             try:
                 await self._autoscale_one(model, scaler, now, fresh)
