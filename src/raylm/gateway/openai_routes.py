@@ -87,6 +87,13 @@ class OpenAIRoutes:
                 "created": int(self.started_at),
                 "owned_by": "raylm",
             }
+            # vLLM lists the model's directory as `root`; clients (vllm bench) find the
+            # tokenizer there.
+            root = next(
+                (r.model_path for r in self.up.table.replicas if r.model == status.model), ""
+            )
+            if root:
+                entry["root"] = root
             max_len = context_len(self.up.table, status.model)
             if max_len is not None:
                 entry["max_model_len"] = max_len
