@@ -33,7 +33,14 @@ typecheck: $(STAMP)
 # server or cluster on one worker).
 PYTEST_WORKERS ?= 2
 
-pytest: $(STAMP)
+# The dashboard's browser test (tests/serve/test_dashboard.py) drives Debian's chromium
+# through Playwright; installed here when missing (root: apt-get).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get install -y -qq --no-install-recommends chromium \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
+
+pytest: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest -ra --durations=25 -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(ARGS)
 
 # Lint and type checks run beside the suite: they are single-threaded and the suite's

@@ -19,6 +19,8 @@ ROUTES = [
     ("POST", "/v1/completions"),
     ("POST", "/generate"),
     ("POST", "/batch_generate"),
+    ("GET", "/dashboard/events"),
+    ("GET", "/dashboard/nodes"),
 ]
 
 
@@ -44,6 +46,28 @@ def test_refused_without_the_key(
 def test_health_needs_no_key(keyed: RunningGateway) -> None:
     with keyed.client() as c:
         assert c.get("/health").status_code == 200
+
+
+def test_the_dashboard_page_loads_without_a_key_and_holds_no_data(keyed: RunningGateway) -> None:
+    files = {
+        "/dashboard": "text/html",
+        "/dashboard/dashboard.js": "text/javascript",
+        "/dashboard/dashboard.css": "text/css",
+        "/dashboard/vendor/uPlot.iife.min.js": "text/javascript",
+        "/dashboard/vendor/uPlot.LICENSE": "text/plain",
+    }
+    with keyed.client() as c:
+        for path, ctype in files.items():
+            r = c.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith(ctype), path
+            assert KEY not in r.text and MODEL not in r.text, path
+        assert "The MIT License" in c.get("/dashboard/vendor/uPlot.LICENSE").text
+        assert c.get("/dashboard/../metrics").status_code == 401  # no file route escapes
+        assert c.get("/dashboard/nope.js").json()["error"]["code"] == "not_found"
+    with keyed.client(headers={"Authorization": f"Bearer {KEY}"}) as c:
+        assert c.get("/dashboard/events").json() == {"events": []}
+        nodes = c.get("/dashboard/nodes").json()
+        assert nodes == {"nodes": [], "error": "this gateway runs no deployment"}
 
 
 def test_right_key_works(keyed: RunningGateway, caplog: pytest.LogCaptureFixture) -> None:

@@ -126,6 +126,8 @@ def test_each_replicas_engine_is_on_the_gateways_metrics(
     wait_for(lambda: gw.metric("raylm_engine_prefix_cache_hits_total", **labels) > 0, 10)
     queries = gw.metric("raylm_engine_prefix_cache_queries_total", **labels)
     assert queries >= gw.metric("raylm_engine_prefix_cache_hits_total", **labels) > 0
+    # Every generated token, a stream's without usage included.
+    assert gw.metric("raylm_engine_generation_tokens_total", **labels) >= 2
     usage = gw.gateway.metrics.registry.get_sample_value("raylm_engine_kv_cache_usage", labels)
     assert usage is not None and 0 <= usage <= 1
     text = gw.client().get("/metrics").text

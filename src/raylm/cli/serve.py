@@ -50,6 +50,7 @@ class CliReporter:
             ("endpoint", f"{endpoint}/v1"),
             *about,
             ("health", f"{endpoint}/health   metrics: {endpoint}/metrics"),
+            ("dashboard", f"{endpoint}/dashboard"),
         ):
             out.print(f" {name:<9} {value}", highlight=False)
         # Double quotes: the shell must expand the variable the user keeps the key in.

@@ -27,6 +27,7 @@ from raylm.gateway import metrics as gm
 from raylm.gateway.admin_routes import AdminRoutes
 from raylm.gateway.admission import PRIORITIES
 from raylm.gateway.body import ClientGone
+from raylm.gateway.dashboard_routes import DATA, PAGE, DashboardRoutes
 from raylm.gateway.engines import EngineView
 from raylm.gateway.info_routes import InfoRoutes
 from raylm.gateway.keys import CALLER, Keyring
@@ -49,6 +50,8 @@ from raylm.replica import ReplicaInfo, ReplicaState
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
+_VIEWS = frozenset({"root", "metrics", DATA})
+"""Routes the dashboard reads: an API key or the admin key opens them."""
 
 CLIENT_CLOSED = 499
 """Status counted (never sent) when the client left before its answer: nginx's 499."""
@@ -118,6 +121,7 @@ class Gateway:
             ("POST", "/admin/add"): ("admin", self.admin.add),
             ("POST", "/admin/remove"): ("admin", self.admin.remove),
         }
+        self._routes.update(DashboardRoutes(self).routes())
         self._paths = {path for _, path in self._routes}
 
         # A plain coroutine function, not a bound method: servers (uvicorn) detect ASGI 3
@@ -206,6 +210,7 @@ class Gateway:
             return
         self._last_refresh_error = ""
         self.table.update(replicas)
+        self.upstream.events.table(replicas)
         self.upstream.admission.poke()
         if self.kv is not None:
             self._learn_models(self.kv, replicas)
@@ -333,9 +338,11 @@ class Gateway:
         """Why a request may not go on (its key, its rates, or the admin key), or None."""
         if label == "admin":
             return self.admin.refusal(_authorization(scope))
-        if self.keyring and path != "/health":
-            return self._admit(scope, label)
-        return None
+        if label == PAGE or not self.keyring or path == "/health":
+            return None
+        if label in _VIEWS and self.admin.refusal(_authorization(scope)) is None:
+            return None  # what an operator looks at: the admin key shows it too
+        return self._admit(scope, label)
 
     def _admit(self, scope: Scope, label: str) -> Response | None:
         """The refusal of a request whose key is unknown (401) or, on an inference route,

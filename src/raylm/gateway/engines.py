@@ -1,7 +1,7 @@
 """What each replica's engine says about itself, read by the gateway from vLLM's /metrics:
-KV-cache usage, running and waiting requests, prefix-cache hits and queries. The gateway's
-own /metrics repeats them with replica and model labels (one scrape page for the whole
-deployment), and routing may weigh them.
+KV-cache usage, running and waiting requests, prefix-cache hits and queries, tokens
+generated. The gateway's own /metrics repeats them with replica and model labels (one
+scrape page for the whole deployment), and routing may weigh them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 _KV = "vllm:kv_cache_usage_perc"
 _HITS = "vllm:prefix_cache_hits_total"
 _QUERIES = "vllm:prefix_cache_queries_total"
+_GENERATED = "vllm:generation_tokens_total"
 
 
 class EngineStats(BaseModel):
@@ -33,12 +34,17 @@ class EngineStats(BaseModel):
     waiting: int = Field(description="Requests queued in the engine.")
     prefix_cache_hits: float = Field(description="Prompt tokens served from the prefix cache.")
     prefix_cache_queries: float = Field(description="Prompt tokens looked up in the cache.")
+    generation_tokens: float = Field(
+        default=0.0,
+        description="Tokens the engine generated since it started (every answer, streamed "
+        "or not, with or without usage).",
+    )
     scraped_at: float = Field(description="Monotonic time of the scrape.")
 
 
 def parse_engine_stats(text: str, now: float) -> EngineStats | None:
     """The stats from vLLM's Prometheus text, or None when it lacks the request gauges."""
-    s = sum_samples(text, (_KV, VLLM_RUNNING, VLLM_WAITING, _HITS, _QUERIES))
+    s = sum_samples(text, (_KV, VLLM_RUNNING, VLLM_WAITING, _HITS, _QUERIES, _GENERATED))
     if VLLM_RUNNING not in s or VLLM_WAITING not in s:
         return None
     return EngineStats(
@@ -47,6 +53,7 @@ def parse_engine_stats(text: str, now: float) -> EngineStats | None:
         waiting=int(s[VLLM_WAITING]),
         prefix_cache_hits=s.get(_HITS, 0.0),
         prefix_cache_queries=s.get(_QUERIES, 0.0),
+        generation_tokens=s.get(_GENERATED, 0.0),
         scraped_at=now,
     )
 

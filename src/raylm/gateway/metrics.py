@@ -147,17 +147,23 @@ class EngineCollector(Collector):
             "Prompt tokens the engine looked up in its prefix cache.",
             labels=labels,
         )
+        generated = CounterMetricFamily(
+            "raylm_engine_generation_tokens",
+            "Tokens the engine generated (every answer; from 0 again when it restarts).",
+            labels=labels,
+        )
         for r in self._table.replicas:
             st = self._engines.get(r.replica_id)
             if st is None:
                 continue
             key = [r.replica_id, r.model]
+            generated.add_metric(key, st.generation_tokens)
             kv.add_metric(key, st.kv_cache_usage)
             running.add_metric(key, st.running)
             waiting.add_metric(key, st.waiting)
             hits.add_metric(key, st.prefix_cache_hits)
             queries.add_metric(key, st.prefix_cache_queries)
-        yield from (kv, running, waiting, hits, queries)
+        yield from (kv, running, waiting, hits, queries, generated)
 
 
 class KvIndexCollector(Collector):

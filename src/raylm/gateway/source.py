@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from raylm.autoscaling import AutoscaleStatus, LoadReport
 from raylm.replica import ReplicaInfo
+
+if TYPE_CHECKING:  # its module attaches to Ray: a gateway worker does not load it to start
+    from raylm.cluster.inventory import NodeInventory
 
 
 @runtime_checkable
@@ -23,6 +26,15 @@ class LoadSink(Protocol):
 
     async def report_load(self, report: LoadReport) -> list[AutoscaleStatus]:
         """This gateway's load per model; answers each autoscaled model's status."""
+        ...
+
+
+@runtime_checkable
+class NodeSource(Protocol):
+    """Anything that can describe the cluster's nodes (the controller): the dashboard's."""
+
+    async def nodes(self) -> list[NodeInventory]:
+        """Every node, as `raylm status` shows it."""
         ...
 
 

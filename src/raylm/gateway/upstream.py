@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from raylm.gateway import metrics as gm
 from raylm.gateway.admission import Admission
+from raylm.gateway.events import EventLog
 from raylm.gateway.h1 import Answer, ConnectFailed, Disconnected, Pools, UpstreamError
 from raylm.gateway.keys import CALLER
 from raylm.gateway.policy import RouteRequest
@@ -81,6 +82,9 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
         self._pools: Pools | None = None
         self._streams: set[Answer] = set()
+        self.events = EventLog()
+        """What happened to the replicas (the dashboard's feed): failovers from here,
+        the rest from each table refresh (Gateway.refresh)."""
         self.active = 0
         """Requests being served by replicas now (streams until their last byte)."""
         self.idle = asyncio.Event()
@@ -174,6 +178,7 @@ class Upstream:
         logger.warning("replica %s failed before answering: %s", replica.replica_id, why)
         if self.table.eject(replica):
             self.metrics.failovers.labels(replica.replica_id).inc()
+            self.events.add("failover", replica.replica_id, f"failed before answering: {why}")
 
     # ------------------------------------------------------------ calls
 

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -35,6 +35,9 @@ from raylm.operations import (
     UpdateResult,
 )
 from raylm.replica import ReplicaInfo
+
+if TYPE_CHECKING:
+    from raylm.cluster.inventory import NodeInventory
 
 logger = logging.getLogger("raylm.gateway.worker")
 
@@ -106,6 +109,12 @@ class RelaySource:
     async def deployment(self) -> DeploymentView:
         view = (await self._ask({"op": "deployment"}, "admin"))["view"]
         return DeploymentView.model_validate(view)
+
+    async def nodes(self) -> list[NodeInventory]:
+        from raylm.cluster.inventory import NodeInventory  # only when the dashboard asks
+
+        rows = (await self._ask({"op": "nodes"}, "admin"))["nodes"]
+        return [NodeInventory.model_validate(r) for r in rows]
 
     async def scale(self, request: ScaleRequest) -> ScaleResult:
         question = {"op": "scale", "request": request.model_dump()}

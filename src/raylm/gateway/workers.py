@@ -32,7 +32,7 @@ from raylm.gateway.admin_routes import Operator
 from raylm.gateway.keys import ClientKey
 from raylm.gateway.kv_index import BlockSource
 from raylm.gateway.settings import GatewaySettings
-from raylm.gateway.source import LoadSink, ReplicaSource
+from raylm.gateway.source import LoadSink, NodeSource, ReplicaSource
 from raylm.kv.blocks import BlockCursor
 from raylm.operations import (
     AddRequest,
@@ -130,6 +130,10 @@ class Relay:
                 report = LoadReport.model_validate(question["report"])
                 statuses = await self.source.report_load(report)
                 return {"statuses": [x.model_dump(mode="json") for x in statuses]}
+            if question.get("op") == "nodes":
+                if not isinstance(self.source, NodeSource):
+                    return {"nodes": []}
+                return {"nodes": [n.model_dump(mode="json") for n in await self.source.nodes()]}
             if question.get("op") in _OPERATIONS:
                 return await self._operate(question)
             return {"error": f"unknown question {question.get('op')!r}"}

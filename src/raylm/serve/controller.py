@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import (
 )
 
 from raylm.autoscaling import LoadReport
+from raylm.cluster.inventory import NodeInventory, cluster_inventory
 from raylm.cluster.nodes import alive_nodes
 from raylm.errors import exception_line
 from raylm.kv.blocks import BlockCursor, BlockDelta
@@ -80,6 +81,7 @@ class Controller(Operating, Scaling):
             for c in self.configs
             if c.autoscaling is not None
         }
+        self._nodes: tuple[float, list[NodeInventory]] | None = None
         self._loads: dict[str, tuple[float, LoadReport]] = {}
         """Per gateway process, when it last reported and its report."""
 
@@ -103,6 +105,15 @@ class Controller(Operating, Scaling):
 
     def replica_infos(self) -> list[ReplicaInfo]:
         return [replica_info(r) for r in self.replicas]
+
+    async def nodes(self) -> list[NodeInventory]:
+        """Every node as `raylm status` shows it (the dashboard's), at most 15 s old: each
+        node answers a task of its own, too much work for every page refresh."""
+        now = time.monotonic()
+        if self._nodes is None or now - self._nodes[0] > 15.0:
+            inv = await self._off_loop(lambda: cluster_inventory(timeout=20), timeout=30)
+            self._nodes = (now, inv.nodes)
+        return self._nodes[1]
 
     async def kv_deltas(self, cursors: dict[str, BlockCursor]) -> dict[str, BlockDelta]:
         """Each ready replica's prefix-cache changes since the gateway's cursor (raylm.kv);

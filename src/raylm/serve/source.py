@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from raylm.autoscaling import AutoscaleStatus, LoadReport
+from raylm.cluster.inventory import NodeInventory
 from raylm.kv.blocks import BlockCursor, BlockDelta
 from raylm.operations import (
     AutoscaleRequest,
@@ -41,6 +42,11 @@ class ControllerReplicaSource:
     async def deployment(self) -> DeploymentView:
         view: DeploymentView = await asyncio.wait_for(self._controller.deployment.remote(), 10.0)
         return view
+
+    async def nodes(self) -> list[NodeInventory]:
+        # Each node answers a task of its own; a slow one is waited for up to 20 s there.
+        rows: list[NodeInventory] = await asyncio.wait_for(self._controller.nodes.remote(), 30.0)
+        return rows
 
     async def scale(self, request: ScaleRequest) -> ScaleResult:
         result: ScaleResult = await asyncio.wait_for(

@@ -1,0 +1,82 @@
+"""What happened to the replicas, as this gateway saw it: the dashboard's events feed.
+
+Events come from two places. Each table refresh is compared with the one before: a replica
+started, became ready, fell out of ready (died, unhealthy, lost its node), restarted, was
+stopped (drained or torn down) or removed. And the gateway's own failovers: a request
+that a replica failed before answering, sent to another. Each gateway process keeps its
+last `capacity` events; several workers each keep their own (they see the same table, so
+the same replica events).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from raylm.replica import ReplicaInfo, ReplicaState
+
+
+class Event(BaseModel):
+    """One thing that happened to a replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int = Field(ge=1, description="Its place in this gateway's feed (ask for those after).")
+    time: float = Field(description="When the gateway saw it (Unix time).")
+    kind: str = Field(
+        description="started, ready, not-ready, restarted, stopping, removed or failover."
+    )
+    replica: str = Field(description="The replica's id.")
+    message: str = Field(description="What happened, in words (the controller's detail).")
+
+
+class EventLog:
+    """The last events, numbered."""
+
+    def __init__(self, capacity: int = 500) -> None:
+        self._events: deque[Event] = deque(maxlen=capacity)
+        self._seq = itertools.count(1)
+        self._last: dict[str, ReplicaInfo] | None = None
+
+    def since(self, seq: int) -> list[Event]:
+        return [e for e in self._events if e.seq > seq]
+
+    def add(self, kind: str, replica: str, message: str) -> None:
+        self._events.append(
+            Event(
+                seq=next(self._seq), time=time.time(), kind=kind, replica=replica, message=message
+            )
+        )
+
+    def table(self, replicas: list[ReplicaInfo]) -> None:
+        """Compare a new table with the last one; record what changed."""
+        now = {r.replica_id: r for r in replicas}
+        before, self._last = self._last, now
+        if before is None:
+            return  # the first table: its replicas' history is not this gateway's to tell
+        for rid, r in now.items():
+            old = before.get(rid)
+            where = ",".join(r.nodes) or r.node or "?"
+            if old is None:
+                self.add("started", rid, f"{r.model} on {where}: {r.state.value}")
+            elif r.restarts > old.restarts:
+                self.add("restarted", rid, f"restart {r.restarts} on {where}: {r.detail}")
+            elif r.state is not old.state:
+                self._state_change(old, r, where)
+        for rid, old in before.items():
+            if rid not in now:
+                self.add("removed", rid, f"{old.model} is no longer served by it")
+
+    def _state_change(self, old: ReplicaInfo, r: ReplicaInfo, where: str) -> None:
+        rid, detail = r.replica_id, r.detail or r.state.value
+        if r.state is ReplicaState.READY:
+            self.add("ready", rid, f"ready on {where}")
+        elif r.state is ReplicaState.STOPPING:
+            self.add("stopping", rid, detail)  # drained (a scale-down), or torn down
+        elif old.state is ReplicaState.READY:
+            self.add("not-ready", rid, f"{r.state.value} on {where}: {detail}")
+        elif r.state is ReplicaState.DEAD:
+            self.add("not-ready", rid, f"dead on {where}: {detail}")
