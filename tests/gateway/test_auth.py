@@ -65,9 +65,24 @@ def test_the_dashboard_page_loads_without_a_key_and_holds_no_data(keyed: Running
         assert c.get("/dashboard/../metrics").status_code == 401  # no file route escapes
         assert c.get("/dashboard/nope.js").json()["error"]["code"] == "not_found"
     with keyed.client(headers={"Authorization": f"Bearer {KEY}"}) as c:
-        assert c.get("/dashboard/events").json() == {"events": []}
+        feed = c.get("/dashboard/events").json()
+        assert feed["events"] == [] and len(feed["boot"]) == 12
         nodes = c.get("/dashboard/nodes").json()
         assert nodes == {"nodes": [], "error": "this gateway runs no deployment"}
+
+
+def test_the_nodes_need_the_admin_key_when_one_is_set(replica_url: str) -> None:
+    admin = "sk-admin-5d1e"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with (
+        RunningGateway([replica(replica_url)], api_key=KEY, admin_key=admin) as g,
+        g.client(headers=auth) as c,
+    ):
+        r = c.get("/dashboard/nodes")  # an API key reads the rest, not the addresses
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_admin_key"
+        assert c.get("/dashboard/events").status_code == 200
+        page = c.get("/dashboard")
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
 
 
 def test_right_key_works(keyed: RunningGateway, caplog: pytest.LogCaptureFixture) -> None:

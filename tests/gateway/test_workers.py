@@ -65,6 +65,12 @@ def test_two_workers_share_the_port_the_replicas_and_drain_on_sigterm(replica_ur
         gw.source.set([replica(replica_url, "r0"), replica(replica_url, "r1")])
         want = [("r0", "ready"), ("r1", "ready")]
         wait_for(lambda: all(v == want for v in _views(gw.url, 8).values()), 10)
+        # One events feed, worker 0's, whichever worker answers: that change is in it once.
+        feeds = [_fresh(gw.url, "GET", "/dashboard/events").json() for _ in range(8)]
+        assert len({f["boot"] for f in feeds}) == 1, feeds
+        assert all(
+            [(e["kind"], e["replica"]) for e in f["events"]] == [("ready", "r1")] for f in feeds
+        ), feeds
         # Requests answered by both workers; any worker's /metrics counts them all.
         # 24 connections: 8 once all landed on one worker (the kernel hashes each one).
         for _ in range(24):

@@ -86,5 +86,11 @@ def test_bench_errors_say_what_failed_and_what_to_do(served: Served) -> None:
     assert model.returncode == 1 and f"its /v1/models lists {served.model}" in model.stderr
     sweep = _bench(served, "--endpoint", served.base_url, "--concurrency", "0,x")
     assert sweep.returncode == 1 and "--concurrency 0,x" in sweep.stderr
-    for r in (wrong, gone, model, sweep):
+    rate = _bench(served, "--endpoint", served.base_url, "--request-rate", "0")
+    assert rate.returncode == 1 and "--request-rate 0 is not above 0" in rate.stderr
+    nowhere = _bench(served, "--endpoint", served.base_url, "-o", "/no/such/dir/r.json")
+    assert nowhere.returncode == 1 and "/no/such/dir is not a directory" in nowhere.stderr
+    both = _bench(served, "--endpoint", served.base_url, "--compare", "http://a", "http://b")
+    assert both.returncode == 1 and "--endpoint and --compare both name" in both.stderr
+    for r in (wrong, gone, model, sweep, rate, nowhere, both):
         assert "Traceback" not in r.stderr

@@ -27,23 +27,25 @@ def test_a_drain_waits_for_every_gateway_to_see_the_replica_stopping_with_nothin
     assert c._still_routed("m-0") is None  # no gateway reports: the engine's count decides
     c.report("a", {})  # its table still shows m-0 ready: it may route a request there
     c.report("b", {"m-0": 2})
-    assert c._still_routed("m-0") == (1, 2)
+    assert c._still_routed("m-0") == (1, 2, 0)
     c.report("a", {"m-0": 0})
-    assert c._still_routed("m-0") == (0, 2)
+    assert c._still_routed("m-0") == (0, 2, 0)
     c.report("b", {"m-0": 0})
-    c.report("gone", {}, age=60)  # a gateway that stopped reporting holds nothing up
-    assert c._still_routed("m-0") == (0, 0)
+    c.report("gone", {}, age=120)  # a gateway gone for minutes holds nothing up
+    assert c._still_routed("m-0") == (0, 0, 0)
+    c.report("quiet", {}, age=20)  # silent for 20 s: the engine's count must be 0 too
+    assert c._still_routed("m-0") == (0, 0, 1)
 
 
 def test_wait_drained_ends_at_nothing_routed_or_at_the_drain_timeout() -> None:
     async def scenario() -> None:
-        seen = iter([(1, 0), (0, 3), (0, 0)])
+        seen = iter([(1, 0, 0), (0, 3, 0), (0, 0, 0)])
         r = SimpleNamespace(
             replica_id="m-0", config=SimpleNamespace(drain_timeout_s=30.0), detail=""
         )
         details = []
 
-        def still_routed(rid: str) -> tuple[int, int] | None:
+        def still_routed(rid: str) -> tuple[int, int, int] | None:
             details.append(r.detail)
             return next(seen)
 
@@ -54,7 +56,7 @@ def test_wait_drained_ends_at_nothing_routed_or_at_the_drain_timeout() -> None:
         ]
         r.config.drain_timeout_s = 0.6
         start = time.monotonic()
-        assert not await drain.wait_drained(r, lambda rid: (0, 1))  # type: ignore[arg-type]
+        assert not await drain.wait_drained(r, lambda rid: (0, 1, 0))  # type: ignore[arg-type]
         assert time.monotonic() - start < 5
 
     asyncio.run(scenario())

@@ -41,10 +41,29 @@ class BenchOptions(BaseModel):
     )
 
 
+def _vllm_bench() -> Any:
+    """vLLM's `vllm bench serve` module, or a clear error without it."""
+    hide_broken_torch_extensions()  # before vLLM imports transformers
+    # The benchmark runs no kernel: without Triton vLLM's import is faster, and Triton's
+    # bindings print pages of leak warnings at exit.
+    sys.modules.setdefault("triton", None)  # type: ignore[arg-type]
+    try:
+        from vllm.benchmarks import serve
+        from vllm.utils.argparse_utils import FlexibleArgumentParser  # noqa: F401
+    except ImportError as e:
+        raise RaylmError(
+            "raylm bench needs vLLM's benchmark code",
+            why=f"it does not import here: {e}",
+            fix="install raylm with vLLM: pip install 'raylm[cpu]' (or [gpu])",
+        ) from e
+    return serve
+
+
 def _namespace(target: Target, opts: BenchOptions, concurrency: int | None) -> argparse.Namespace:
     """vLLM's own argument namespace for one run (its parser, its defaults)."""
-    from vllm.benchmarks.serve import add_cli_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    add_cli_args = _vllm_bench().add_cli_args
 
     parser = FlexibleArgumentParser(prog="raylm bench")
     add_cli_args(parser)
@@ -98,12 +117,7 @@ def run_one(
 ) -> dict[str, Any]:
     """One run: vLLM's benchmark against `target`; its vllm-bench result (detailed).
     `quiet` hides vLLM's own printing and progress bar (the caller shows its own)."""
-    hide_broken_torch_extensions()  # before vLLM imports transformers
-    # The benchmark runs no kernel: without Triton vLLM's import is faster, and Triton's
-    # bindings print pages of leak warnings at exit.
-    sys.modules.setdefault("triton", None)  # type: ignore[arg-type]
-    from vllm.benchmarks.serve import main_async
-
+    main_async = _vllm_bench().main_async
     args = _namespace(target, opts, concurrency)
     args.disable_tqdm = quiet
     sink = io.StringIO()

@@ -71,6 +71,7 @@ def bench(
 
     key = api_key or os.environ.get("RAYLM_API_KEY") or None
     sweep = _concurrencies(concurrency)
+    _check(endpoint, compare, request_rate, result_file)
     opts = BenchOptions(
         num_prompts=num_prompts,
         input_len=input_len,
@@ -111,6 +112,25 @@ def bench(
 
         for path in write_plots(runs, plot):
             out.print(f"wrote {path}", highlight=False)
+
+
+def _check(
+    endpoint: str, compare: tuple[str, str] | None, rate: float, result_file: Path | None
+) -> None:
+    """Refuse what would fail only after every run (the results lost)."""
+    if compare and endpoint != DEFAULT_ENDPOINT:
+        raise RaylmError(
+            "--endpoint and --compare both name endpoints",
+            fix="pass one: --endpoint URL for one endpoint, --compare A B for two",
+        )
+    if not rate > 0:
+        raise RaylmError(f"--request-rate {rate:g} is not above 0", fix="pass e.g. 4, or omit it")
+    if result_file is not None and not result_file.parent.is_dir():
+        raise RaylmError(
+            f"Cannot write {result_file}",
+            why=f"{result_file.parent} is not a directory",
+            fix="create it first, or pass another path to -o",
+        )
 
 
 def _pairs(

@@ -80,6 +80,11 @@ class AdminRoutes:
         self.operator = operator if isinstance(operator, Operator) else None
         self._key = hashlib.sha256(admin_key).digest() if admin_key is not None else None
 
+    @property
+    def keyed(self) -> bool:
+        """Whether an admin key is set."""
+        return self._key is not None
+
     def refusal(self, authorization: bytes | None) -> Response | None:
         """Why an admin request may not go on (403 off, 401 wrong key), or None."""
         if self._key is None:

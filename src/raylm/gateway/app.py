@@ -27,7 +27,7 @@ from raylm.gateway import metrics as gm
 from raylm.gateway.admin_routes import AdminRoutes
 from raylm.gateway.admission import PRIORITIES
 from raylm.gateway.body import ClientGone
-from raylm.gateway.dashboard_routes import DATA, PAGE, DashboardRoutes
+from raylm.gateway.dashboard_routes import DATA, NODES, PAGE, DashboardRoutes
 from raylm.gateway.engines import EngineView
 from raylm.gateway.info_routes import InfoRoutes
 from raylm.gateway.keys import CALLER, Keyring
@@ -50,7 +50,7 @@ from raylm.replica import ReplicaInfo, ReplicaState
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
-_VIEWS = frozenset({"root", "metrics", DATA})
+_VIEWS = frozenset({"root", "metrics", DATA, NODES})
 """Routes the dashboard reads: an API key or the admin key opens them."""
 
 CLIENT_CLOSED = 499
@@ -338,6 +338,8 @@ class Gateway:
         """Why a request may not go on (its key, its rates, or the admin key), or None."""
         if label == "admin":
             return self.admin.refusal(_authorization(scope))
+        if label == NODES and self.admin.keyed:
+            return self.admin.refusal(_authorization(scope))  # addresses and versions
         if label == PAGE or not self.keyring or path == "/health":
             return None
         if label in _VIEWS and self.admin.refusal(_authorization(scope)) is None:

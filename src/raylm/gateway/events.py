@@ -3,16 +3,19 @@
 Events come from two places. Each table refresh is compared with the one before: a replica
 started, became ready, fell out of ready (died, unhealthy, lost its node), restarted, was
 stopped (drained or torn down) or removed. And the gateway's own failovers: a request
-that a replica failed before answering, sent to another. Each gateway process keeps its
-last `capacity` events; several workers each keep their own (they see the same table, so
-the same replica events).
+that a replica failed before answering, sent to another. Worker 0 keeps the feed (its last
+`capacity` events): the other gateway workers forward their failovers to it and read the
+feed from it (raylm.gateway.workers' relay), so every worker serves the same one. Its
+`boot` changes when the gateway restarts: a reader starts over from 0 then.
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +36,15 @@ class Event(BaseModel):
     message: str = Field(description="What happened, in words (the controller's detail).")
 
 
+class EventFeed(BaseModel):
+    """What `/dashboard/events?since=N` answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    boot: str = Field(description="This feed's id; a new one when the gateway restarted.")
+    events: list[Event] = Field(description="The events after the reader's cursor, oldest first.")
+
+
 class EventLog:
     """The last events, numbered."""
 
@@ -40,11 +52,20 @@ class EventLog:
         self._events: deque[Event] = deque(maxlen=capacity)
         self._seq = itertools.count(1)
         self._last: dict[str, ReplicaInfo] | None = None
+        self.boot = secrets.token_hex(6)
+        self.forward: Callable[[str, str, str], None] | None = None
+        """Set on gateway workers other than 0: events go to worker 0's feed instead."""
 
     def since(self, seq: int) -> list[Event]:
         return [e for e in self._events if e.seq > seq]
 
+    def feed(self, since: int) -> EventFeed:
+        return EventFeed(boot=self.boot, events=self.since(since))
+
     def add(self, kind: str, replica: str, message: str) -> None:
+        if self.forward is not None:
+            self.forward(kind, replica, message)
+            return
         self._events.append(
             Event(
                 seq=next(self._seq), time=time.time(), kind=kind, replica=replica, message=message
@@ -53,6 +74,8 @@ class EventLog:
 
     def table(self, replicas: list[ReplicaInfo]) -> None:
         """Compare a new table with the last one; record what changed."""
+        if self.forward is not None:
+            return  # worker 0 sees the same table and keeps the feed
         now = {r.replica_id: r for r in replicas}
         before, self._last = self._last, now
         if before is None:

@@ -159,7 +159,9 @@ class GatewayServer:
 
     async def _start_workers(self) -> None:
         g = self.gateway
-        self.processes = WorkerProcesses(g.settings, g.source, self.host, self.port, self.workers)
+        self.processes = WorkerProcesses(
+            g.settings, g.source, g.upstream.events, self.host, self.port, self.workers
+        )
         g.peers = WorkerPeers(self.processes.rundir, 0, self.workers)
         await g.peers.start(g.metrics.render)
         try:

@@ -38,7 +38,11 @@ class GatewaySettings(BaseModel):
         description="What one client may ask: request and connection limits (see limits.py).",
     )
     refresh_interval_s: float = Field(
-        default=0.5, gt=0, description="How often the replica table is refreshed from the source."
+        default=0.5,
+        gt=0,
+        le=2.0,
+        description="How often the replica table is refreshed from the source (at most 2 s: "
+        "the controller counts a gateway silent for 5 s as gone, drains included).",
     )
     request_timeout_s: float = Field(
         default=600.0, gt=0, description="Bound on one non-streaming upstream request."

@@ -9,6 +9,7 @@ from raylm.replica import ReplicaInfo
 
 if TYPE_CHECKING:  # its module attaches to Ray: a gateway worker does not load it to start
     from raylm.cluster.inventory import NodeInventory
+    from raylm.gateway.events import EventFeed
 
 
 @runtime_checkable
@@ -35,6 +36,15 @@ class NodeSource(Protocol):
 
     async def nodes(self) -> list[NodeInventory]:
         """Every node, as `raylm status` shows it."""
+        ...
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """Where a gateway worker other than 0 reads the one events feed (worker 0's)."""
+
+    async def events(self, since: int) -> EventFeed:
+        """The feed after `since`."""
         ...
 
 

@@ -19,6 +19,7 @@ import uvloop
 
 from raylm.autoscaling import AutoscaleStatus, LoadReport
 from raylm.gateway.app import create_gateway
+from raylm.gateway.events import EventFeed
 from raylm.gateway.heap import settle_heap
 from raylm.gateway.peers import WorkerPeers
 from raylm.gateway.server import GatewayServer
@@ -64,6 +65,7 @@ class RelaySource:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lines = {"table": _Line(_ANSWER_TIMEOUT_S), "admin": _Line(_ADMIN_TIMEOUT_S)}
+        self._sending: set[asyncio.Task[dict[str, Any]]] = set()
 
     async def _ask(self, question: dict[str, Any], line_name: str = "table") -> dict[str, Any]:
         # Admin changes (a model planned and started) take long: on a line of their own,
@@ -110,6 +112,16 @@ class RelaySource:
         view = (await self._ask({"op": "deployment"}, "admin"))["view"]
         return DeploymentView.model_validate(view)
 
+    async def events(self, since: int) -> EventFeed:
+        return EventFeed.model_validate(await self._ask({"op": "events", "since": since}))
+
+    def forward_event(self, kind: str, replica: str, message: str) -> None:
+        """Send one event to worker 0's feed; not awaited (a failover must not wait)."""
+        question = {"op": "event", "kind": kind, "replica": replica, "message": message}
+        task = asyncio.get_running_loop().create_task(self._ask(question))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
     async def nodes(self) -> list[NodeInventory]:
         from raylm.cluster.inventory import NodeInventory  # only when the dashboard asks
 
@@ -140,7 +152,9 @@ async def serve(spec: WorkerSpec) -> bool:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     rundir = Path(spec.rundir)
     peers = WorkerPeers(rundir, spec.index, spec.count)
-    gateway = create_gateway(RelaySource(rundir / RELAY), spec.gateway_settings())
+    relay = RelaySource(rundir / RELAY)
+    gateway = create_gateway(relay, spec.gateway_settings())
+    gateway.upstream.events.forward = relay.forward_event
     gateway.peers = peers
     server = GatewayServer(gateway, spec.host, spec.port, reuse_port=True)
     await server.start()

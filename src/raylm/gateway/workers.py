@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from raylm.autoscaling import LoadReport
 from raylm.errors import ConfigError
 from raylm.gateway.admin_routes import Operator
+from raylm.gateway.events import EventLog
 from raylm.gateway.keys import ClientKey
 from raylm.gateway.kv_index import BlockSource
 from raylm.gateway.settings import GatewaySettings
@@ -99,8 +100,9 @@ class Relay:
     """Worker 0's side of the relay: answers the workers' reads of the source, one JSON
     line per question."""
 
-    def __init__(self, source: ReplicaSource) -> None:
+    def __init__(self, source: ReplicaSource, events: EventLog) -> None:
         self.source = source
+        self.events = events
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -130,6 +132,11 @@ class Relay:
                 report = LoadReport.model_validate(question["report"])
                 statuses = await self.source.report_load(report)
                 return {"statuses": [x.model_dump(mode="json") for x in statuses]}
+            if question.get("op") == "events":
+                return self.events.feed(int(question["since"])).model_dump(mode="json")
+            if question.get("op") == "event":
+                self.events.add(question["kind"], question["replica"], question["message"])
+                return {}
             if question.get("op") == "nodes":
                 if not isinstance(self.source, NodeSource):
                     return {"nodes": []}
@@ -165,7 +172,13 @@ class WorkerProcesses:
     """Workers 1..N-1 of a gateway: started, restarted when one dies, stopped by draining."""
 
     def __init__(
-        self, settings: GatewaySettings, source: ReplicaSource, host: str, port: int, count: int
+        self,
+        settings: GatewaySettings,
+        source: ReplicaSource,
+        events: EventLog,
+        host: str,
+        port: int,
+        count: int,
     ) -> None:
         self.rundir = Path(tempfile.mkdtemp(prefix="raylm-gw-"))  # mode 0700
         secret = settings.api_key, settings.upstream_api_key
@@ -197,7 +210,7 @@ class WorkerProcesses:
             )
             for i in range(1, count)
         ]
-        self._relay = Relay(source)
+        self._relay = Relay(source, events)
         self._relay_server: asyncio.Server | None = None
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._started: dict[int, float] = {}

@@ -24,13 +24,14 @@ from ray.util.scheduling_strategies import (
 )
 
 from raylm.autoscaling import LoadReport
-from raylm.cluster.inventory import NodeInventory, cluster_inventory
+from raylm.cluster.inventory import NodeInventory
 from raylm.cluster.nodes import alive_nodes
 from raylm.errors import exception_line
 from raylm.kv.blocks import BlockCursor, BlockDelta
 from raylm.replica import ReplicaInfo, ReplicaState
 from raylm.serve.autoscaler import Autoscaler
 from raylm.serve.deployment import DeploymentConfig
+from raylm.serve.node_facts import NodeFacts
 from raylm.serve.operating import Operating
 from raylm.serve.placement import pick_node
 from raylm.serve.rank import RankNode, RankStarted, RankStatus
@@ -81,7 +82,7 @@ class Controller(Operating, Scaling):
             for c in self.configs
             if c.autoscaling is not None
         }
-        self._nodes: tuple[float, list[NodeInventory]] | None = None
+        self._node_facts = NodeFacts()
         self._loads: dict[str, tuple[float, LoadReport]] = {}
         """Per gateway process, when it last reported and its report."""
 
@@ -107,13 +108,8 @@ class Controller(Operating, Scaling):
         return [replica_info(r) for r in self.replicas]
 
     async def nodes(self) -> list[NodeInventory]:
-        """Every node as `raylm status` shows it (the dashboard's), at most 15 s old: each
-        node answers a task of its own, too much work for every page refresh."""
-        now = time.monotonic()
-        if self._nodes is None or now - self._nodes[0] > 15.0:
-            inv = await self._off_loop(lambda: cluster_inventory(timeout=20), timeout=30)
-            self._nodes = (now, inv.nodes)
-        return self._nodes[1]
+        """Every node as `raylm status` shows it (the dashboard's; serve/node_facts.py)."""
+        return await self._node_facts.get()
 
     async def kv_deltas(self, cursors: dict[str, BlockCursor]) -> dict[str, BlockDelta]:
         """Each ready replica's prefix-cache changes since the gateway's cursor (raylm.kv);

@@ -6,7 +6,9 @@ gateway reporting now has seen the replica stopping with nothing open to it, no 
 reach it again, and none is left on it. Only the gateway knows a request from the moment it
 picks a replica; the engine's /metrics count it later (after its first step), so they
 cannot tell a request that is about to arrive from none. When no gateway reports (its
-process is gone), the engine's count decides, after the gateways' refresh time.
+process is gone), the engine's count decides, after the gateways' refresh time; when one
+stopped reporting within the last minute (it may not reach the controller, and route on an
+old table), the engine's count must be 0 as well.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ _POLL_S = 0.5
 _STATUS_TIMEOUT_S = 10.0
 
 
-async def wait_drained(r: Replica, still_routed: Callable[[str], tuple[int, int] | None]) -> bool:
+async def wait_drained(
+    r: Replica, still_routed: Callable[[str], tuple[int, int, int] | None]
+) -> bool:
     """Wait until `r` has drained (True) or its drain_timeout_s ran out (False). `r` is
     already shown stopping; `still_routed` is the controller's view of the gateways'
     reports (serve/scaling.py)."""
@@ -34,10 +38,10 @@ async def wait_drained(r: Replica, still_routed: Callable[[str], tuple[int, int]
     deadline = start + r.config.drain_timeout_s
     while time.monotonic() < deadline:
         routed = still_routed(r.replica_id)
-        if routed == (0, 0):
-            return True
         if routed is not None:
-            unaware, open_ = routed
+            unaware, open_, stale = routed
+            if (unaware, open_) == (0, 0) and (stale == 0 or await _in_engine(r) == 0):
+                return True
             r.detail = f"draining: {open_} request(s) open" + (
                 f", {unaware} gateway(s) not yet told" if unaware else ""
             )

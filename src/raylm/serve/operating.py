@@ -58,7 +58,7 @@ class Operating:
     _used_by_others: Callable[[DeploymentConfig], dict[str, dict[str, float]]]
     _hand_scale_refusal: Callable[[str, int], str | None]
     _room_kept: Callable[[], dict[str, dict[str, float]]]
-    _still_routed: Callable[[str], tuple[int, int] | None]
+    _still_routed: Callable[[str], tuple[int, int, int] | None]
 
     # ---- views ----
 

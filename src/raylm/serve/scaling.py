@@ -61,16 +61,19 @@ class Scaling:
             return None
         return time.monotonic() - max(at for at, _ in self._loads.values())
 
-    def _still_routed(self, replica_id: str) -> tuple[int, int] | None:
-        """What keeps `replica_id`'s drain going, from the gateways reporting now: how many
-        have not yet seen it stopping, and the requests they still have open to it (a drain
-        ends at (0, 0)); None when no gateway reports now."""
+    def _still_routed(self, replica_id: str) -> tuple[int, int, int] | None:
+        """What keeps `replica_id`'s drain going, from the gateways' reports: how many
+        reporting now have not yet seen it stopping, the requests they still have open to
+        it, and how many reported within the last minute but not now (one that cannot
+        reach the controller may still route to it); None when none reports now. The
+        gateways are done with it at (0, 0, 0)."""
         now = time.monotonic()
         fresh = [r for at, r in self._loads.values() if now - at <= LOAD_FRESH_S]
         if not fresh:
             return None
+        stale = sum(LOAD_FRESH_S < now - at <= 60.0 for at, _ in self._loads.values())
         unaware = sum(replica_id not in r.draining for r in fresh)
-        return unaware, sum(r.draining.get(replica_id, 0) for r in fresh)
+        return unaware, sum(r.draining.get(replica_id, 0) for r in fresh), stale
 
     def _hand_scale_refusal(self, model: str, replicas: int) -> str | None:
         """Why `raylm scale` may not set `replicas` (outside the model's autoscaling

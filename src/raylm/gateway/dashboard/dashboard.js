@@ -48,10 +48,25 @@ function parseMetrics(text) {
   return out;
 }
 const pick = (ms, name, keep = () => true) => ms.filter((m) => m.name === name && keep(m.labels));
-const total = (ms, name, keep) => pick(ms, name, keep).reduce((a, m) => a + m.value, 0);
-function byLabel(ms, name, label) {
+const seriesKey = (m) => m.name + JSON.stringify(Object.entries(m.labels).sort());
+
+// Each series' increase between two readings of a counter: only series in both (a gateway
+// worker left out of one scrape counts nothing, not a drop and a spike), and a series that
+// went down restarted from 0 (an engine, a worker).
+function increases(now, before, name, keep = () => true) {
+  const was = new Map(pick(before, name, keep).map((m) => [seriesKey(m), m.value]));
+  const out = [];
+  for (const m of pick(now, name, keep)) {
+    const b = was.get(seriesKey(m));
+    if (b !== undefined) out.push({ labels: m.labels, d: m.value >= b ? m.value - b : m.value });
+  }
+  return out;
+}
+const increase = (now, before, name, keep) =>
+  increases(now, before, name, keep).reduce((a, x) => a + x.d, 0);
+function increaseBy(now, before, name, label) {
   const out = {};
-  for (const m of pick(ms, name)) out[m.labels[label]] = (out[m.labels[label]] || 0) + m.value;
+  for (const x of increases(now, before, name)) out[x.labels[label]] = (out[x.labels[label]] || 0) + x.d;
   return out;
 }
 
@@ -59,11 +74,8 @@ function byLabel(ms, name, label) {
 // histogram_quantile: linear inside the bucket it falls in); null with none.
 function quantile(q, now, before) {
   const cum = {};
-  for (const m of pick(now, "raylm_time_to_first_token_seconds_bucket")) {
-    cum[m.labels.le] = (cum[m.labels.le] || 0) + m.value;
-  }
-  for (const m of pick(before, "raylm_time_to_first_token_seconds_bucket")) {
-    cum[m.labels.le] = (cum[m.labels.le] || 0) - m.value;
+  for (const x of increases(now, before, "raylm_time_to_first_token_seconds_bucket")) {
+    cum[x.labels.le] = (cum[x.labels.le] || 0) + x.d;
   }
   const les = Object.keys(cum).sort((a, b) => parseFloat(a) - parseFloat(b));
   const n = cum["+Inf"] || 0;
@@ -130,33 +142,25 @@ function drawMetrics(ms, t) {
   if (before) {
     const dt = t - before.t;
     const inference = (l) => INFERENCE.has(l.route);
-    const rate = (name, keep) => Math.max(0, (total(ms, name, keep) - total(before.ms, name, keep)) / dt);
-    push(chart("rps", "Requests/s", "req/s"), t, { "requests/s": rate("raylm_requests_total", inference) });
+    const rps = increase(ms, before.ms, "raylm_requests_total", inference) / dt;
+    push(chart("rps", "Requests/s", "req/s"), t, { "requests/s": rps });
     const errors = {};
-    for (const m of pick(ms, "raylm_requests_total", (l) => inference(l) && !l.status.startsWith("2"))) {
-      const was = total(before.ms, "raylm_requests_total", (l) => l.route === m.labels.route && l.status === m.labels.status);
-      errors[m.labels.status] = (errors[m.labels.status] || 0) + Math.max(0, (m.value - was) / dt);
+    const failed = (l) => inference(l) && !l.status.startsWith("2");
+    for (const x of increases(ms, before.ms, "raylm_requests_total", failed)) {
+      errors[x.labels.status] = (errors[x.labels.status] || 0) + x.d / dt;
     }
     push(chart("errors", "Errors by status /s", "/s"), t, errors);
     push(chart("ttft", "TTFT (ms)", "ms"), t, { p50: quantile(0.5, ms, before.ms), p99: quantile(0.99, ms, before.ms) });
     // From the engines' own count: a stream without usage is counted too.
-    const made = byLabel(ms, "raylm_engine_generation_tokens_total", "replica");
-    const made0 = byLabel(before.ms, "raylm_engine_generation_tokens_total", "replica");
-    let tokens = 0;
-    for (const r of Object.keys(made)) tokens += Math.max(0, made[r] - (made0[r] ?? made[r]));
+    const tokens = increase(ms, before.ms, "raylm_engine_generation_tokens_total");
     push(chart("tokens", "Output tokens/s", "tok/s"), t, { "tokens/s": tokens / dt });
     const kv = {};
     for (const m of pick(ms, "raylm_engine_kv_cache_usage")) kv[m.labels.replica] = m.value * 100;
     push(chart("kv", "KV-cache usage per replica (%)", "%"), t, kv);
-    const hits = byLabel(ms, "raylm_engine_prefix_cache_hits_total", "replica");
-    const queries = byLabel(ms, "raylm_engine_prefix_cache_queries_total", "replica");
-    const hits0 = byLabel(before.ms, "raylm_engine_prefix_cache_hits_total", "replica");
-    const queries0 = byLabel(before.ms, "raylm_engine_prefix_cache_queries_total", "replica");
+    const hits = increaseBy(ms, before.ms, "raylm_engine_prefix_cache_hits_total", "replica");
+    const queries = increaseBy(ms, before.ms, "raylm_engine_prefix_cache_queries_total", "replica");
     const hitRate = {};
-    for (const r of Object.keys(queries)) {
-      const dq = queries[r] - (queries0[r] || 0);
-      hitRate[r] = dq > 0 ? ((hits[r] - (hits0[r] || 0)) / dq) * 100 : null;
-    }
+    for (const r of Object.keys(queries)) hitRate[r] = queries[r] > 0 ? ((hits[r] || 0) / queries[r]) * 100 : null;
     push(chart("hits", "Prefix-cache hit rate per replica (%)", "%"), t, hitRate);
   }
   before = { ms, t };
@@ -206,9 +210,20 @@ function drawRoot(root) {
 }
 
 let lastEvent = 0;
-function drawEvents(events) {
+let boot = null;
+function drawEvents(feed) {
   const list = $("events");
-  for (const e of events) {
+  if (boot !== feed.boot) {
+    // A gateway that restarted numbers its events from 1 again: read its feed from the start.
+    const first = boot === null;
+    boot = feed.boot;
+    if (!first) {
+      list.replaceChildren();
+      lastEvent = 0;
+      return;
+    }
+  }
+  for (const e of feed.events) {
     lastEvent = Math.max(lastEvent, e.seq);
     const li = document.createElement("li");
     li.dataset.kind = e.kind;
@@ -255,7 +270,7 @@ async function tick() {
     const [root, text, feed] = await Promise.all([get("/"), get("/metrics"), get(`/dashboard/events?since=${lastEvent}`)]);
     drawRoot(root);
     drawMetrics(parseMetrics(text), Date.now() / 1000);
-    drawEvents(feed.events);
+    drawEvents(feed);
   } catch (e) {
     if (e instanceof NeedKey) return needKey();
     $("status").textContent = "gateway unreachable";
@@ -266,7 +281,8 @@ async function nodes() {
   try {
     drawNodes(await get("/dashboard/nodes"));
   } catch (e) {
-    if (!(e instanceof NeedKey)) $("nodes-error").textContent = String(e);
+    $("nodes-error").textContent =
+      e instanceof NeedKey ? "The nodes need the admin key: open the dashboard with it." : String(e);
   }
 }
 tick();
