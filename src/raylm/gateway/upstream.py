@@ -28,18 +28,15 @@ from raylm.gateway.responses import (
     error_message,
     error_response,
     replica_error,
-    sse_error_event,
     unavailable,
 )
 from raylm.gateway.routing import ReplicaTable
 from raylm.gateway.settings import GatewaySettings
+from raylm.gateway.sse import relay_sse
 from raylm.replica import ReplicaInfo
 
 logger = logging.getLogger(__name__)
 
-# Enough of a stream's end to find its final usage chunk and the [DONE] marker.
-_TAIL_BYTES = 8192
-_DONE = b"data: [DONE]"
 # Idle pooled connections are dropped before a replica drops them: vLLM's server closes
 # one idle for 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE), and a request sent on a connection as
 # the replica closes it fails though the replica is well.
@@ -382,7 +379,7 @@ class Upstream:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _relay(
+    def _relay(
         self,
         route: str,
         model: str,
@@ -391,59 +388,23 @@ class Upstream:
         t0: float,
         attempt: _Attempt,
     ) -> AsyncIterator[bytes]:
-        """Pass a replica's SSE bytes through as they come; end with an error event when
-        the replica fails or goes quiet mid-way."""
-        tail = b""
-        first, done = True, False
-        # The connection goes back to its pool in _close_stream (on_close), once: the
-        # response ends there however it ends.
-        try:
-            async for chunk in resp.chunks(self.settings.stream_idle_timeout_s):
-                if first:
-                    ttft = time.perf_counter() - t0
-                    self.metrics.child(self.metrics.ttft, route).observe(ttft)
-                    first = False
-                    # Its prefill is over: the replica's queue no longer holds it.
-                    self.table.prefilled(replica.replica_id, attempt.prefill)
-                    attempt.prefill = 0.0
-                tail = (tail + chunk)[-_TAIL_BYTES:]
-                if not done and tail.rstrip().endswith(_DONE):
-                    # Count before the client sees [DONE]: a client that stops there
-                    # closes the connection, and Starlette then cancels this generator.
-                    done = True
-                    self._count_stream_usage(model, tail)
-                yield chunk
-        except (UpstreamError, TimeoutError) as e:
-            if done:  # the answer was whole; only its closing bytes were lost
-                return
-            self.metrics.stream_errors.labels(route).inc()
-            if self.stopping:
-                yield sse_error_event("The gateway stopped before the stream finished.", 503)
-                return
-            why = (
-                f"no data for {self.settings.stream_idle_timeout_s} s"
-                if isinstance(e, TimeoutError)
-                else f"{type(e).__name__}: {e}"
-            )
-            logger.warning("stream from %s broke: %s", replica.replica_id, why)
-            yield sse_error_event(f"Replica {replica.replica_id} failed mid-stream: {why}.")
-            return
-        if not done:
-            self.metrics.stream_errors.labels(route).inc()
-            yield sse_error_event(
-                f"Replica {replica.replica_id} closed the stream before it was complete."
-            )
+        """The replica's stream passed through (raylm.gateway.sse). The connection goes
+        back to its pool in _close_stream (on_close), once: the response ends there
+        however it ends."""
 
-    def _count_stream_usage(self, model: str, tail: bytes) -> None:
-        # Only the last JSON event can carry usage (stream_options.include_usage).
-        for event in reversed(tail.split(b"\n\n")):
-            event = event.strip()
-            if not event.startswith(b"data: {"):
-                continue
-            try:
-                parsed = json.loads(event[6:])
-            except ValueError:
-                return
-            if isinstance(parsed, dict):
-                self.metrics.count_usage(model, parsed.get("usage"))
-            return
+        def first() -> None:
+            self.metrics.child(self.metrics.ttft, route).observe(time.perf_counter() - t0)
+            # Its prefill is over: the replica's queue no longer holds it.
+            self.table.prefilled(replica.replica_id, attempt.prefill)
+            attempt.prefill = 0.0
+
+        idle = self.settings.stream_idle_timeout_s
+        return relay_sse(
+            resp.chunks(idle),
+            replica.replica_id,
+            idle,
+            on_first=first,
+            on_usage=partial(self.metrics.count_usage, model),
+            on_broken=lambda: self.metrics.stream_errors.labels(route).inc(),
+            stopping=lambda: self.stopping,
+        )
