@@ -113,6 +113,12 @@ def test_firewall_rule_names_every_port() -> None:
     for port in (p.gcs, p.object_manager, p.node_manager, p.probe, p.collective):
         assert str(port) in rule.split(",")
     assert rule.endswith(f"{p.min_worker}-{p.max_worker}")
+    # The ufw line the Chinese multi-node guides use, for every one of those ports.
+    ufw = p.ufw_command("10.0.0.7")
+    assert ufw.startswith("sudo ufw allow proto tcp from 10.0.0.7 to any port ")
+    listed = ufw.rsplit(" ", 1)[1].split(",")
+    assert listed[:-1] == rule.split(",")[:-1] and listed[-1] == f"{p.min_worker}:{p.max_worker}"
+    assert len(listed) + 1 <= 15  # ufw's limit; a range counts twice
 
 
 def test_gloo_allreduce_probe() -> None:
@@ -282,6 +288,7 @@ def test_reachability_names_the_blocked_port_and_the_rule_that_opens_it() -> Non
     assert by_node["10.0.0.2"].status == "FAIL"
     assert "10.0.0.1 -> 10.0.0.2:8077 (node_manager): timed out" in by_node["10.0.0.2"].finding
     assert by_node["10.0.0.2"].fix.startswith("open TCP 8077 on 10.0.0.2")
+    assert f"`{ports.ufw_command('10.0.0.1')}`; then `sudo ufw reload`" in by_node["10.0.0.2"].fix
     assert matrix == {"10.0.0.1": {"10.0.0.2": [8077]}, "10.0.0.2": {"10.0.0.1": []}}
 
 

@@ -63,6 +63,8 @@ def _up(
         f"token auth {'on' if st.auth else '[red]OFF[/red]'}."
     )
     console.print(f"Open TCP {st.ports.firewall_rule()} between the nodes.")
+    ufw = st.ports.ufw_command("OTHER_NODE_IP")
+    console.print(f"With ufw, on each node, once per other node: {ufw}", highlight=False)
     console.print("On every worker node run:")
     print(res.join_command)
 

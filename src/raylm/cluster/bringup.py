@@ -309,7 +309,8 @@ def join_preflight(
         raise ClusterError(
             f"The head's ports do not answer from {nic.ip}: " + ", ".join(dead),
             why="the head is down, or a firewall between the nodes blocks them",
-            fix=f"Open TCP {ports.firewall_rule()} between all nodes",
+            fix=f"Open TCP {ports.firewall_rule()} between all nodes; with ufw, on the head: "
+            f"`{ports.ufw_command(nic.ip)}` and `sudo ufw reload`",
             command=f"nc -vz {host} {gcs_port}",
         )
     try:

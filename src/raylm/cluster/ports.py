@@ -44,9 +44,8 @@ class RayPorts(BaseModel):
         """Ports only the head listens on, by name."""
         return {"gcs": self.gcs}
 
-    def firewall_rule(self) -> str:
-        """The port list a firewall must open between the nodes."""
-        fixed = sorted(
+    def _fixed(self) -> list[int]:
+        return sorted(
             {
                 self.gcs,
                 self.ray_client,
@@ -60,7 +59,17 @@ class RayPorts(BaseModel):
                 self.collective,
             }
         )
-        return ",".join(str(p) for p in fixed) + f",{self.min_worker}-{self.max_worker}"
+
+    def firewall_rule(self) -> str:
+        """The port list a firewall must open between the nodes."""
+        return ",".join(map(str, self._fixed())) + f",{self.min_worker}-{self.max_worker}"
+
+    def ufw_command(self, source: str) -> str:
+        """The ufw line (the firewall the multi-node guides raylm's users follow set up with
+        `ufw allow from IP`) that opens every port to `source`; ufw counts a range as two
+        of its 15 ports, and this list has 12."""
+        ports = ",".join(map(str, self._fixed())) + f",{self.min_worker}:{self.max_worker}"
+        return f"sudo ufw allow proto tcp from {source} to any port {ports}"
 
 
 DEFAULT_PORTS = RayPorts()

@@ -20,6 +20,7 @@ def check_reach(
     matrix: dict[str, dict[str, list[int]]] = {}
     bad: dict[str, list[str]] = {}
     blocked: dict[str, set[int]] = {}
+    sources: dict[str, set[str]] = {}
     for nid, r in res.items():
         src = ips[nid]
         for t in r.reach:
@@ -28,6 +29,7 @@ def check_reach(
                 failed.append(t.port)
                 bad.setdefault(t.ip, []).append(f"{src} -> {t.ip}:{t.port} ({t.name}): {t.error}")
                 blocked.setdefault(t.ip, set()).add(t.port)
+                sources.setdefault(t.ip, set()).add(src)
     out = []
     for dst in sorted({ips[n] for n in res}):
         if dst in bad:
@@ -38,7 +40,9 @@ def check_reach(
                     CheckStatus.FAIL,
                     "; ".join(bad[dst][:6]),
                     f"open TCP {','.join(map(str, sorted(blocked[dst])))} on {dst} to the other "
-                    f"nodes (all of {ports.firewall_rule()})",
+                    f"nodes (all of {ports.firewall_rule()}); with ufw, on {dst}: "
+                    + "; ".join(f"`{ports.ufw_command(ip)}`" for ip in sorted(sources[dst]))
+                    + "; then `sudo ufw reload`",
                 )
             )
         else:
