@@ -25,6 +25,7 @@ from raylm.kv.endpoints import event_dir
 from raylm.kv.subscriber import EventSubscriber
 from raylm.replica import ReplicaState
 from raylm.serve import engine, replica_auth
+from raylm.serve.fence import until_fenced
 from raylm.serve.health import Judgement, Probing, ProgressWatch
 from raylm.serve.probe import engine_load, generate_one_token, http_ok
 from raylm.serve.process import EngineProcess
@@ -80,6 +81,7 @@ class ReplicaSupervisor:
         self.launch_spec: engine.RankLaunch | None = None
         self.exit_code: int | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._fence: asyncio.Task[None] | None = None
         self._kv: EventSubscriber | None = None
 
     def node_info(self) -> RankNode:
@@ -128,7 +130,15 @@ class ReplicaSupervisor:
         self.state = ReplicaState.STARTING
         self.detail = "vLLM is loading"
         self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+        self._fence = asyncio.get_running_loop().create_task(self._stop_when_lost())
         return RankStarted(pid=self.proc.pid, log_path=str(log_path))
+
+    async def _stop_when_lost(self) -> None:
+        """Stop this rank's vLLM once its node has lost the cluster (serve/fence.py)."""
+        why = await until_fenced(self.node_id)
+        logger.warning("replica %s rank %d: %s; stopping its vLLM", self.replica_id, self.rank, why)
+        await self.stop(grace_s=5.0)
+        self._dead(f"stopped its vLLM: {why} (the controller replaces it elsewhere)")
 
     def status(self) -> RankStatus:
         return RankStatus(
@@ -263,6 +273,8 @@ class ReplicaSupervisor:
         self.state = ReplicaState.STOPPING
         if self._watch:
             self._watch.cancel()
+        if self._fence and self._fence is not asyncio.current_task():
+            self._fence.cancel()
         if self.proc:
             await asyncio.get_running_loop().run_in_executor(None, self.proc.stop, grace_s)
         if self._kv:
