@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -135,7 +136,7 @@ def attach_controller(name: str) -> tuple[Any, Planned]:
     try:
         actor = ray.get_actor(controller_actor_name(name), namespace=CONTROLLER_NAMESPACE)
         configs: list[DeploymentConfig] = ray.get(actor.current_configs.remote(), timeout=30)
-        seen: float | None = ray.get(actor.gateway_seen.remote(), timeout=30)
+        seen = _last_gateway_report(actor)
     except (ValueError, ray.exceptions.RayError) as e:
         raise ConfigError(
             f"No deployment named '{name}' runs on this cluster",
@@ -147,11 +148,24 @@ def attach_controller(name: str) -> tuple[Any, Planned]:
         raise ConfigError(
             f"The deployment '{name}' still has a gateway",
             why=f"one reported its load {seen:.0f} s ago: its raylm serve still runs",
-            fix="Use that gateway's endpoint; --attach is for after it died (if it just "
-            "died, run this again in a few seconds)",
+            fix="Use that gateway's endpoint; --attach is for after it died",
             command="raylm ps",
         )
     return actor, [(c, _placement(c)) for c in configs]
+
+
+def _last_gateway_report(actor: Any) -> float | None:
+    """Seconds since a gateway of the deployment last reported (None: never). A gateway
+    that died a moment ago has reported within LOAD_FRESH_S too: wait until its silence
+    passes that, while a live one (reporting every refresh) stays below it."""
+    import ray
+
+    deadline = time.monotonic() + LOAD_FRESH_S + 2.0
+    while True:
+        seen: float | None = ray.get(actor.gateway_seen.remote(), timeout=30)
+        if seen is None or seen >= LOAD_FRESH_S or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.5)
 
 
 def _placement(c: DeploymentConfig) -> Placement:
