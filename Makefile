@@ -37,6 +37,7 @@ PYTEST_WORKERS ?= 2
 # through Playwright; installed here when missing (root: apt-get).
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
+	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get install -y -qq --no-install-recommends chromium \
 		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
 
