@@ -163,7 +163,10 @@ def _clear_stale(state: NodeState, *, keep_token: bool) -> str:
     left = ray_process.stop_run(state.run_id, recorded=state.processes, grace=3.0)
     record.forget(keep_token=keep_token)
     extra = f"; stopped {len(left)} leftover process(es)" if left else ""
-    return f"found a stale record ({state.describe()}; its Ray node no longer ran){extra}"
+    return (
+        f"found a stale record ({state.describe()}; its Ray node no longer ran, or the "
+        f"cluster had declared it dead){extra}"
+    )
 
 
 def _refuse_running(state: NodeState) -> ClusterError:
@@ -207,6 +210,21 @@ def read_head_fingerprint(address: str, token: str | None, timeout: float = 10) 
             fix="Start the head with `raylm up`, or pass --force to join without the check",
         )
     return Fingerprint.model_validate_json(raw)
+
+
+def alive_in_cluster(address: str, token: str | None, node_ip: str) -> bool | None:
+    """Whether the GCS at `address` lists a node alive at `node_ip` (None: no answer)."""
+    context.apply_auth(token=token)
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+    try:
+        nodes = GcsClient(address=address).get_all_node_info(
+            timeout=10, state_filter=GcsNodeInfo.GcsNodeState.ALIVE
+        )
+    except Exception:
+        return None
+    return any(n.node_manager_address == node_ip for n in nodes.values())
 
 
 def up(
@@ -345,12 +363,17 @@ def join(
     address = f"{host}:{gcs_port}"
     old = record.read_state()
     same = old is not None and context.same_cluster(old.address, address)
+    token = token or os.environ.get(context.TOKEN_ENV) or (record.read_token() if same else None)
     if old is not None and record.is_live(old):
         if not same:
             raise _refuse_running(old)
-        note = f"this node is already part of {address} ({old.describe()})"
-        return UpResult(state=old, join_command="", fingerprint=local_fingerprint(), notes=[note])
-    token = token or os.environ.get(context.TOKEN_ENV) or (record.read_token() if same else None)
+        # A node cut off the network and back keeps its raylet until that learns the cluster
+        # declared it dead (minutes): its Ray runs, yet it is no part of the cluster.
+        if alive_in_cluster(address, token, old.node_ip) is not False:
+            note = f"this node is already part of {address} ({old.describe()})"
+            return UpResult(
+                state=old, join_command="", fingerprint=local_fingerprint(), notes=[note]
+            )
     pre = join_preflight(address, token=token, node_ip=node_ip, iface=iface, ports=ports)
     if pre.fingerprint_error and not force:
         raise ClusterError(pre.fingerprint_error, command=f"raylm join {address} --token TOKEN")

@@ -266,13 +266,14 @@ function needKey() {
   $("keyform").hidden = false;
 }
 async function tick() {
-  try {
-    const [root, text, feed] = await Promise.all([get("/"), get("/metrics"), get(`/dashboard/events?since=${lastEvent}`)]);
-    drawRoot(root);
-    drawMetrics(parseMetrics(text), Date.now() / 1000);
-    drawEvents(feed);
-  } catch (e) {
-    if (e instanceof NeedKey) return needKey();
+  // Each feed drawn on its own: one that fails (a slow /metrics) leaves the others live.
+  const [root, text, feed] = await Promise.allSettled([get("/"), get("/metrics"), get(`/dashboard/events?since=${lastEvent}`)]);
+  const failed = [root, text, feed].filter((r) => r.status === "rejected").map((r) => r.reason);
+  if (failed.some((e) => e instanceof NeedKey)) return needKey();
+  if (root.status === "fulfilled") drawRoot(root.value);
+  if (text.status === "fulfilled") drawMetrics(parseMetrics(text.value), Date.now() / 1000);
+  if (feed.status === "fulfilled") drawEvents(feed.value);
+  if (root.status === "rejected") {
     $("status").textContent = "gateway unreachable";
     $("status").className = "pill down";
   }
