@@ -62,6 +62,13 @@ def test_status_shows_three_nodes(netns_cluster: NetnsCluster) -> None:
         assert n["versions"]["ray"] == "2.60.0"
     table = c.raylm(0, "status")
     assert table.returncode == 0 and "10.77" in table.stdout and "head" in table.stdout
+    # What a rendered Kubernetes head runs before `raylm serve` (raylm.k8s.pods).
+    waited = c.raylm(0, "status", "--wait-nodes", "3")
+    assert waited.returncode == 0 and "3 of 3 node(s) alive" in waited.stdout, waited.stderr
+    short = c.raylm(0, "status", "--wait-nodes", "4", "--timeout", "3")
+    assert short.returncode == 1
+    assert "Only 3 of 4 node(s) joined the cluster in 3 s" in short.stderr, short.stderr
+    assert "raylm status --wait-nodes 4" in short.stderr and "Traceback" not in short.stderr
 
 
 def test_token_auth_is_on(netns_cluster: NetnsCluster) -> None:

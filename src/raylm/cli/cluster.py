@@ -155,10 +155,20 @@ def _status(
         None, "--address", help="GCS address (default: this node's)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the inventory as JSON."),
+    wait_nodes: int | None = typer.Option(
+        None, "--wait-nodes", min=1, help="First wait until this many nodes are alive."
+    ),
+    timeout: float = typer.Option(900, "--timeout", help="Seconds --wait-nodes waits at most."),
 ) -> None:
     """Every node: IP, role, alive, CPUs, memory, model-store disk, GPUs, versions, raylm actors."""
+    from raylm.cluster.context import ensure_attached
     from raylm.cluster.inventory import cluster_inventory
+    from raylm.cluster.nodes import wait_for_nodes
 
+    if wait_nodes:
+        with err.status(f"Waiting for {wait_nodes} node(s)...", spinner="dots"):
+            ensure_attached(address)
+            wait_for_nodes(wait_nodes, timeout)
     with err.status("Reading every node...", spinner="dots") if not as_json else _quiet_stdout():
         inv = cluster_inventory(address)
     if as_json:

@@ -6,7 +6,11 @@ the same typed `NodeView`, with a restarted node's dead record already dropped.
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from raylm.errors import ClusterError
 
 # Ray marks the head node with this resource.
 _HEAD_RESOURCE = "node:__internal_head__"
@@ -62,3 +66,21 @@ def cluster_nodes() -> list[NodeView]:
 def alive_nodes() -> list[NodeView]:
     """The alive nodes (Ray must be initialised)."""
     return [n for n in cluster_nodes() if n.alive]
+
+
+def wait_for_nodes(count: int, timeout_s: float, poll_s: float = 2.0) -> list[NodeView]:
+    """The alive nodes once there are at least `count` (Ray must be initialised), for a
+    head that must not plan before its workers joined (a rendered Kubernetes head, a
+    script); ClusterError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while len(nodes := alive_nodes()) < count:
+        if time.monotonic() >= deadline:
+            raise ClusterError(
+                f"Only {len(nodes)} of {count} node(s) joined the cluster in {timeout_s:.0f} s",
+                why="the other machines (or pods) have not run their join line, or cannot "
+                "reach the head",
+                fix="Check the missing machines' logs, then wait again",
+                command=f"raylm status --wait-nodes {count}",
+            )
+        time.sleep(poll_s)
+    return nodes
