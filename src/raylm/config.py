@@ -273,13 +273,18 @@ def load_spec(path: Path | None, overrides: dict[str, Any]) -> ServeSpec:
     return specs[0]
 
 
-def load_specs(path: Path | None, overrides: dict[str, Any]) -> list[ServeSpec]:
+def load_specs(
+    path: Path | None, overrides: dict[str, Any], *, this_machine: bool = True
+) -> list[ServeSpec]:
     """The models to serve: one spec per `[[models]]` entry of the file (each its model's
-    fields over the deployment's), or the single model of load_spec."""
+    fields over the deployment's), or the single model of load_spec. `this_machine`
+    False: the specs run elsewhere (`raylm k8s render`), so this machine's vLLM build is
+    not checked against them."""
     data = _read_file(path) if path is not None else {}
     entries = data.pop("models", None)
     if entries is None:
-        return [build_spec(data, overrides, f"spec file {path}" if path else "the flags")]
+        where = f"spec file {path}" if path else "the flags"
+        return [build_spec(data, overrides, where, this_machine=this_machine)]
     if (
         not isinstance(entries, list)
         or not entries
@@ -307,7 +312,8 @@ def load_specs(path: Path | None, overrides: dict[str, Any]) -> list[ServeSpec]:
                 + ", ".join(sorted(MODEL_FIELDS)),
             )
         one = {k: v for k, v in data.items() if k not in MODEL_FIELDS} | entry
-        specs.append(build_spec(one, dict(overrides), f"[[models]] entry {i + 1} of {path}"))
+        where = f"[[models]] entry {i + 1} of {path}"
+        specs.append(build_spec(one, dict(overrides), where, this_machine=this_machine))
     check_served_names(
         [s.served_model_name or s.model or "the demo model" for s in specs], f"Spec file {path}"
     )
@@ -325,9 +331,12 @@ def check_served_names(names: list[str], where: str) -> None:
         )
 
 
-def build_spec(data: dict[str, Any], overrides: dict[str, Any], where: str) -> ServeSpec:
+def build_spec(
+    data: dict[str, Any], overrides: dict[str, Any], where: str, *, this_machine: bool = True
+) -> ServeSpec:
     """A ServeSpec from a file's fields and flag overrides; ConfigError saying what is
-    wrong, and where (`where`)."""
+    wrong, and where (`where`). `this_machine`: also refuse what this machine's vLLM
+    build cannot run."""
     data = dict(data)
     engine_args = dict(data.pop("engine_args", {}) or {})
     engine_args.update(overrides.pop("engine_args", {}) or {})
@@ -347,7 +356,8 @@ def build_spec(data: dict[str, Any], overrides: dict[str, Any], where: str) -> S
             why=problems,
             fix="Fix the values named above; `raylm serve --help` lists every field",
         ) from None
-    check_platform(spec)
+    if this_machine:
+        check_platform(spec)
     return spec
 
 
