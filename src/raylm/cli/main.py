@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from raylm import __version__
-from raylm.cli import bench, cluster, model, ops, plan, serve
+from raylm.cli import bench, cluster, k8s, model, ops, plan, serve
 from raylm.errors import RaylmError
 
 app = typer.Typer(
@@ -64,7 +64,7 @@ def _root(
 def _register() -> None:
     # Each group keeps its Ray and vLLM imports inside its commands: that is what keeps
     # `raylm --help` fast.
-    for group in (serve, ops, cluster, plan, model, bench):
+    for group in (serve, ops, cluster, plan, model, bench, k8s):
         group.register(app)
 
 
