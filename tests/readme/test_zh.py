@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAIRS = [
     (ROOT / "README.md", ROOT / "README.zh-CN.md"),
     (ROOT / "docs" / "cluster.md", ROOT / "docs" / "zh" / "cluster.md"),
+    (ROOT / "docs" / "deploy.md", ROOT / "docs" / "zh" / "deploy.md"),
 ]
 _FENCE = re.compile(r"^```")
 _CODE = re.compile(r"`([^`]+)`")
