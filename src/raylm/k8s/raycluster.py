@@ -3,17 +3,18 @@ sized from the planner's layout (the machines it uses, the GPUs it takes on each
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
+from raylm.errors import ConfigError
 from raylm.k8s import pods
 from raylm.k8s.options import K8sOptions
-from raylm.planner import ClusterSpec, Layout, NodeSpec
+from raylm.planner import ClusterSpec, Layout, find_gpu, gpus_by_node
 
 OVERWRITE_CMD = "ray.io/overwrite-container-cmd"
+PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,12 @@ class PodGroup:
 
 
 def pod_groups(layout: Layout, cluster: ClusterSpec) -> list[PodGroup]:
-    """The layout's machines grouped by GPU kind, in the cluster's order; each pod asks
-    for the GPUs the layout uses on its machine (all of them when replicas fill it)."""
-    by_name = {n.name: n for n in cluster.nodes}
-    used: list[NodeSpec] = [by_name[name] for name in layout.nodes if name in by_name]
-    per_node = math.ceil(layout.replicas * layout.gpus_per_replica / max(1, len(used)))
+    """The machines the layout uses, grouped by GPU kind and by the GPUs it takes on each
+    (a pod asks for those, not for the whole machine), in the cluster's order."""
+    kinds = {n.name: n.gpu_name for n in cluster.nodes}
     groups: dict[tuple[str, int], int] = {}
-    for node in used:
-        key = (node.gpu_name, min(node.gpu_count, per_node))
+    for name, gpus in gpus_by_node(layout, cluster).items():
+        key = (kinds[name], gpus)
         groups[key] = groups.get(key, 0) + 1
     return [PodGroup(name, gpus, count) for (name, gpus), count in groups.items()]
 
@@ -49,16 +48,38 @@ def ray_version() -> str:
     return version("ray")
 
 
+def _selectors(opts: K8sOptions, groups: list[PodGroup]) -> list[dict[str, str]]:
+    """Each group's nodeSelector: the user's, and with several GPU kinds the product label
+    of NVIDIA's GPU feature discovery (the GPU's name, '-' for spaces), so each group's
+    pods land on machines of its kind."""
+    if len({g.gpu_name for g in groups}) == 1:
+        return [dict(opts.node_selector) for _ in groups]
+    out = []
+    for g in groups:
+        row = find_gpu(g.gpu_name)
+        if row is None or row.name != g.gpu_name:
+            raise ConfigError(
+                f"The plan uses several GPU kinds, and '{g.gpu_name}' names none the pods "
+                "could be placed by",
+                why="each worker group selects its machines by NVIDIA's gpu.product label, "
+                "which is the GPU's name",
+                fix="Name the GPUs in --cluster (e.g. '1x8xH100, 2x4xL20')",
+            )
+        out.append({**opts.node_selector, PRODUCT_LABEL: g.gpu_name.replace(" ", "-")})
+    return out
+
+
 def raycluster(
     opts: K8sOptions,
     groups: list[PodGroup],
     serve_argv: list[str],
     model: str,
     serve_file: bool,
+    drain_s: float,
 ) -> dict[str, Any]:
     """The RayCluster: the head on the first machine of the first group (it serves too,
     as in seed 004), the rest as worker groups; token auth on, its Secret made by KubeRay."""
-    mixed = len({g.gpu_name for g in groups}) > 1
+    selectors = _selectors(opts, groups)
     pull = pods.model_init(opts, model)
     # A shared claim is filled once, by the head; each machine's own directory by its pod.
     worker_init = [pull] if opts.store.kind == "hostpath" else []
@@ -68,9 +89,10 @@ def raycluster(
         serve_argv,
         sum(g.pods for g in groups),
         head.gpus,
-        head.gpu_name if mixed else None,
+        selectors[0],
         [pull],
         serve_file,
+        drain_s,
     )
     workers = []
     for i, g in enumerate(groups):
@@ -84,9 +106,7 @@ def raycluster(
                 "minReplicas": count,
                 "maxReplicas": count,
                 "rayStartParams": {},
-                "template": pods.worker_template(
-                    opts, g.gpus, g.gpu_name if mixed else None, worker_init
-                ),
+                "template": pods.worker_template(opts, g.gpus, selectors[i], worker_init),
             }
         )
     spec: dict[str, Any] = {

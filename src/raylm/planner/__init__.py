@@ -18,6 +18,7 @@ from raylm.planner.memory import PlannerConstants
 from raylm.planner.rank import OBJECTIVES
 from raylm.planner.search import plan
 from raylm.planner.shapes import check_layout
+from raylm.planner.usage import gpus_by_node
 
 __all__ = [
     "OBJECTIVES",
@@ -33,6 +34,7 @@ __all__ = [
     "cluster_from_inventory",
     "find_gpu",
     "gpu_table",
+    "gpus_by_node",
     "parse_cluster_spec",
     "parse_vllm_load_log",
     "plan",
