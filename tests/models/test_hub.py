@@ -34,6 +34,8 @@ def test_pull_checks_every_file_and_writes_manifest(fake_hub: FakeHub, tmp_path:
     assert m is not None
     assert {f.path: f.sha256 for f in m.files} == fake_hub.sha256
     assert store.resolve(fake_hub.repo).path == e.path  # by repo id too
+    # What a rendered Kubernetes pod runs first (raylm.k8s.pods): verify by the repo id.
+    assert store.verify(fake_hub.repo).ok
     assert list(store.tmp_dir().iterdir()) == []
     # Pulling again reuses the verified copy: no file is downloaded a second time.
     n = len([s for s in fake_hub.served if s[0] == "GET" and "/resolve/" in s[1]])

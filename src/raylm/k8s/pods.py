@@ -19,8 +19,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 SERVE_CONFIG_DIR = "/etc/raylm"
 LOCAL_GCS = "127.0.0.1:6379"  # the head's GCS, seen from its own container
 OPEN_FILES = 65536  # KubeRay's own `ulimit -n` for Ray, which the annotation drops
-STARTUP_S = 1800
-"""How long the head may take to start Ray, resolve the model and open the gateway."""
+STARTUP_S = 7200
+"""How long the head may take to start Ray, wait for every worker (each may first fill its
+machine's store from the hub) and open the gateway."""
 
 
 def ray_ports(opts: K8sOptions) -> list[dict[str, Any]]:
@@ -87,20 +88,21 @@ def _volumes(opts: K8sOptions, serve_file: bool) -> list[dict[str, Any]]:
 
 
 def model_init(opts: K8sOptions, model: str) -> dict[str, Any]:
-    """The init container that puts the model in the store before Ray starts: pulled from
-    the hub (a no-op when the copy is complete), else the copy already there verified, so a
-    cluster without the hub still starts from a filled store."""
+    """The init container that puts the model in the store before Ray starts: the copy
+    there verified (no hub needed), else pulled from the hub. The hub's token or mirror
+    come from the optional Secret `<name>-hub` (HF_TOKEN, HF_ENDPOINT)."""
     ref = shlex.quote(model)
+    script = f"raylm model verify {ref}"
     if "/" in model:
-        script = f"raylm model pull {ref} --source {opts.model_source} || raylm model verify {ref}"
-    else:  # a store name: it must be there already (`raylm model import` on the volume)
-        script = f"raylm model verify {ref}"
+        script += f" || raylm model pull {ref} --source {opts.model_source}"
+    # else a store name: it must be there already (`raylm model import` on the volume).
     return {
         "name": "model-store",
         "image": opts.image,
         "command": ["/bin/bash", "-c", "--"],
         "args": [script],
         "env": _env(),
+        "envFrom": [{"secretRef": {"name": opts.object_name("hub"), "optional": True}}],
         "volumeMounts": [{"name": "model-store", "mountPath": f"{STORE_ROOT}/models"}],
     }
 
@@ -124,7 +126,7 @@ def _pod(
     opts: K8sOptions,
     container: dict[str, Any],
     gpus: int,
-    gpu_product: str | None,
+    selector: dict[str, str],
     init: list[dict[str, Any]],
     serve_file: bool,
 ) -> dict[str, Any]:
@@ -137,9 +139,8 @@ def _pod(
     }
     if init:
         spec["initContainers"] = init
-    if gpu_product:
-        # The label NVIDIA's GPU feature discovery puts on each machine.
-        spec["nodeSelector"] = {"nvidia.com/gpu.product": gpu_product.replace(" ", "-")}
+    if selector:
+        spec["nodeSelector"] = selector
     if opts.host_network:
         spec["hostNetwork"] = True
         spec["dnsPolicy"] = "ClusterFirstWithHostNet"
@@ -152,13 +153,15 @@ def head_template(
     serve_argv: list[str],
     nodes: int,
     gpus: int,
-    gpu_product: str | None,
+    selector: dict[str, str],
     init: list[dict[str, Any]],
     serve_file: bool,
+    drain_s: float,
 ) -> dict[str, Any]:
     """The head pod: Ray's head, the wait for the layout's `nodes` machines (the plan
     needs them all), then `raylm serve` in the foreground."""
     wait = ["raylm", "status", "--wait-nodes", str(nodes), "--address", LOCAL_GCS]
+    wait += ["--timeout", str(STARTUP_S - 300)]
     script = (
         f"ulimit -n {OPEN_FILES}; "
         # Ray daemonizes without --block, and the container becomes the gateway.
@@ -178,11 +181,14 @@ def head_template(
         "volumeMounts": _mounts(opts, serve_file),
         **_probes(opts),
     }
-    return _pod(opts, container, gpus, gpu_product, init, serve_file)
+    pod = _pod(opts, container, gpus, selector, init, serve_file)
+    # SIGTERM drains in-flight requests, then stops every replica: give it the time.
+    pod["spec"]["terminationGracePeriodSeconds"] = int(drain_s) + 60
+    return pod
 
 
 def worker_template(
-    opts: K8sOptions, gpus: int, gpu_product: str | None, init: list[dict[str, Any]]
+    opts: K8sOptions, gpus: int, selector: dict[str, str], init: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """A worker pod: KubeRay's `ray start` (it joins the head through its Service)."""
     container = {
@@ -194,4 +200,4 @@ def worker_template(
         "envFrom": [{"configMapRef": {"name": opts.object_name("network")}}],
         "volumeMounts": _mounts(opts, serve_file=False),
     }
-    return _pod(opts, container, gpus, gpu_product, init, serve_file=False)
+    return _pod(opts, container, gpus, selector, init, serve_file=False)

@@ -257,7 +257,10 @@ class ModelStore:
         return next((e for e in self.list_models() if e.repo == repo), None)
 
     def verify(self, name: str, *, workers: int | None = None) -> VerifyResult:
-        """Hash every file of `name` against its manifest; on success refresh the stamp."""
+        """Hash every file of `name` (a store name, or the hub repo id it was pulled from)
+        against its manifest; on success refresh the stamp."""
+        if self.read_manifest(name) is None and (e := self.find_by_repo(name)) is not None:
+            name = e.name
         m = self.read_manifest(name)
         if m is None:
             raise ModelError(
