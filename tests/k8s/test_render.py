@@ -28,6 +28,7 @@ MODELS = ROOT / "tests" / "fixtures" / "models"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 RAYLM = str(Path(sys.executable).with_name("raylm"))
 QWEN = "Qwen/Qwen2.5-32B-Instruct-GPTQ-Int4"
+QWEN_CFG = MODELS / "qwen2.5-32b-instruct-gptq-int4.json"
 FILES = {"secret.yaml", "network.yaml", "store.yaml", "raycluster.yaml", "service.yaml"}
 
 
@@ -271,6 +272,9 @@ def test_keys_stay_in_the_secret(tmp_path: Path) -> None:
         ("--cluster 2x4xNOPE", "Unknown GPU 'NOPE'"),
         ("--service-type Ingress", "service_type"),
         ("--tp 3", "TP=3"),
+        ("--port 8080", "8080 is Ray's metrics port"),
+        ("--node-selector pool", "Bad --node-selector 'pool'"),
+        ("--cluster '1x8x80GB, 2x4xL20'", "'80GB GPU' names none the pods"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(
@@ -291,3 +295,83 @@ def test_a_file_of_several_models_is_refused(tmp_path: Path) -> None:
     assert p.returncode == 1
     assert "lists 2 models; `raylm k8s render` takes one" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_a_path_on_this_machine_is_refused(tmp_path: Path) -> None:
+    p = run(tmp_path, f"raylm k8s render /models/qwen --cluster 1x1xA10 --model-config {QWEN_CFG}")
+    assert p.returncode == 1
+    assert "is a path on this machine, which the pods cannot read" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_pods_ask_for_the_gpus_the_plan_uses_on_each_machine(tmp_path: Path) -> None:
+    # 3 replicas of TP=2 on 2 x 4 L20: two on one machine, one on the other.
+    out, p = render_seed_004(tmp_path, "--replicas 3 --tp 2")
+    assert p.returncode == 0, p.stderr
+    files = load_dir(out)
+    check_all(files)
+    (cluster,) = files["raycluster.yaml"]
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["resources"]["limits"] == {"nvidia.com/gpu": 4}
+    (workers,) = cluster["spec"]["workerGroupSpecs"]
+    assert workers["replicas"] == 1 and workers["groupName"] == "l20-x2"
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+        "nvidia.com/gpu": 2
+    }
+    assert "--wait-nodes 2" in head_script(cluster)
+    # One replica of TP=2 PP=2 fits one machine: no worker at all.
+    (tmp_path / "one").mkdir()
+    out, p = render_seed_004(tmp_path / "one", "--replicas 1 --tp 2 --pp 2")
+    assert p.returncode == 0, p.stderr
+    (cluster,) = load_dir(out)["raycluster.yaml"]
+    assert "workerGroupSpecs" not in cluster["spec"]
+    assert "--wait-nodes 1" in head_script(cluster)
+
+
+def test_several_gpu_kinds_get_a_group_each_on_machines_of_their_kind(tmp_path: Path) -> None:
+    out, p = render_seed_004(tmp_path, "--cluster '1x8xH100, 2x4xL20'")
+    assert p.returncode == 0, p.stderr
+    files = load_dir(out)
+    check_all(files)
+    (cluster,) = files["raycluster.yaml"]
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    assert head["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert head["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 8}
+    (workers,) = cluster["spec"]["workerGroupSpecs"]
+    assert (workers["groupName"], workers["replicas"]) == ("l20-x4", 2)
+    assert workers["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L20"}
+    assert "--wait-nodes 3" in head_script(cluster)
+
+
+def test_rendering_again_keeps_the_keys_clients_hold(tmp_path: Path) -> None:
+    out, p = render_seed_004(tmp_path)
+    assert p.returncode == 0, p.stderr
+    first = yaml.safe_load((out / "secret.yaml").read_text())["stringData"]
+    out, p = render_seed_004(tmp_path, "--tp 4 --pp 2")
+    assert p.returncode == 0, p.stderr
+    again = yaml.safe_load((out / "secret.yaml").read_text())["stringData"]
+    assert (again["api-key"], again["admin-key"]) == (first["api-key"], first["admin-key"])
+    assert "generated" not in p.stdout
+
+
+def test_an_autoscaled_model_gets_room_for_its_most_replicas(tmp_path: Path) -> None:
+    toml, line = guide_example()
+    (tmp_path / "raylm.toml").write_text(
+        toml
+        + "\n[autoscaling]\nmin_replicas = 1\nmax_replicas = 4\ntarget_in_flight_per_replica = 8\n"
+    )
+    cfg = QWEN_CFG.read_bytes()
+    with fake_hub({QWEN: {"config.json": cfg}}) as url:
+        p = run(tmp_path, f"{line} --tp 2", env={"HF_ENDPOINT": url})
+    assert p.returncode == 0, p.stderr
+    files = load_dir(tmp_path / "k8s-qwen32b")
+    check_all(files)
+    (cluster,) = files["raycluster.yaml"]
+    script = head_script(cluster)
+    # serve starts at min_replicas itself; the pods hold room for 4 x TP=2.
+    assert "--replicas" not in script and "--tp 2" in script
+    assert "--wait-nodes 2" in script
+    (workers,) = cluster["spec"]["workerGroupSpecs"]
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+        "nvidia.com/gpu": 4
+    }

@@ -53,9 +53,13 @@ def render_cmd(
         None, help="StorageClass of a new claim (ReadWriteMany)."
     ),
     service_type: str = typer.Option("ClusterIP", help="ClusterIP|NodePort|LoadBalancer."),
+    port: int | None = typer.Option(None, help="Gateway port [default: the spec's, 8000]."),
     iface: str = typer.Option("eth0", help="Pod interface for NCCL and Gloo."),
     host_network: bool = typer.Option(False, help="Ray pods on their machines' network."),
     model_source: str = typer.Option("hf", help="hf|modelscope: where pods pull a hub id."),
+    node_selector: list[str] = typer.Option(
+        [], "--node-selector", help="KEY=VALUE every Ray pod's machine must carry (repeatable)."
+    ),
     model_config: Path | None = typer.Option(
         None,
         "--model-config",
@@ -69,7 +73,7 @@ def render_cmd(
     """Write manifests that serve MODEL on Kubernetes through KubeRay; applies nothing."""
     from raylm.config import load_specs
     from raylm.k8s.options import K8sOptions, ModelStore
-    from raylm.k8s.render import model_of, render
+    from raylm.k8s.render import kept_keys, model_of, render
     from raylm.models.reference import planning_reference
     from raylm.models.weights import read_model_facts
     from raylm.planner import parse_cluster_spec
@@ -97,10 +101,11 @@ def render_cmd(
         "store_size_gib": store_size,
         "storage_class": storage_class,
         "service_type": service_type,
-        "port": spec.port,
+        "port": port or spec.port,
         "iface": iface,
         "host_network": host_network,
         "model_source": model_source,
+        "node_selector": dict(_label(x) for x in node_selector),
     }
     if image:
         given["image"] = image
@@ -119,13 +124,16 @@ def render_cmd(
         else planning_reference(model_name)[0]
     )
     machines = parse_cluster_spec(cluster)
-    planned, layout, words = apply_plan(spec, facts, machines)
+    # Autoscaled: room for its most replicas, as `raylm serve` plans it.
+    most = {"replicas": spec.autoscaling.max_replicas} if spec.autoscaling else {}
+    planned, layout, words = apply_plan(spec.model_copy(update=most), facts, machines)
     if layout is None:  # apply_plan raises when nothing fits
         raise ConfigError(f"No layout of {model_name} fits {machines.summary()}")
-    rendered = render(
-        planned, layout, facts, machines, opts, file.read_text() if file is not None else None
-    )
+    if spec.autoscaling:
+        planned = planned.model_copy(update={"replicas": spec.replicas})
     target = out_dir or Path(f"k8s-{opts.name}")
+    serve_file = file.read_text() if file is not None else None
+    rendered = render(planned, layout, facts, machines, opts, serve_file, kept_keys(target))
     written = rendered.write(target)
     out.print(f"{model_name} on {machines.summary()}: {words}")
     for path in written:
@@ -133,7 +141,10 @@ def render_cmd(
     out.print(f"the head pod runs: {shlex.join(rendered.serve_argv)}")
     svc = opts.object_name("raylm")
     if rendered.generated_keys:
-        out.print(f"API and admin keys were generated into {target / 'secret.yaml'} (mode 0600).")
+        out.print(
+            f"API and admin keys were generated into {target / 'secret.yaml'} (mode 0600; "
+            "keep it out of git). Rendering into the same directory again keeps them."
+        )
     out.print(
         "\nNext, with the KubeRay operator installed:\n"
         f"  kubectl apply -f {target}\n"
@@ -144,3 +155,10 @@ def render_cmd(
         f"  curl http://127.0.0.1:{opts.port}/v1/models "
         '-H "Authorization: Bearer $RAYLM_API_KEY"'
     )
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise ConfigError(f"Bad --node-selector {text!r}", fix="Write KEY=VALUE, e.g. pool=gpu")
+    return key, value

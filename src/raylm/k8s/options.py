@@ -16,6 +16,9 @@ DEFAULT_GPU_IMAGE = "raylm/raylm-gpu:latest"
 STORE_ROOT = "/var/lib/raylm"
 """RAYLM_HOME in every pod; the model store is its `models` directory."""
 
+RAY_POD_PORTS = {6379: "GCS", 8265: "dashboard", 10001: "client", 8080: "metrics", 52365: "agent"}
+"""Ports KubeRay's `ray start` takes in every Ray pod; the gateway cannot have them."""
+
 # DNS-1123 labels: the names Kubernetes accepts for Services, Secrets and groups.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -100,6 +103,20 @@ class K8sOptions(BaseModel):
     model_source: Literal["hf", "modelscope"] = Field(
         default="hf", description="Hub the pods pull a hub-id model from."
     )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels every Ray pod's machine must have (e.g. the GPU nodes' pool).",
+    )
+
+    @field_validator("port")
+    @classmethod
+    def _not_rays(cls, v: int) -> int:
+        if v in RAY_POD_PORTS:
+            raise ValueError(
+                f"{v} is Ray's {RAY_POD_PORTS[v]} port in every KubeRay pod; give the gateway "
+                "another (8000 by default)"
+            )
+        return v
 
     @field_validator("name")
     @classmethod

@@ -26,6 +26,9 @@ from raylm.models.facts import ModelFacts
 from raylm.planner import ClusterSpec, Layout
 from raylm.units import GIB
 
+SECRET_FILE = "secret.yaml"
+KEY_NAMES = ("api-key", "admin-key")
+
 
 class _Dumper(yaml.SafeDumper):
     """YAML for people and kubectl: no anchors for objects used twice, no folded lines."""
@@ -81,21 +84,45 @@ class Rendered(BaseModel):
 
 
 def store_size_gib(facts: ModelFacts, opts: K8sOptions) -> int:
-    """A new claim's size: as given, else the weights plus a quarter, at least 10 GiB."""
+    """A new claim's size: as given, else room for two copies of the weights and a
+    quarter more (a new revision downloads beside the old), at least 10 GiB."""
     if opts.store_size_gib:
         return opts.store_size_gib
-    return max(10, math.ceil(facts.weight_bytes * 1.25 / GIB))
+    return max(10, math.ceil(facts.weight_bytes * 2.25 / GIB))
+
+
+def kept_keys(out_dir: Path) -> dict[str, str]:
+    """The API and admin keys of an earlier render into `out_dir`, so rendering again does
+    not change the keys clients hold ({} when there is none)."""
+    try:
+        docs = list(yaml.safe_load_all((out_dir / SECRET_FILE).read_text()))
+    except (OSError, yaml.YAMLError):
+        return {}
+    data = docs[0].get("stringData") if docs and isinstance(docs[0], dict) else None
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k in KEY_NAMES and isinstance(v, str) and v}
 
 
 def model_of(spec: ServeSpec) -> str:
-    """The spec's model; a Kubernetes deployment has no demo model to fall back on."""
-    if spec.model is None:
+    """The spec's model as the pods can find it: a hub id or a store name. A Kubernetes
+    deployment has no demo model to fall back on, and this machine's paths mean nothing in
+    a pod."""
+    model = spec.model
+    if model is None:
         raise ConfigError(
             "A Kubernetes deployment needs a model",
             why="the demo model is for trying raylm on one machine",
             fix="Name a hub id or store name as MODEL, or `model` in the spec file",
         )
-    return spec.model
+    if model.startswith(("/", ".", "~")) or model.endswith(".gguf"):
+        raise ConfigError(
+            f"Model {model!r} is a path on this machine, which the pods cannot read",
+            fix="Name its hub id (the pods pull it), or import it into the store volume "
+            "and name it as the store does",
+            command="raylm model import PATH --name NAME",
+        )
+    return model
 
 
 def serve_argv(spec: ServeSpec, opts: K8sOptions, with_file: bool) -> list[str]:
@@ -103,17 +130,11 @@ def serve_argv(spec: ServeSpec, opts: K8sOptions, with_file: bool) -> list[str]:
     argv = ["raylm", "serve", model_of(spec)]
     if with_file:
         argv += ["-f", f"{SERVE_CONFIG_DIR}/raylm.toml"]
+    argv += ["--name", opts.name, "--host", "0.0.0.0", "--port", str(opts.port)]
+    argv += ["--address", LOCAL_GCS]
+    if spec.autoscaling is None:  # else serve starts at min_replicas, with room for the most
+        argv += ["--replicas", str(spec.replicas)]
     argv += [
-        "--name",
-        opts.name,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(opts.port),
-        "--address",
-        LOCAL_GCS,
-        "--replicas",
-        str(spec.replicas),
         "--tp",
         str(spec.tensor_parallel_size),
         "--pp",
@@ -134,10 +155,12 @@ def render(
     cluster: ClusterSpec,
     opts: K8sOptions,
     serve_file: str | None,
+    keys: dict[str, str] | None = None,
 ) -> Rendered:
     """The manifests serving `planned` (a spec `apply_plan` completed with `layout`) on
     the machines of `cluster` that the layout uses. `serve_file` is the spec file as the
-    user wrote it (kept in the Secret, under the planned flags), None without one."""
+    user wrote it (kept in the Secret, under the planned flags), None without one; `keys`
+    are an earlier render's (`kept_keys`), used where the spec names none."""
     groups = pod_groups(layout, cluster)
     if not groups:
         raise ConfigError(
@@ -145,8 +168,9 @@ def render(
             fix="Describe the cluster as its machines are, e.g. --cluster 2x4xL20",
         )
     argv = serve_argv(planned, opts, serve_file is not None)
-    api_key = planned.api_key.get_secret_value() if planned.api_key else None
-    admin_key = planned.admin_key.get_secret_value() if planned.admin_key else None
+    keys = keys or {}
+    api_key = planned.api_key.get_secret_value() if planned.api_key else keys.get("api-key")
+    admin_key = planned.admin_key.get_secret_value() if planned.admin_key else keys.get("admin-key")
     generated = api_key is None or admin_key is None
     # An endpoint with no key is never rendered: Kubernetes Services are shared networks.
     api_key = api_key or secrets.token_urlsafe(32)
@@ -154,7 +178,7 @@ def render(
     infiniband = all(n.infiniband for n in cluster.nodes)
     manifests = [
         Manifest(
-            file="secret.yaml",
+            file=SECRET_FILE,
             documents=[objects.serve_secret(opts, api_key, admin_key, serve_file)],
             private=True,
         ),
@@ -166,7 +190,16 @@ def render(
     manifests += [
         Manifest(
             file="raycluster.yaml",
-            documents=[raycluster(opts, groups, argv, model_of(planned), serve_file is not None)],
+            documents=[
+                raycluster(
+                    opts,
+                    groups,
+                    argv,
+                    model_of(planned),
+                    serve_file is not None,
+                    planned.drain_timeout_s,
+                )
+            ],
         ),
         Manifest(file="service.yaml", documents=[objects.endpoint_service(opts)]),
     ]
