@@ -332,3 +332,14 @@ def test_exposure_an_open_vllm_api_fails_and_rays_metrics_only_warn() -> None:
     assert (
         "44217 (raylet: HTTP/1.1 200 OK)" in checks[2].finding and "8077" not in checks[2].finding
     )
+
+
+def test_in_a_container_the_fix_is_the_run_flag() -> None:
+    f = local_node_facts().model_copy(update={"shm_bytes": 64 << 20, "container": True})
+    assert "--shm-size=16g" in check_shm("n", f).fix
+    bare = f.model_copy(update={"container": False})
+    assert check_shm("n", bare).fix.startswith("give /dev/shm more room: mount")
+    gpu_build = f.fingerprint.model_copy(update={"vllm_dist": "vllm"})
+    blind = f.model_copy(update={"gpus": [], "fingerprint": gpu_build})
+    assert "--gpus all" in check_gpus("n", blind).fix
+    assert "NVIDIA driver" in check_gpus("n", blind.model_copy(update={"container": False})).fix

