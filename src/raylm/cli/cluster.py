@@ -21,6 +21,12 @@ console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+BLOCK_HELP = (
+    "Stay in the foreground until SIGTERM, then stop this node (a container's main "
+    "process; on by itself when raylm is a container's first process)."
+)
+
+
 def _up(
     node_ip: str | None = typer.Option(None, "--node-ip", help="Use the interface with this IP."),
     iface: str | None = typer.Option(None, "--iface", help="Use this network interface."),
@@ -34,6 +40,7 @@ def _up(
     num_gpus: int | None = typer.Option(None, "--num-gpus", help="GPUs (default: NVML count)."),
     temp_dir: Path | None = typer.Option(None, "--temp-dir", help="Ray temp dir of this node."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    block: bool = typer.Option(False, "--block", help=BLOCK_HELP),
 ) -> None:
     """Start this node as the head of a new Ray cluster and print the join command."""
     from raylm.cluster import bringup
@@ -66,7 +73,8 @@ def _up(
     ufw = st.ports.ufw_command("OTHER_NODE_IP")
     console.print(f"With ufw, on each node, once per other node: {ufw}", highlight=False)
     console.print("On every worker node run:")
-    print(res.join_command)
+    print(res.join_command, flush=True)
+    _hold_if(block, st)
 
 
 def _join(
@@ -84,6 +92,7 @@ def _join(
     num_gpus: int | None = typer.Option(None, "--num-gpus", help="GPUs (default: NVML count)."),
     temp_dir: Path | None = typer.Option(None, "--temp-dir", help="Ray temp dir of this node."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    block: bool = typer.Option(False, "--block", help=BLOCK_HELP),
 ) -> None:
     """Join this node to a cluster started with `raylm up` (the line it printed)."""
     from raylm.cluster import bringup
@@ -115,6 +124,20 @@ def _join(
     _print_notes(res.notes)
     st = res.state
     console.print(f"[green]Joined[/green] {st.address} as {st.node_ip} ({st.iface}).")
+    _hold_if(block, st)
+
+
+def _hold_if(block: bool, state: Any) -> None:
+    from raylm.cluster import bringup, foreground
+
+    if not foreground.must_block(block):
+        return
+    console.print("Holding this node in the foreground; SIGTERM or Ctrl+C stops it.")
+    try:
+        why = foreground.hold(state)
+    finally:
+        pids = bringup.down()
+    console.print(f"{why}: stopped {len(pids)} processes raylm started on this node.")
 
 
 def _print_diffs(head: str, diffs: list[Any]) -> None:
