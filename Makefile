@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.raylm-installed
 ARGS ?=
 
-.PHONY: install serve test lint typecheck pytest bench clean
+.PHONY: install serve test test-containers lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -48,6 +48,15 @@ pytest: $(STAMP) $(CHROMIUM)
 # first minutes leave a core idle (measured: 40-50 % idle while they ran alone).
 test: $(STAMP)
 	$(MAKE) -j3 lint typecheck pytest
+
+# The CPU image, built here from Debian's packages (deploy/docker), run as a head and two
+# workers on one bridge network (tests/containers): about 3 GB, so not part of `make test`.
+test-containers: $(STAMP)
+	command -v podman >/dev/null && command -v debootstrap >/dev/null || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq podman debootstrap \
+		|| { apt-get update -qq && apt-get install -y -qq podman debootstrap; }; }
+	RAYLM_TEST_CONTAINERS=1 $(BIN)/pytest -ra -s tests/containers $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_serve_startup.py
