@@ -50,12 +50,12 @@ test: $(STAMP)
 	$(MAKE) -j3 lint typecheck pytest
 
 # The CPU image, built here from Debian's packages (deploy/docker), run as a head and two
-# workers on one bridge network (tests/containers): about 3 GB, so not part of `make test`.
+# workers on one bridge network (tests/containers): about 5 GB, so not part of `make test`.
 test-containers: $(STAMP)
-	command -v podman >/dev/null && command -v debootstrap >/dev/null || { \
+	command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null || { \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -qq podman debootstrap \
-		|| { apt-get update -qq && apt-get install -y -qq podman debootstrap; }; }
+		apt-get install -y -qq podman debootstrap runc \
+		|| { apt-get update -qq && apt-get install -y -qq podman debootstrap runc; }; }
 	RAYLM_TEST_CONTAINERS=1 $(BIN)/pytest -ra -s tests/containers $(ARGS)
 
 bench: $(STAMP)

@@ -1,7 +1,7 @@
 """The CPU image as docs/deploy.md builds and runs it: made from Debian's packages (no
 registry is reachable here), then three containers on one bridge network as head and two
 workers, with the guide's own `raylm up`, `join`, `model sync` and `serve --replicas 2`,
-and the OpenAI client on the host. It builds an image of ~3 GB, so it runs on request:
+and the OpenAI client on the host. It builds an image of ~5 GB, so it runs on request:
 `make test-containers` (RAYLM_TEST_CONTAINERS=1); the default suite skips it."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("RAYLM_TEST_CONTAINERS") or shutil.which("podman") is None,
-    reason="container test: run `make test-containers` (needs podman, root, ~3 GB)",
+    reason="container test: run `make test-containers` (needs podman, root, ~5 GB)",
 )
 
 
@@ -134,7 +134,9 @@ def test_three_containers_serve_the_demo_model(cluster: list[str]) -> None:
         "raylm", "serve", "smollm2-135m-instruct", "--replicas", "2",
         "--host", "0.0.0.0", "--api-key", KEY,
     ]  # fmt: skip
-    podman("exec", "-d", head, *serve)
+    # In the background, its output kept in the container for when it fails.
+    podman("exec", "-d", head, "sh", "-c", f"exec {' '.join(serve)} > /tmp/serve.log 2>&1")
+    started = time.monotonic()
     from openai import OpenAI
 
     client = OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key=KEY, max_retries=0)
@@ -149,9 +151,13 @@ def test_three_containers_serve_the_demo_model(cluster: list[str]) -> None:
             )
             break
         except Exception as e:  # not up yet: connection refused, 503 until a replica is ready
-            assert time.monotonic() < deadline, f"no answer in 600 s: {e}"
+            log = podman("exec", head, "cat", "/tmp/serve.log", check=False)
+            alive = podman("exec", head, "pgrep", "-f", "raylm serve", check=False).strip()
+            assert alive, f"raylm serve exited:\n{log}"
+            assert time.monotonic() < deadline, f"no answer in 600 s: {e}\n{log}"
             time.sleep(5)
     assert r.choices[0].message.content
+    print(f"the first answer {time.monotonic() - started:.0f} s after `raylm serve`")
     # Both replicas ready, on two of the containers (replicas spread over nodes).
     import httpx
 
@@ -164,7 +170,7 @@ def test_three_containers_serve_the_demo_model(cluster: list[str]) -> None:
         assert time.monotonic() < deadline, state
         time.sleep(5)
     assert len({x["node"] for x in ready}) == 2, ready
-    fmt = "{{.NetworkSettings.Networks." + NET + ".IPAddress}}"
+    fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
     ips = podman("inspect", "-f", fmt, *cluster)
     assert {x["node"] for x in ready} <= set(ips.split()), (ready, ips)
 
