@@ -128,15 +128,12 @@ def _join(
 
 
 def _hold_if(block: bool, state: Any) -> None:
-    from raylm.cluster import bringup, foreground
+    from raylm.cluster import foreground
 
     if not foreground.must_block(block):
         return
     console.print("Holding this node in the foreground; SIGTERM or Ctrl+C stops it.")
-    try:
-        why = foreground.hold(state)
-    finally:
-        pids = bringup.down()
+    why, pids = foreground.hold_then_stop(state)
     console.print(f"{why}: stopped {len(pids)} processes raylm started on this node.")
 
 

@@ -14,7 +14,7 @@ from types import FrameType
 
 import psutil
 
-from raylm.cluster import ray_process
+from raylm.cluster import bringup, ray_process
 from raylm.cluster.container import in_container
 from raylm.cluster.record import NodeState
 from raylm.errors import ClusterError
@@ -96,3 +96,13 @@ def hold(state: NodeState) -> str:
         for s, h in previous.items():
             signal.signal(s, h)
     return got[0]
+
+
+def hold_then_stop(state: NodeState) -> tuple[str, list[int]]:
+    """`hold`, then stop this node however the hold ended: (the signal's name, the pids
+    stopped); a dead raylet's ClusterError still propagates, after the stop."""
+    try:
+        why = hold(state)
+    finally:
+        pids = bringup.down()
+    return why, pids

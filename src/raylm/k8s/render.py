@@ -59,7 +59,6 @@ class Rendered(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     manifests: list[Manifest] = Field(description="Files in the order they are applied.")
-    layout: Layout = Field(description="The planner's layout the RayCluster is sized from.")
     serve_argv: list[str] = Field(description="The `raylm serve` line the head pod runs.")
     generated_keys: bool = Field(
         description="API or admin key made here (the spec gave none); it is in the Secret."
@@ -203,4 +202,4 @@ def render(
         ),
         Manifest(file="service.yaml", documents=[objects.endpoint_service(opts)]),
     ]
-    return Rendered(manifests=manifests, layout=layout, serve_argv=argv, generated_keys=generated)
+    return Rendered(manifests=manifests, serve_argv=argv, generated_keys=generated)

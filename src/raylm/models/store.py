@@ -259,9 +259,9 @@ class ModelStore:
     def verify(self, name: str, *, workers: int | None = None) -> VerifyResult:
         """Hash every file of `name` (a store name, or the hub repo id it was pulled from)
         against its manifest; on success refresh the stamp."""
-        if self.read_manifest(name) is None and (e := self.find_by_repo(name)) is not None:
-            name = e.name
         m = self.read_manifest(name)
+        if m is None and (e := self.find_by_repo(name)) is not None:
+            name, m = e.name, self.read_manifest(e.name)
         if m is None:
             raise ModelError(
                 f"Model {name} is not in the store at {self.root}",
